@@ -1,0 +1,116 @@
+"""Serialization of numpy arrays for Redis messages, and image decoding for the model.
+
+Arrays travel as JSON-safe dicts: ``{"dtype": "uint8", "shape": [h, w, 3], "data": base64}``.
+Only plain numeric dtypes are accepted on the way back, so nothing read from Redis can
+turn into Python objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ALLOWED_DTYPES = frozenset(
+    {"uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float16", "float32", "float64"}
+)
+
+
+class ImageError(ValueError):
+    """The upload cannot be turned into model input; the message is safe to show the client."""
+
+
+def encode_array(array: np.ndarray) -> dict:
+    array = np.ascontiguousarray(array)  # C order, whatever view we were given
+    if array.dtype.name not in ALLOWED_DTYPES:
+        raise TypeError(f"cannot encode dtype {array.dtype.name}")
+    return {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "data": base64.b64encode(array.tobytes()).decode("ascii"),
+    }
+
+
+def decode_array(encoded: dict) -> np.ndarray:
+    dtype_name = encoded["dtype"]
+    if dtype_name not in ALLOWED_DTYPES:
+        raise ValueError(f"refusing to decode dtype {dtype_name!r}")
+    shape = tuple(int(n) for n in encoded["shape"])
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    raw = base64.b64decode(encoded["data"], validate=True)
+    dtype = np.dtype(dtype_name)
+    if len(raw) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"{len(raw)} bytes do not fill shape {shape} of {dtype_name}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale (PNG, TIFF) to 8-bit 'L' by keeping the high byte."""
+    pixels = np.asarray(image)
+    if image.mode == "F":
+        pixels = np.clip(pixels, 0, 255)
+    else:
+        pixels = np.clip(pixels, 0, 65535) / 257.0
+    return Image.fromarray(pixels.round().astype(np.uint8), mode="L")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparent areas become white, as a viewer shows them."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an upload (first frame, EXIF orientation applied), refusing decompression bombs."""
+    if not data:
+        raise ImageError("The uploaded file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels."
+                )
+            image.seek(0)
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("The uploaded file is not an image this server can read.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"The image could not be decoded ({exc}).") from None
+
+
+def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Upload bytes to a uint8 array of shape (height, width, 3) for a model of input ``size``.
+
+    ``size`` is (width, height), as Pillow counts.
+    """
+    image = open_image(data, max_pixels)
+    try:
+        rgb = to_rgb(image)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"Images in mode {image.mode} are not supported ({exc}).") from None
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,1 @@
+"""The serving package: queue protocol, model worker, model adapters and web routes."""

@@ -1,0 +1,49 @@
+"""Keras ResNet50: ImageNet weights from Keras's cache (downloaded once), random, or a local .h5."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .classifier import KerasClassifier
+from .labels import imagenet_labels
+from .preprocessing import caffe
+
+WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+RANDOM_WEIGHTS_NOTE = "resnet50 with random weights (--weights none): predictions are meaningless"
+
+
+class ModelUnavailable(RuntimeError):
+    """The chosen model cannot be loaded; the message tells the operator what to do instead."""
+
+
+def cached_weights_path() -> Path:
+    """Where keras.utils.get_file keeps the ImageNet weights."""
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return home / "models" / WEIGHTS_FILE
+
+
+def imagenet_weights_cached() -> bool:
+    return cached_weights_path().is_file()
+
+
+def load_resnet50(weights: str) -> KerasClassifier:
+    import keras
+
+    note = ""
+    if weights == "none":
+        model, note = keras.applications.ResNet50(weights=None), RANDOM_WEIGHTS_NOTE
+    elif weights == "imagenet":
+        try:
+            model = keras.applications.ResNet50(weights="imagenet")
+        except Exception as exc:  # keras raises a bare Exception when the download fails
+            raise ModelUnavailable(
+                f"ResNet50 ImageNet weights are not in {cached_weights_path()} and could not be "
+                f"downloaded ({exc}); use --model efficientnet_lite0 (bundled, offline), "
+                "--weights PATH for a local .h5 file, or --weights none for random weights."
+            ) from None
+    else:
+        if not Path(weights).is_file():
+            raise ModelUnavailable(f"ResNet50 weights file {weights} does not exist.")
+        model = keras.applications.ResNet50(weights=weights)
+    return KerasClassifier(model, "resnet50", imagenet_labels(), caffe, note)

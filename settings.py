@@ -1,0 +1,148 @@
+"""Every setting of the service, in one place.
+
+Each setting is a CLI flag (``--batch-size``) and an environment variable of the same
+name in upper case (``BATCH_SIZE``). Precedence: flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("role", str, "all", "what this process runs: web + worker thread, web only, worker only",
+           ("all", "web", "worker")),
+    Option("host", str, "127.0.0.1", "address the HTTP server binds to"),
+    Option("port", int, 5000, "port the HTTP server listens on"),
+    Option("web_threads", int, 32, "HTTP worker threads (handlers mostly wait on Redis)"),
+    Option("redis_url", str, None,
+           "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
+           "else an embedded redis-server"),
+    Option("queue_name", str, "image_queue", "Redis list of queued images; prefix of all keys"),
+    Option("batch_size", int, 32, "most images the worker runs in one model call"),
+    Option("batch_wait_ms", float, 5.0, "longest wait for more images once one has arrived"),
+    Option("client_timeout", float, 10.0, "seconds a request waits for its result before 504"),
+    Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
+    Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
+    Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
+    Option("max_image_pixels", int, 40_000_000, "largest decoded image, width x height (400 above)"),
+    Option("model", str, "auto",
+           "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
+           "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0"),
+    Option("weights", str, "imagenet", "resnet50 weights: imagenet, none (random), or a .h5 path"),
+    Option("labels", str, None, "labels file for a custom model (JSON list, JSON dict, .npy dict)"),
+    Option("preprocess", str, "caffe", "input scaling for a custom model",
+           ("caffe", "tf", "torch", "unit", "none")),
+    Option("top_k", int, 5, "predictions returned per image"),
+    Option("tf_threads", int, 0, "TensorFlow intra-op threads (0: one per core)"),
+    Option("heartbeat_ttl", float, 10.0, "seconds a silent worker counts as alive"),
+    Option("log_level", str, "INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    role: str
+    host: str
+    port: int
+    web_threads: int
+    redis_url: str | None
+    queue_name: str
+    batch_size: int
+    batch_wait_ms: float
+    client_timeout: float
+    result_ttl: int
+    max_queue_length: int
+    max_upload_bytes: int
+    max_image_pixels: int
+    model: str
+    weights: str
+    labels: str | None
+    preprocess: str
+    top_k: int
+    tf_threads: int
+    heartbeat_ttl: float
+    log_level: str
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+class SettingsError(ValueError):
+    """A setting's value cannot be used."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Redis-queued, batching Keras image classification over HTTP.",
+        epilog="Every flag can also be set by the environment variable of the same name "
+        "in upper case, e.g. --batch-size / BATCH_SIZE.",
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag, dest=option.name, type=option.kind, default=None,
+            choices=option.choices, metavar=option.env_var,
+            help=f"{option.help} (default: {option.default})",
+        )
+    return parser
+
+
+def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(option.env_var)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = option.kind(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{option.env_var}={raw!r} is not a valid {option.kind.__name__}") from exc
+    if option.choices and value not in option.choices:
+        raise SettingsError(f"{option.env_var}={raw!r} must be one of {', '.join(option.choices)}")
+    return value
+
+
+def _validate(settings: Settings) -> None:
+    positive = ("port", "web_threads", "batch_size", "client_timeout", "result_ttl",
+                "max_queue_length", "max_upload_bytes", "max_image_pixels", "top_k",
+                "heartbeat_ttl")
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{name} must be positive, got {getattr(settings, name)}")
+    if settings.batch_wait_ms < 0 or settings.tf_threads < 0:
+        raise SettingsError("batch_wait_ms and tf_threads cannot be negative")
+
+
+def load_settings(argv: Sequence[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every option: CLI flag, then environment variable, then default."""
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args([] if argv is None else list(argv)))
+    values = {}
+    for option in OPTIONS:
+        value = flags[option.name]
+        if value is None:
+            value = _from_env(option, environ)
+        values[option.name] = option.default if value is None else value
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
