@@ -16,8 +16,8 @@ import threading
 
 from flask import Flask
 
-from serving.queue import RedisQueue, connect
 from serving.http_server import serve
+from serving.queue import RedisQueue, connect
 from serving.redis_server import DEFAULT_URL, resolve_redis
 from serving.web import build_app
 from settings import Settings, SettingsError, load_settings
