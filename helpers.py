@@ -95,7 +95,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             return ImageOps.exif_transpose(image)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard trips while reading the header of truly huge images
+        raise ImageError(f"The image has more pixels than the limit of {max_pixels}.") from None
+    except UnidentifiedImageError:
         raise ImageError("The uploaded file is not an image this server can read.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"The image could not be decoded ({exc}).") from None
