@@ -56,21 +56,26 @@ def _load_custom(path: str, labels_path: str | None, preprocess: str) -> Classif
 
 def load_classifier(model: str, weights: str = "imagenet", labels: str | None = None,
                     preprocess: str = "caffe") -> Classifier:
+    """Load the model to serve, logging one line that says which and why."""
     name, reason = choose_model(model, weights)
     if name == "null":
-        return NullClassifier(imagenet_labels())
-    if name == "efficientnet_lite0":
-        return _load_efficientnet_lite0()
-    if name == "resnet50":
+        classifier = NullClassifier(imagenet_labels())
+    elif name == "efficientnet_lite0":
+        classifier = _load_efficientnet_lite0()
+    elif name == "resnet50":
         try:
-            return load_resnet50(weights)
+            classifier = load_resnet50(weights)
         except ModelUnavailable as exc:
             if model != "auto":
                 raise
-            log.warning("Serving the bundled efficientnet_lite0: %s", exc)
+            log.warning("Serving the bundled efficientnet_lite0 (ImageNet, offline) because ResNet50's "
+                        "ImageNet weights are not cached and could not be downloaded: %s", exc.cause)
             return _load_efficientnet_lite0()
-    if name.endswith((".keras", ".h5")) or Path(name).exists():
-        return _load_custom(name, labels, preprocess)
-    raise ModelUnavailable(
-        f"Unknown model {name!r}: use resnet50, efficientnet_lite0, null, or a .keras/.h5 path."
-    )
+    elif name.endswith((".keras", ".h5")) or Path(name).exists():
+        classifier = _load_custom(name, labels, preprocess)
+    else:
+        raise ModelUnavailable(
+            f"Unknown model {name!r}: use resnet50, efficientnet_lite0, null, or a .keras/.h5 path."
+        )
+    log.info("Serving %s: %s", classifier.name, reason)
+    return classifier

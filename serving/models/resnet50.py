@@ -16,6 +16,10 @@ RANDOM_WEIGHTS_NOTE = "resnet50 with random weights (--weights none): prediction
 class ModelUnavailable(RuntimeError):
     """The chosen model cannot be loaded; the message tells the operator what to do instead."""
 
+    def __init__(self, message: str, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause or message
+
 
 def cached_weights_path() -> Path:
     """Where keras.utils.get_file keeps the ImageNet weights."""
@@ -40,7 +44,8 @@ def load_resnet50(weights: str) -> KerasClassifier:
             raise ModelUnavailable(
                 f"ResNet50 ImageNet weights are not in {cached_weights_path()} and could not be "
                 f"downloaded ({exc}); use --model efficientnet_lite0 (bundled, offline), "
-                "--weights PATH for a local .h5 file, or --weights none for random weights."
+                "--weights PATH for a local .h5 file, or --weights none for random weights.",
+                cause=str(exc),
             ) from None
     else:
         if not Path(weights).is_file():

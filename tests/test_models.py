@@ -1,0 +1,84 @@
+"""Model choice and labels files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from serving.models import ModelUnavailable, choose_model, load_classifier
+from serving.models.labels import imagenet_labels, load_labels
+from serving.models.resnet50 import WEIGHTS_FILE
+
+
+def test_imagenet_labels_ship_with_the_repository():
+    labels = imagenet_labels()
+    assert len(labels) == 1000
+    assert (labels[191], labels[812], labels[985]) == ("Airedale", "space shuttle", "daisy")
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps(["cat", "dog", "fox"]),
+    json.dumps({"dog": 1, "cat": 0, "fox": 2}),  # Keras's class_indices
+    json.dumps({"1": "dog", "0": "cat", "2": "fox"}),
+])
+def test_json_labels(tmp_path, content):
+    path = tmp_path / "labels.json"
+    path.write_text(content)
+    assert load_labels(path) == ["cat", "dog", "fox"]
+
+
+def test_class_indices_npy(tmp_path):
+    path = tmp_path / "class_indices.npy"
+    np.save(path, {"cat": 0, "dog": 1})
+    assert load_labels(path) == ["cat", "dog"]
+
+
+def test_labels_with_gaps_are_refused(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"cat": 0, "dog": 2}))
+    with pytest.raises(ValueError, match="gaps"):
+        load_labels(path)
+
+
+def test_auto_prefers_cached_resnet50_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert choose_model("auto", "imagenet")[0] == "resnet50"
+    assert "downloaded" in choose_model("auto", "imagenet")[1]
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / WEIGHTS_FILE).write_bytes(b"stands in for the cached weights")
+    assert choose_model("auto", "imagenet") == ("resnet50", "its ImageNet weights are in the Keras cache")
+
+
+def test_explicit_models_are_taken_as_given():
+    assert choose_model("efficientnet_lite0", "imagenet")[0] == "efficientnet_lite0"
+    assert choose_model("auto", "none")[0] == "resnet50"
+
+
+def test_unknown_model_and_missing_labels_are_clear_errors(tmp_path, colour_model):
+    with pytest.raises(ModelUnavailable, match="Unknown model"):
+        load_classifier("vgg99")
+    with pytest.raises(ModelUnavailable, match="--labels is required"):
+        load_classifier(str(colour_model[0]))
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        load_classifier(str(tmp_path / "missing.keras"), labels="x.json")
+
+
+def test_embedded_redis_starts_when_nothing_answers(monkeypatch, caplog):
+    import logging
+
+    import redis
+
+    from serving import redis_server
+    from tests.support import free_port
+
+    monkeypatch.setattr(redis_server, "DEFAULT_URL", f"redis://127.0.0.1:{free_port()}/0")
+    with caplog.at_level(logging.INFO):
+        url, embedded = redis_server.resolve_redis(None)
+    try:
+        assert embedded is not None and url.startswith("unix://")
+        assert redis.Redis.from_url(url).ping()
+        assert "started an embedded redis-server" in caplog.text
+    finally:
+        embedded.stop()
+    assert not redis_server.answers(url)
+    assert redis_server.resolve_redis("redis://example:1/0") == ("redis://example:1/0", None)
