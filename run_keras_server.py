@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def create_worker(settings: Settings, redis_url: str):
+    from serving.metrics import RedisBatchStats
     from serving.models import configure_tensorflow, load_classifier
     from serving.worker import ModelWorker, WorkerConfig
 
@@ -45,7 +46,9 @@ def create_worker(settings: Settings, redis_url: str):
                           result_ttl=settings.result_ttl, top_k=settings.top_k,
                           heartbeat_ttl=settings.heartbeat_ttl)
     client = connect(redis_url, read_timeout=10)
-    return ModelWorker(RedisQueue(client, settings.queue_name), classifier, config)
+    queue = RedisQueue(client, settings.queue_name)
+    # Batch stats go to Redis, so /metrics on any web server reports every worker's.
+    return ModelWorker(queue, classifier, config, observer=RedisBatchStats(queue))
 
 
 def _on_sigterm(stop, interrupt: bool) -> None:

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from helpers import ImageError, encode_array, prepare_image
 from settings import Settings
 
+from .metrics import register_metrics
 from .queue import RedisQueue, new_request_id
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,26 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return error_response(exc.code or 500, exc.description or exc.name)
+        response = error_response(exc.code or 500, exc.description or exc.name)
+        if getattr(exc, "valid_methods", None):  # a 405 must say which methods the path takes
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "Internal server error.")
+
+
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/static/")  # probes and scrapes: not logged
+
+
+def logfmt_value(value) -> str:
+    """A key=value log value that keeps the line one parseable line whatever a client sent."""
+    text = "-" if value is None else str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return orjson.dumps(text).decode()
 
 
 def register_request_log(app: Flask) -> None:
@@ -165,11 +180,11 @@ def register_request_log(app: Flask) -> None:
         request_id = getattr(g, "request_id", None)
         if client_id or request_id:
             response.headers["X-Request-ID"] = client_id or request_id
-        if request.path == "/predict":
-            log.info("%s %s status=%d ms=%.1f id=%s client_id=%s batch=%s", request.method,
-                     request.path, response.status_code,
-                     (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
-                     request_id, client_id, g.get("batch_id"))
+        if not request.path.startswith(QUIET_PATHS):
+            fields = {"method": request.method, "path": request.path, "status": response.status_code,
+                      "ms": f"{(time.perf_counter() - g.get('started', time.perf_counter())) * 1000:.1f}",
+                      "id": request_id, "client_id": client_id, "batch": g.get("batch_id")}
+            log.info("request %s", " ".join(f"{key}={logfmt_value(value)}" for key, value in fields.items()))
         return response
 
 
@@ -181,4 +196,8 @@ def build_app(settings: Settings, queue: RedisQueue) -> Flask:
     register_routes(app, queue, settings)
     register_error_handlers(app)
     register_request_log(app)
+    register_metrics(app, queue, settings.max_queue_length)
+    from .ui import blueprint as ui_pages  # ui imports this module
+
+    app.register_blueprint(ui_pages)
     return app

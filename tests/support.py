@@ -61,9 +61,10 @@ def build_colour_model(directory: Path) -> tuple[Path, Path]:
 
 
 def leftover_keys(client, queue_name: str) -> list[str]:
-    """Keys of a queue other than live worker heartbeats: must be none after a run."""
+    """Keys of a queue other than live worker heartbeats and the metrics hash: none after a run."""
     keys = [key.decode() for key in client.scan_iter(match=f"{queue_name}*")]
-    return sorted(key for key in keys if not key.startswith(f"{queue_name}:worker:"))
+    return sorted(key for key in keys
+                  if not key.startswith(f"{queue_name}:worker:") and key != f"{queue_name}:stats")
 
 
 class LiveServer:

@@ -1,0 +1,179 @@
+"""Prometheus metrics: HTTP metrics per web process, queue and model metrics from Redis.
+
+Two sources, because the web processes and the model workers may live on different hosts:
+
+- HTTP requests (count by status, latency) are recorded by prometheus-client in the web
+  process that answered. Under gunicorn, set PROMETHEUS_MULTIPROC_DIR (an empty directory,
+  set before the app is imported) and every scrape sums all the processes of that server.
+- Queue depth, live workers, batch sizes, model time and dropped requests describe the whole
+  deployment, so they live in Redis: each worker adds its batch stats to one hash under the
+  queue name in a single MULTI per batch, and /metrics reads Redis at scrape time. Every web
+  server therefore reports the same deployment-wide values: aggregate them with max(), not sum().
+
+No gauge is kept in the multiprocess files, so no per-process cleanup (mark_process_dead) is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import redis
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .queue import RedisQueue
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MODEL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HTTP_REQUESTS = Counter("inference_http_requests", "HTTP requests answered, by route and status.",
+                        ["method", "endpoint", "status"])
+HTTP_LATENCY = Histogram("inference_http_request_duration_seconds",
+                         "Time from request received to response ready, by route.",
+                         ["method", "endpoint"], buckets=LATENCY_BUCKETS)
+
+
+def stats_key(queue_name: str) -> str:
+    return f"{queue_name}:stats"
+
+
+def _bucket_field(prefix: str, bounds: tuple, value: float) -> str:
+    """The hash field of the one (non-cumulative) bucket ``value`` falls in."""
+    for bound in bounds:
+        if value <= bound:
+            return f"{prefix}:{bound}"
+    return f"{prefix}:+Inf"
+
+
+class RedisBatchStats:
+    """The model worker's observer: deployment-wide batch stats in one Redis hash."""
+
+    def __init__(self, queue: RedisQueue):
+        self.redis = queue.redis
+        self.key = stats_key(queue.name)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        pipe = self.redis.pipeline(transaction=True)  # a scrape never sees half a batch
+        pipe.hincrby(self.key, _bucket_field("batch_size", BATCH_SIZE_BUCKETS, size), 1)
+        pipe.hincrby(self.key, "batch_size_sum", size)
+        pipe.hincrby(self.key, _bucket_field("model_seconds", MODEL_SECONDS_BUCKETS, seconds), 1)
+        pipe.hincrbyfloat(self.key, "model_seconds_sum", seconds)
+        self._send(pipe.execute)
+
+    def dropped_expired(self) -> None:
+        self._send(lambda: self.redis.hincrby(self.key, "dropped_expired", 1))
+
+    @staticmethod
+    def _send(call) -> None:
+        try:
+            call()
+        except redis.RedisError as exc:  # metrics must never cost an answer
+            log.warning("could not record batch stats: %s", exc)
+
+
+def _histogram(name: str, doc: str, stats: dict[str, str], prefix: str, bounds: tuple):
+    """Cumulative Prometheus buckets from the per-bucket counts the workers wrote."""
+    buckets, running = [], 0
+    for bound in (*bounds, "+Inf"):
+        running += int(stats.get(f"{prefix}:{bound}", 0))
+        buckets.append((str(float(bound)) if bound != "+Inf" else bound, running))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(stats.get(f"{prefix}_sum", 0)))
+
+
+class QueueCollector:
+    """Read at scrape time from Redis: queue depth, live workers and the workers' batch stats."""
+
+    def __init__(self, queue: RedisQueue, capacity: int):
+        self.queue = queue
+        self.capacity = capacity
+
+    def collect(self):
+        up = GaugeMetricFamily("inference_redis_up", "1 if Redis answered this scrape, else 0.")
+        try:
+            pipe = self.queue.redis.pipeline(transaction=False)
+            pipe.llen(self.queue.name)
+            pipe.hgetall(stats_key(self.queue.name))
+            depth, raw_stats = pipe.execute()
+            workers = self.queue.live_workers()
+        except redis.RedisError as exc:
+            log.warning("metrics scrape could not read Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
+        yield GaugeMetricFamily("inference_queue_depth", "Images waiting in the Redis queue.", value=depth)
+        yield GaugeMetricFamily("inference_queue_capacity", "Queue depth at which new requests get 503.",
+                                value=self.capacity)
+        yield GaugeMetricFamily("inference_workers_live", "Model workers with a live heartbeat.",
+                                value=len(workers))
+        info = GaugeMetricFamily("inference_worker_info", "One per live model worker (value 1).",
+                                 labels=["worker", "host", "model"])
+        for worker_id, beat in sorted(workers.items()):
+            model = str(beat.get("model", {}).get("name", ""))
+            info.add_metric([worker_id, str(beat.get("host", "")), model], 1)
+        yield info
+        yield _histogram("inference_batch_size", "Images per model call, all workers.",
+                         stats, "batch_size", BATCH_SIZE_BUCKETS)
+        yield _histogram("inference_model_seconds", "Model time per batch, all workers.",
+                         stats, "model_seconds", MODEL_SECONDS_BUCKETS)
+        yield CounterMetricFamily("inference_dropped_expired",
+                                  "Queued images dropped unprocessed because their deadline had passed.",
+                                  value=int(stats.get("dropped_expired", 0)))
+
+
+class _Scrape:
+    def __init__(self, *sources):
+        self.sources = sources
+
+    def collect(self):
+        for source in self.sources:
+            yield from source.collect()
+
+
+def _process_metrics():
+    """This process's metrics, or every process's of this server under gunicorn."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def register_metrics(app: Flask, queue: RedisQueue, queue_capacity: int) -> None:
+    queue_metrics = QueueCollector(queue, queue_capacity)
+
+    @app.before_request
+    def start_metrics_clock():
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def count_request(response: Response):
+        # The route pattern, not the path, keeps the label set bounded whatever clients send.
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        method = request.method if request.method in ("GET", "POST", "HEAD") else "other"
+        HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
+        started = g.get("metrics_started")
+        if started is not None:
+            HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def metrics():
+        body = generate_latest(_Scrape(_process_metrics(), queue_metrics))
+        return Response(body, mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})
