@@ -58,7 +58,8 @@ def test_concurrent_clients_each_get_their_own_answer(server, redis_server):
 def test_oversized_upload_gets_json_413_through_the_real_server(server):
     response = server.predict(b"\0" * 600_000, name="huge.png")
     assert response.status_code == 413
-    assert response.json() == {"success": False, "error": "The upload is larger than the limit of 500000 bytes."}
+    expected = "The upload is larger than the limit of 500000 bytes."
+    assert response.json() == {"success": False, "error": expected}
 
 
 def test_far_oversized_upload_is_still_json(server):

@@ -47,7 +47,8 @@ def test_offline_default_serves_the_bundled_model_and_gets_real_photos_right(tmp
         top = {}
         for photo in ("shuttle.jpg", "flower.jpg", "airdale.jpg"):
             with open(TESTDATA / photo, "rb") as handle:
-                response = requests.post(server.url + "/predict", files={"image": (photo, handle)}, timeout=60)
+                response = requests.post(server.url + "/predict", files={"image": (photo, handle)},
+                                         timeout=60)
             assert response.status_code == 200, response.text
             assert response.json()["model"]["name"] == "efficientnet_lite0"
             top[photo] = [p["label"] for p in response.json()["predictions"]]
