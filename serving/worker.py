@@ -73,6 +73,10 @@ class ModelWorker:
     def run(self) -> None:
         log.info("worker %s serving %s, batches of up to %d", self.worker_id,
                  self.classifier.name, self.config.batch_size)
+        try:  # alive before the first take, or another worker could requeue what this one holds
+            self.queue.beat(self.worker_id, self._beat_info, self.config.heartbeat_ttl)
+        except redis.RedisError:
+            pass  # Redis is down; the heartbeat loop keeps trying
         heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heart.start()
         try:

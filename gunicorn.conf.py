@@ -1,0 +1,37 @@
+"""gunicorn settings for the production web tier:
+
+    gunicorn -c gunicorn.conf.py "run_keras_server:create_app()"
+
+Read from the same environment variables as `python run_keras_server.py` (settings.py):
+HOST, PORT, WEB_THREADS, CLIENT_TIMEOUT, LOG_LEVEL, REDIS_URL, ... Processes per server:
+WEB_CONCURRENCY (gunicorn's own variable). Any gunicorn flag given on the command line wins.
+"""
+
+import logging
+import os
+
+from settings import load_settings
+
+_settings = load_settings([])
+
+bind = f"{_settings.host}:{_settings.port}"
+# Handlers spend their time blocked on Redis, not on the CPU: threads, not processes, carry the load.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = _settings.web_threads
+# A gthread worker keeps pinging the arbiter while its threads wait, so this only catches a hung process.
+timeout = int(_settings.client_timeout) + 30
+# On SIGTERM, requests in flight get their full client_timeout to be answered (or 504) before exit.
+graceful_timeout = int(_settings.client_timeout) + 5
+keepalive = 5  # behind nginx's upstream keepalive pool
+loglevel = _settings.log_level.lower()
+accesslog = "-"
+errorlog = "-"
+# pid tells the web processes apart in a shared log; the request id ties a line to the client's.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)sB %(M)sms pid=%(p)s request_id=%({x-request-id}o)s'
+
+
+def on_starting(server):
+    """The app's own log lines (one per /predict with its batch id) go to stderr beside gunicorn's."""
+    logging.basicConfig(level=_settings.log_level,
+                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")

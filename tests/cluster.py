@@ -1,0 +1,290 @@
+"""A scale-out deployment on loopback for tests: gunicorn web servers, model worker processes
+and nginx from deploy/nginx.conf, all on one real redis-server; plus a load generator whose every
+image has its own known answer, so a mixed-up reply is caught.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+import requests
+from PIL import Image
+
+from serving.queue import RedisQueue
+
+from .support import COLOURS, ROOT, free_port
+
+LABELS = list(COLOURS)
+COLOUR_MODEL_SCALE = 20.0  # the colour model's logits: scale x mean pixel in 0..1 (tests/support.py)
+
+
+class Process:
+    """A child process with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        with open(self.log_path, "wb") as out:
+            self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 20) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+
+def wait_until(condition, timeout: float, what: str, check=lambda: None):
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        check()
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)  # polling another process's state
+    raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class WebServer(Process):
+    """gunicorn -c gunicorn.conf.py "run_keras_server:create_app()", configured by environment."""
+
+    def __init__(self, name: str, redis_url: str, queue_name: str, log_dir: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = {"PORT": str(self.port), "REDIS_URL": redis_url, "QUEUE_NAME": queue_name,
+                    "WEB_CONCURRENCY": "1", "WEB_THREADS": "16", "LOG_LEVEL": "INFO", **env}
+        args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"]
+        super().__init__(name, args, log_dir, settings)
+        wait_until(lambda: http_ok(self.url + "/healthz"), 60, f"{name} to listen", self.check_alive)
+
+    def served_request_ids(self) -> set[str]:
+        """Client request ids of the /predict requests in this server's access log."""
+        return set(re.findall(r'"POST /predict [^"]*" \d+ .* request_id=(\S+)', self.log()))
+
+
+class Worker(Process):
+    """python run_keras_server.py --role worker, serving the tiny colour model."""
+
+    def __init__(self, name: str, redis_url: str, queue_name: str, model: tuple[Path, Path],
+                 log_dir: Path, *extra: str):
+        args = [sys.executable, str(ROOT / "run_keras_server.py"), "--role", "worker",
+                "--redis-url", redis_url, "--queue-name", queue_name,
+                "--model", str(model[0]), "--labels", str(model[1]), "--preprocess", "unit",
+                "--top-k", "3", "--tf-threads", "1", *extra]
+        super().__init__(name, args, log_dir)
+        self.redis_url = redis_url
+        self.queue_name = queue_name
+        self.worker_id: str | None = None
+
+    def wait_ready(self, timeout: float = 90) -> Worker:
+        """Wait for this process's heartbeat; it carries the worker id the answers name."""
+        queue = RedisQueue(redis.Redis.from_url(self.redis_url), self.queue_name)
+
+        def my_id():
+            return next((wid for wid, info in queue.live_workers().items() if info["pid"] == self.pid), None)
+
+        self.worker_id = wait_until(my_id, timeout, f"{self.name}'s heartbeat", self.check_alive)
+        queue.redis.close()
+        return self
+
+
+def start_workers(*workers: Worker) -> list[Worker]:
+    """Workers load TensorFlow in parallel; wait for all of them."""
+    return [worker.wait_ready() for worker in workers]
+
+
+class Nginx(Process):
+    """nginx running deploy/nginx.conf, its upstream and listen lines pointed at test ports."""
+
+    def __init__(self, web_ports: list[int], log_dir: Path, name: str = "nginx"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        prefix = log_dir / name
+        prefix.mkdir()
+        self.access_log = prefix / "access.log"
+        site = (ROOT / "deploy" / "nginx.conf").read_text()
+        upstreams = "".join(f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;\n"
+                            for port in web_ports)
+        site, count = re.subn(r"(    server 127\.0\.0\.1:\d+ [^\n]*\n)+", upstreams, site)
+        assert count == 1, "deploy/nginx.conf: expected one block of upstream server lines"
+        site = site.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
+        site = site.replace("/var/log/nginx/keras-server.access.log", str(self.access_log))
+        (prefix / "keras-server.conf").write_text(site)
+        user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""  # workers can read the tmp dir
+        temp_paths = "".join(f"{kind}_temp_path {prefix}/{kind};\n"
+                             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (prefix / "nginx.conf").write_text(
+            f"{user}\nworker_processes 1;\npid {prefix}/nginx.pid;\ndaemon off;\n"
+            f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 512; }}\n"
+            f"http {{\n{temp_paths}include {prefix}/keras-server.conf;\n}}\n")
+        args = [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                "-e", str(prefix / "error.log")]
+        super().__init__(name, args, log_dir)
+        wait_until(lambda: self._listening(), 20, "nginx to listen", self.check_alive)
+
+    def _listening(self) -> bool:
+        try:
+            requests.get(self.url + "/healthz", timeout=1)
+            return True
+        except requests.RequestException:
+            return False
+
+    def upstreams_used(self) -> dict[str, int]:
+        """Upstream address -> /predict requests nginx sent there, from its access log."""
+        counts: dict[str, int] = {}
+        for upstream in re.findall(r'"POST /predict [^"]*" \d+ \d+ upstream=(\S+)',
+                                   self.access_log.read_text()):
+            counts[upstream] = counts.get(upstream, 0) + 1
+        return counts
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None)
+
+
+# Load with known answers ---------------------------------------------------------------
+
+def tinted(index: int) -> tuple[bytes, dict[str, float]]:
+    """A uniform image, different for every index below 300, and the colour model's exact answer.
+
+    Uniform pixels survive resizing unchanged, so the expected probabilities are
+    softmax(scale * rgb / 255), computed here without the model.
+    """
+    dominant = index % 3
+    gaps = (20 + 4 * ((index // 3) % 10), 20 + 4 * ((index // 30) % 10))
+    rgb = [200 - gaps[0], 200 - gaps[1]]
+    rgb.insert(dominant, 200)
+    logits = COLOUR_MODEL_SCALE * np.array(rgb, dtype=np.float64) / 255
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), tuple(rgb)).save(buffer, format="PNG")
+    return buffer.getvalue(), dict(zip(LABELS, probabilities.tolist()))
+
+
+@dataclass
+class Outcome:
+    index: int
+    client_id: str
+    status: int | None = None  # None: no HTTP answer at all (connection error or client timeout)
+    body: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
+    error: str = ""
+    seconds: float = 0.0
+
+    def correct(self, expected: dict[str, float], tolerance: float = 1e-4) -> bool:
+        if self.status != 200 or not self.body.get("success"):
+            return False
+        got = {p["label"]: p["probability"] for p in self.body["predictions"]}
+        return got.keys() == expected.keys() and all(
+            abs(got[label] - expected[label]) < tolerance for label in expected)
+
+
+def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Outcome:
+    image, _ = tinted(index)
+    outcome = Outcome(index, f"{tag}-{index}")
+    started = time.monotonic()
+    try:
+        response = requests.post(url + "/predict", files={"image": (f"{index}.png", image)},
+                                 headers={"X-Request-ID": outcome.client_id}, timeout=timeout)
+        outcome.status = response.status_code
+        outcome.headers = dict(response.headers)
+        outcome.body = orjson.loads(response.content)
+    except (requests.RequestException, orjson.JSONDecodeError) as exc:
+        outcome.error = repr(exc)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def fire(url: str, indexes, concurrency: int, timeout: float = 30, tag: str = "t") -> list[Outcome]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda i: post_image(url, i, timeout, tag), indexes))
+
+
+@dataclass
+class Tally:
+    sent: int
+    answered: int  # 200 with exactly this request's answer
+    timed_out: int  # 504 from the web tier
+    lost: int  # no answer at all, or a status that is neither of the above
+    duplicated: int  # a server request id answered to more than one client
+    mixed_up: int  # 200 carrying another request's answer, or another client's request id
+
+    def __str__(self) -> str:
+        return (f"sent={self.sent} answered={self.answered} timed_out={self.timed_out} "
+                f"lost={self.lost} duplicated={self.duplicated} mixed_up={self.mixed_up}")
+
+
+def tally(outcomes: list[Outcome]) -> Tally:
+    answered = timed_out = lost = mixed = 0
+    seen: dict[str, int] = {}
+    for outcome in outcomes:
+        _, expected = tinted(outcome.index)
+        request_id = outcome.body.get("request_id")
+        if request_id:
+            seen[request_id] = seen.get(request_id, 0) + 1
+        if outcome.correct(expected) and outcome.headers.get("X-Request-ID") == outcome.client_id:
+            answered += 1
+        elif outcome.status == 200:
+            mixed += 1
+        elif outcome.status == 504 and outcome.body.get("success") is False:
+            timed_out += 1
+        else:
+            lost += 1
+    duplicated = sum(count - 1 for count in seen.values())
+    return Tally(len(outcomes), answered, timed_out, lost, duplicated, mixed)
+
+
+def distinct_answers(indexes, tolerance: float = 1e-4) -> bool:
+    """Whether every image's expected answer differs from every other's by more than the tolerance,
+    so that answering one request with another's result cannot pass the check."""
+    vectors = np.array([list(tinted(i)[1].values()) for i in indexes])
+    gaps = np.abs(vectors[:, None, :] - vectors[None, :, :]).max(axis=2)
+    np.fill_diagonal(gaps, np.inf)
+    return bool(gaps.min() > 10 * tolerance)

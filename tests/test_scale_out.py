@@ -1,0 +1,253 @@
+"""Scale-out under faults, with real processes on loopback: nginx (deploy/nginx.conf) round-robins
+over two gunicorn web servers (gunicorn.conf.py); model workers run as `--role worker`; all share
+one real redis-server. Every image has its own known answer (tests/cluster.py), so each reply is
+checked for being this request's answer, not just a plausible one.
+"""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+import pytest
+import redis
+import requests
+
+from serving.queue import RedisQueue
+from serving.redis_server import EmbeddedRedis
+
+from .cluster import (
+    Nginx,
+    WebServer,
+    Worker,
+    distinct_answers,
+    fire,
+    nginx_binary,
+    post_image,
+    start_workers,
+    tally,
+    wait_until,
+)
+from .support import free_port, leftover_keys
+
+QUEUE = "scale"
+HEARTBEAT_TTL = "1"  # a killed worker's messages go back to the queue within about two seconds
+
+
+class Cluster:
+    def __init__(self, tmp_path, colour_model):
+        self.log_dir = tmp_path
+        self.model = colour_model
+        self.redis_port = free_port()
+        self.redis_server = EmbeddedRedis(port=self.redis_port).start()
+        self.redis_url = self.redis_server.url
+        self.webs: list[WebServer] = []
+        self.nginx: Nginx | None = None
+        self.workers: list[Worker] = []
+
+    def start_web_tier(self) -> None:
+        self.webs = [WebServer(f"web{i}", self.redis_url, QUEUE, self.log_dir) for i in (1, 2)]
+        if nginx_binary():
+            self.nginx = Nginx([web.port for web in self.webs], self.log_dir)
+
+    @property
+    def entry(self) -> str:
+        """Where clients send requests: nginx when installed, else the first web server."""
+        return self.nginx.url if self.nginx else self.webs[0].url
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def queue(self) -> RedisQueue:
+        return RedisQueue(self.client(), QUEUE)
+
+    def worker(self, name: str, *extra: str) -> Worker:
+        worker = Worker(name, self.redis_url, QUEUE, self.model, self.log_dir,
+                        "--heartbeat-ttl", HEARTBEAT_TTL, *extra)
+        self.workers.append(worker)
+        return worker
+
+    def restart_redis(self) -> None:
+        self.redis_server = EmbeddedRedis(port=self.redis_port).start()
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def stop(self) -> None:
+        self.stop_workers()
+        for process in [self.nginx, *self.webs]:
+            if process:
+                process.stop()
+        self.redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, colour_model):
+    cluster = Cluster(tmp_path_factory.mktemp("scale-out"), colour_model)
+    try:
+        cluster.start_web_tier()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def fresh(cluster):
+    """The cluster with an empty Redis; the test's workers are stopped afterwards."""
+    cluster.client().flushall()
+    yield cluster
+    cluster.stop_workers()
+
+
+def assert_no_leftovers(cluster: Cluster) -> None:
+    """Once every worker has stopped (signed off or expired), the queue leaves no key at all."""
+    client = cluster.client()
+    assert leftover_keys(client, QUEUE) == []
+    wait_until(lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")), 10,
+               "dead workers' heartbeats to expire")
+
+
+def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
+    raw = cluster.client().lrange(cluster.queue().processing_key(worker.worker_id), 0, -1)
+    return {orjson.loads(message)["id"] for message in raw}
+
+
+def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
+    if fresh.nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light): the round-robin test needs it")
+    start_workers(fresh.worker("worker1"), fresh.worker("worker2"))
+    indexes = range(300)
+    assert distinct_answers(indexes)
+
+    outcomes = fire(fresh.entry, indexes, concurrency=32)
+    counts = tally(outcomes)
+    print(f"\nround robin: {counts}")
+
+    assert counts.answered == counts.sent == 300, [o for o in outcomes if o.status != 200][:3]
+    workers = {o.body["batch"]["worker"] for o in outcomes}
+    assert workers == {w.worker_id for w in fresh.workers}
+    served_by = {o.headers["X-Served-By"] for o in outcomes}
+    assert served_by == {f"127.0.0.1:{web.port}" for web in fresh.webs}
+    # Each web server's own access log holds the client ids it answered, together all of them.
+    logged = [web.served_request_ids() for web in fresh.webs]
+    assert all(logged) and set.union(*logged) == {o.client_id for o in outcomes}
+    assert sum(fresh.nginx.upstreams_used().values()) >= 300
+    # A client that sends no X-Request-ID gets the one nginx made up, passed through the app.
+    response = requests.get(fresh.entry + "/readyz", timeout=5)
+    assert response.status_code == 200 and response.json()["workers"] == 2
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
+
+
+def test_killed_worker_mid_batch_loses_no_request(fresh):
+    survivor = fresh.worker("survivor", "--batch-size", "8")
+    # A long batching window: the victim sits on a taken batch long enough to be killed holding it.
+    victim = fresh.worker("victim", "--batch-size", "8", "--batch-wait-ms", "3000")
+    start_workers(survivor, victim)
+
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(fire, fresh.entry, range(150), 24)
+        wait_until(lambda: held_request_ids(fresh, victim), 30, "the victim to take a batch")
+        victim.signal(signal.SIGKILL)
+        victim.wait(10)
+        held = held_request_ids(fresh, victim)
+        outcomes = load.result()
+    counts = tally(outcomes)
+    print(f"\nkill -9 mid-batch ({len(held)} requests in the killed batch): {counts}")
+
+    assert held
+    assert counts.lost == counts.duplicated == counts.mixed_up == 0
+    assert counts.answered + counts.timed_out == counts.sent
+    rescued = [o for o in outcomes if o.body.get("request_id") in held]
+    assert len(rescued) == len(held)
+    assert all(o.status == 200 and o.body["batch"]["worker"] == survivor.worker_id for o in rescued)
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
+
+
+def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
+    worker = fresh.worker("draining", "--batch-size", "8", "--batch-wait-ms", "2000")
+    start_workers(worker)
+    # A web server of its own, so stopping it leaves the shared web tier intact.
+    web = WebServer("web-draining", fresh.redis_url, QUEUE, fresh.log_dir)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(fire, web.url, range(6), 6, 30, "drain")
+            client = fresh.client()
+            wait_until(lambda: len(list(client.scan_iter(match=f"{QUEUE}:waiting:*"))) == 6, 20,
+                       "all six requests to be queued")
+            wait_until(lambda: held_request_ids(fresh, worker), 20, "the worker to take a batch")
+            worker.signal(signal.SIGTERM)
+            web.signal(signal.SIGTERM)
+            outcomes = load.result()
+        counts = tally(outcomes)
+        print(f"\nSIGTERM mid-batch: {counts}")
+        assert counts.answered == counts.sent == 6
+        assert {o.body["batch"]["worker"] for o in outcomes} == {worker.worker_id}
+        assert worker.wait(30) == 0 and web.wait(30) == 0
+        assert "Shutting down: Master" in web.log()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(web.url + "/healthz", timeout=2)
+    finally:
+        web.stop()
+    assert_no_leftovers(fresh)
+
+
+def test_redis_outage_gives_fast_503s_and_service_resumes(fresh):
+    start_workers(fresh.worker("steady"))
+    before = fire(fresh.entry, range(20), 8)
+    assert tally(before).answered == 20
+
+    fresh.redis_server.stop()
+    try:
+        during = fire(fresh.entry, range(20, 80), 8, timeout=10, tag="outage")
+        statuses = {o.status for o in during}
+        slowest = max(o.seconds for o in during)
+        print(f"\nRedis down: sent={len(during)} statuses={sorted(statuses, key=str)} "
+              f"slowest={slowest * 1000:.0f} ms")
+        assert statuses == {503}, [o for o in during if o.status != 503][:3]
+        assert all(o.body == {"success": False, "error": o.body["error"]} and o.headers["Retry-After"]
+                   for o in during)
+        for web in fresh.webs:
+            assert requests.get(web.url + "/readyz", timeout=5).status_code == 503
+    finally:
+        fresh.restart_redis()
+
+    # The same processes serve again once Redis is back on its port; no restart.
+    wait_until(lambda: requests.get(fresh.entry + "/readyz", timeout=5).status_code == 200, 20,
+               "the worker's heartbeat to reach the new Redis")
+    after = fire(fresh.entry, range(80, 140), 8)
+    counts = tally(after)
+    print(f"after Redis came back: {counts}")
+    assert counts.answered == counts.sent
+    assert all(worker.alive() for worker in fresh.workers) and all(web.alive() for web in fresh.webs)
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
+
+
+def test_oversized_upload_gets_json_413_from_gunicorn_and_nginx(cluster):
+    too_big = b"\0" * (10 * 1024 * 1024 + 1)  # MAX_UPLOAD_BYTES, and nginx's client_max_body_size
+    targets = [cluster.webs[0].url] + ([cluster.nginx.url] if cluster.nginx else [])
+    for url in targets:
+        response = requests.post(url + "/predict", files={"image": ("big.png", too_big)}, timeout=30)
+        assert response.status_code == 413, url
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["success"] is False
+    assert post_image(cluster.entry, 0).status in (200, 503)  # the connection pool still works
+
+
+def test_nginx_answers_json_when_no_web_server_is_up(cluster):
+    if cluster.nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    nginx = Nginx([free_port()], cluster.log_dir, name="nginx-no-upstream")
+    try:
+        response = requests.get(nginx.url + "/readyz", headers={"X-Request-ID": "probe-1"}, timeout=10)
+        assert response.status_code == 503
+        assert response.json()["success"] is False
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["X-Request-ID"] == "probe-1"
+    finally:
+        nginx.stop()
