@@ -7,11 +7,11 @@ turn into Python objects.
 
 from __future__ import annotations
 
-import base64
 import io
 import warnings
 
 import numpy as np
+import pybase64  # SIMD base64: ~30x less CPU than the standard library on 200 KB images
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_DTYPES = frozenset(
@@ -30,7 +30,7 @@ def encode_array(array: np.ndarray) -> dict:
     return {
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": base64.b64encode(array.tobytes()).decode("ascii"),
+        "data": pybase64.b64encode_as_string(array.tobytes()),
     }
 
 
@@ -41,7 +41,7 @@ def decode_array(encoded: dict) -> np.ndarray:
     shape = tuple(int(n) for n in encoded["shape"])
     if any(n < 0 for n in shape):
         raise ValueError(f"negative dimension in shape {shape}")
-    raw = base64.b64decode(encoded["data"], validate=True)
+    raw = pybase64.b64decode(encoded["data"], validate=True)
     dtype = np.dtype(dtype_name)
     if len(raw) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
         raise ValueError(f"{len(raw)} bytes do not fill shape {shape} of {dtype_name}")
@@ -77,8 +77,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an upload (first frame, EXIF orientation applied), refusing decompression bombs."""
+def open_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
+    """Decode an upload (first frame, EXIF orientation applied), refusing decompression bombs.
+
+    With ``min_side``, a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling), keeping both sides >= min_side: a 1600x1200 photo for a 224 model
+    decodes ~10x faster than at full size.
+    """
     if not data:
         raise ImageError("The uploaded file is empty.")
     try:
@@ -91,8 +96,11 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
                     f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels."
                 )
             image.seek(0)
+            if min_side and image.format == "JPEG":
+                image.draft(None, (min_side, min_side))  # square: the same after EXIF rotation
             image.load()
-            return ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the decoded pixels
+            return image
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -109,7 +117,7 @@ def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.nda
 
     ``size`` is (width, height), as Pillow counts.
     """
-    image = open_image(data, max_pixels)
+    image = open_image(data, max_pixels, min_side=max(size))
     try:
         rgb = to_rgb(image)
     except (OSError, ValueError) as exc:
