@@ -1,0 +1,212 @@
+"""/metrics (Prometheus text) and the request log line, on live servers and a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+import pytest
+import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.queue import RedisQueue
+
+from .support import ROOT, LiveServer, colour_image, free_port
+
+Q = "metricsq"
+
+
+@pytest.fixture(scope="module")
+def server(redis_server, colour_model, tmp_path_factory):
+    model_path, labels_path = colour_model
+    live = LiveServer("--redis-url", redis_server.url, "--queue-name", Q, "--model", str(model_path),
+                      "--labels", str(labels_path), "--preprocess", "unit",
+                      log_path=tmp_path_factory.mktemp("logs") / "server.log").start()
+    yield live
+    live.stop()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics as {(name, sorted labels): value}; fails on malformed text."""
+    response = requests.get(url + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for(condition, timeout: float = 15.0):
+    """Poll until ``condition()`` is truthy: the worker answers in its own time."""
+    give_up = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.1)
+    return result
+
+
+def test_counters_and_histograms_move_with_requests(server):
+    before = scrape(server.url)
+    for colour in ("red", "green", "blue", "red"):
+        assert server.predict(colour_image(colour)).status_code == 200
+    assert server.predict(b"not an image", name="x.jpg").status_code == 400
+    after = scrape(server.url)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("inference_http_requests_total", method="POST", endpoint="/predict", status="200") == 4
+    assert moved("inference_http_requests_total", method="POST", endpoint="/predict", status="400") == 1
+    assert moved("inference_http_request_duration_seconds_count", method="POST", endpoint="/predict") == 5
+    assert moved("inference_http_request_duration_seconds_sum", method="POST", endpoint="/predict") > 0
+    batches = moved("inference_batch_size_count")
+    assert 1 <= batches <= 4 and moved("inference_batch_size_sum") == 4  # every image in exactly one batch
+    assert moved("inference_batch_size_bucket", le="+Inf") == batches
+    assert moved("inference_model_seconds_count") == batches and moved("inference_model_seconds_sum") > 0
+    assert value(after, "inference_redis_up") == 1
+    assert value(after, "inference_workers_live") == 1
+    assert value(after, "inference_queue_depth") == 0
+    assert value(after, "inference_queue_capacity") == 256
+    [info] = [labels for name, labels in after if name == "inference_worker_info"]
+    assert dict(info)["model"] == "colour"
+
+
+def test_expired_requests_are_counted_as_dropped(server):
+    before = value(scrape(server.url), "inference_dropped_expired_total")
+    queue = RedisQueue(redis.Redis.from_url(server.args[server.args.index("--redis-url") + 1]), Q)
+    stale = orjson.dumps({"id": "stale-1", "queued_at": time.time() - 60, "deadline": time.time() - 30,
+                          "image": {}})
+    assert queue.enqueue(stale, "stale-1", max_length=100, wait_seconds=1)
+    wait_for(lambda: value(scrape(server.url), "inference_dropped_expired_total") == before + 1)
+    queue.redis.delete(queue.waiting_key("stale-1"))
+
+
+def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server, tmp_path):
+    web = LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", "depthq",
+                     "--max-queue-length", "50", log_path=tmp_path / "web.log").start(wait_ready=False)
+    queue = RedisQueue(redis.Redis.from_url(redis_server.url), "depthq")
+    try:
+        assert value(scrape(web.url), "inference_workers_live") == 0
+        for i in range(3):
+            assert queue.enqueue(b'{"id": "r%d"}' % i, f"r{i}", max_length=50, wait_seconds=5)
+        queue.beat("far-away-worker", {"host": "gpu-7", "model": {"name": "resnet50"}}, ttl=30)
+        samples = scrape(web.url)
+        assert value(samples, "inference_queue_depth") == 3
+        assert value(samples, "inference_queue_capacity") == 50
+        assert value(samples, "inference_workers_live") == 1
+        assert value(samples, "inference_worker_info", worker="far-away-worker", host="gpu-7",
+                     model="resnet50") == 1
+    finally:
+        queue.redis.delete(*queue.redis.keys("depthq*"))
+        web.stop()
+
+
+def test_metrics_answer_while_redis_is_down(tmp_path):
+    web = LiveServer("--role", "web", "--redis-url", f"redis://127.0.0.1:{free_port()}",
+                     log_path=tmp_path / "web.log").start(wait_ready=False)
+    try:
+        samples = scrape(web.url)
+        assert value(samples, "inference_redis_up") == 0
+        assert not any(name == "inference_queue_depth" for name, _ in samples)
+    finally:
+        web.stop()
+
+
+def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp_path):
+    """Two gunicorn processes, one model worker process: every scrape counts every request."""
+    model_path, labels_path = colour_model
+    port = free_port()
+    multiproc_dir = tmp_path / "prometheus"
+    multiproc_dir.mkdir()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "REDIS_URL": redis_server.url, "QUEUE_NAME": "gunq",
+           "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    (tmp_path / "empty.conf.py").write_text("")  # this test's flags only, not the repo's gunicorn.conf.py
+    log = open(tmp_path / "processes.log", "wb")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "empty.conf.py"), "-w", "2", "-k", "gthread",
+         "--threads", "8", "-b", f"127.0.0.1:{port}", "run_keras_server:create_app()"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "run_keras_server.py", "--role", "worker", "--model", str(model_path),
+         "--labels", str(labels_path), "--preprocess", "unit"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), timeout=120)
+        image = colour_image("green")
+
+        def predict(_):
+            with requests.Session() as session:  # a new connection each: gunicorn spreads them
+                return session.post(url + "/predict", files={"image": ("g.png", image)},
+                                    timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(predict, range(24))) == [200] * 24
+        pids = {re.search(r"_(\d+)\.db$", path.name).group(1) for path in multiproc_dir.glob("*.db")}
+        assert len(pids) == 2, f"both gunicorn processes should have answered: {pids}"
+        for _ in range(4):  # whichever process answers the scrape
+            samples = scrape(url)
+            assert value(samples, "inference_http_requests_total", method="POST", endpoint="/predict",
+                         status="200") == 24
+            assert value(samples, "inference_batch_size_sum") == 24
+    finally:
+        for process in (web, worker):
+            process.terminate()
+        for process in (web, worker):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+        redis.Redis.from_url(redis_server.url).delete("gunq:stats")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(url + "/readyz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _log_fields(line: str) -> dict[str, str]:
+    """Parse one key=value log line; quoted values are JSON strings."""
+    message = line.split(": request ", 1)[1]
+    return {key: json.loads(raw) if raw.startswith('"') else raw
+            for key, raw in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', message)}
+
+
+def test_one_parseable_log_line_per_request(server):
+    response = server.predict(colour_image("blue"), headers={"X-Request-ID": 'order 17 "rush"'})
+    body = response.json()
+    lines = wait_for(lambda: [line for line in server.log_path.read_text().splitlines()
+                              if f"id={body['request_id']}" in line])
+    assert len(lines) == 1
+    fields = _log_fields(lines[0])
+    assert fields["method"] == "POST" and fields["path"] == "/predict" and fields["status"] == "200"
+    assert fields["client_id"] == 'order 17 "rush"' and fields["batch"] == body["batch"]["id"]
+    assert float(fields["ms"]) > 0
+
+
+@pytest.mark.parametrize("level, logged", [("INFO", True), ("WARNING", False)])
+def test_log_level_flag_controls_the_request_line(redis_server, tmp_path, level, logged):
+    web = LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", "logq",
+                     "--log-level", level, log_path=tmp_path / "web.log").start(wait_ready=False)
+    try:
+        wrong_method = requests.get(web.url + "/predict", headers={"X-Request-ID": "probe-1"}, timeout=10)
+        assert wrong_method.status_code == 405
+        assert requests.get(web.url + "/healthz", timeout=10).status_code == 200  # the log is written by now
+    finally:
+        web.stop()
+    lines = [line for line in web.log().splitlines() if "client_id=probe-1" in line]
+    assert len(lines) == (1 if logged else 0)
