@@ -30,7 +30,7 @@ def new_worker_id() -> str:
 
 @dataclass
 class WorkerConfig:
-    batch_size: int = 32
+    batch_size: int = 8
     batch_wait_ms: float = 5.0
     result_ttl: int = 60
     top_k: int = 5

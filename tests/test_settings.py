@@ -5,7 +5,7 @@ from settings import OPTIONS, SettingsError, load_settings
 
 def test_defaults():
     settings = load_settings([], environ={})
-    assert settings.batch_size == 32 and settings.host == "127.0.0.1" and settings.redis_url is None
+    assert settings.batch_size == 8 and settings.host == "127.0.0.1" and settings.redis_url is None
 
 
 def test_flag_beats_environment_beats_default():
