@@ -234,7 +234,7 @@ def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Out
         response = requests.post(url + "/predict", files={"image": (f"{index}.png", image)},
                                  headers={"X-Request-ID": outcome.client_id}, timeout=timeout)
         outcome.status = response.status_code
-        outcome.headers = dict(response.headers)
+        outcome.headers = response.headers  # case-insensitive: waitress writes X-Request-Id
         outcome.body = orjson.loads(response.content)
     except (requests.RequestException, orjson.JSONDecodeError) as exc:
         outcome.error = repr(exc)
@@ -242,9 +242,17 @@ def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Out
     return outcome
 
 
-def fire(url: str, indexes, concurrency: int, timeout: float = 30, tag: str = "t") -> list[Outcome]:
+def fire(url: str, indexes, concurrency: int, timeout: float = 30, tag: str = "t",
+         progress: list | None = None) -> list[Outcome]:
+    """POST each image from ``concurrency`` clients at once; ``progress`` collects outcomes as they land."""
+    def one(index: int) -> Outcome:
+        outcome = post_image(url, index, timeout, tag)
+        if progress is not None:
+            progress.append(outcome)
+        return outcome
+
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda i: post_image(url, i, timeout, tag), indexes))
+        return list(pool.map(one, indexes))
 
 
 @dataclass
@@ -252,17 +260,19 @@ class Tally:
     sent: int
     answered: int  # 200 with exactly this request's answer
     timed_out: int  # 504 from the web tier
-    lost: int  # no answer at all, or a status that is neither of the above
+    refused: int  # 503 (busy or Redis down), JSON with Retry-After
+    lost: int  # no answer at all, or a status that is none of the above
     duplicated: int  # a server request id answered to more than one client
     mixed_up: int  # 200 carrying another request's answer, or another client's request id
 
     def __str__(self) -> str:
         return (f"sent={self.sent} answered={self.answered} timed_out={self.timed_out} "
-                f"lost={self.lost} duplicated={self.duplicated} mixed_up={self.mixed_up}")
+                f"refused={self.refused} lost={self.lost} duplicated={self.duplicated} "
+                f"mixed_up={self.mixed_up}")
 
 
 def tally(outcomes: list[Outcome]) -> Tally:
-    answered = timed_out = lost = mixed = 0
+    answered = timed_out = refused = lost = mixed = 0
     seen: dict[str, int] = {}
     for outcome in outcomes:
         _, expected = tinted(outcome.index)
@@ -275,10 +285,13 @@ def tally(outcomes: list[Outcome]) -> Tally:
             mixed += 1
         elif outcome.status == 504 and outcome.body.get("success") is False:
             timed_out += 1
+        elif (outcome.status == 503 and outcome.body.get("success") is False
+              and outcome.headers.get("Retry-After")):
+            refused += 1
         else:
             lost += 1
     duplicated = sum(count - 1 for count in seen.values())
-    return Tally(len(outcomes), answered, timed_out, lost, duplicated, mixed)
+    return Tally(len(outcomes), answered, timed_out, refused, lost, duplicated, mixed)
 
 
 def distinct_answers(indexes, tolerance: float = 1e-4) -> bool:

@@ -6,6 +6,7 @@ checked for being this request's answer, not just a plausible one.
 
 from __future__ import annotations
 
+import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,9 +30,10 @@ from .cluster import (
     tally,
     wait_until,
 )
-from .support import free_port, leftover_keys
+from .support import LiveServer, free_port, leftover_keys
 
 QUEUE = "scale"
+BATCH_LINE = re.compile(r"batch \w+: \d+ images")  # the worker's debug line per model call
 HEARTBEAT_TTL = "1"  # a killed worker's messages go back to the queue within about two seconds
 
 
@@ -138,19 +140,20 @@ def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
     # A client that sends no X-Request-ID gets the one nginx made up, passed through the app.
     response = requests.get(fresh.entry + "/readyz", timeout=5)
     assert response.status_code == 200 and response.json()["workers"] == 2
+    assert len(response.headers["X-Request-ID"]) == 32
     fresh.stop_workers()
     assert_no_leftovers(fresh)
 
 
 def test_killed_worker_mid_batch_loses_no_request(fresh):
-    survivor = fresh.worker("survivor", "--batch-size", "8")
-    # A long batching window: the victim sits on a taken batch long enough to be killed holding it.
-    victim = fresh.worker("victim", "--batch-size", "8", "--batch-wait-ms", "3000")
+    # Batching windows long enough that the queue backs up and the victim is killed holding a batch.
+    survivor = fresh.worker("survivor", "--batch-size", "16", "--batch-wait-ms", "500")
+    victim = fresh.worker("victim", "--batch-size", "16", "--batch-wait-ms", "2000")
     start_workers(survivor, victim)
 
     with ThreadPoolExecutor(1) as pool:
         load = pool.submit(fire, fresh.entry, range(150), 24)
-        wait_until(lambda: held_request_ids(fresh, victim), 30, "the victim to take a batch")
+        wait_until(lambda: len(held_request_ids(fresh, victim)) >= 4, 30, "the victim to take a batch")
         victim.signal(signal.SIGKILL)
         victim.wait(10)
         held = held_request_ids(fresh, victim)
@@ -158,12 +161,41 @@ def test_killed_worker_mid_batch_loses_no_request(fresh):
     counts = tally(outcomes)
     print(f"\nkill -9 mid-batch ({len(held)} requests in the killed batch): {counts}")
 
-    assert held
     assert counts.lost == counts.duplicated == counts.mixed_up == 0
     assert counts.answered + counts.timed_out == counts.sent
     rescued = [o for o in outcomes if o.body.get("request_id") in held]
     assert len(rescued) == len(held)
     assert all(o.status == 200 and o.body["batch"]["worker"] == survivor.worker_id for o in rescued)
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
+
+
+def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_twice(fresh):
+    """A worker that stalls (SIGSTOP: a long GC pause, a VM freeze) loses its heartbeat; its batch is
+    requeued and answered by another. When it wakes it computes the batch again: that second
+    result must reach no client and leave no key behind."""
+    survivor = fresh.worker("survivor", "--batch-size", "16", "--batch-wait-ms", "500")
+    sleeper = fresh.worker("sleeper", "--batch-size", "16", "--batch-wait-ms", "2000", "--log-level", "DEBUG")
+    start_workers(survivor, sleeper)
+
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(fire, fresh.entry, range(60), 12)
+        wait_until(lambda: len(held_request_ids(fresh, sleeper)) >= 4, 30, "the sleeper to take a batch")
+        sleeper.signal(signal.SIGSTOP)
+        held = held_request_ids(fresh, sleeper)
+        outcomes = load.result()
+    counts = tally(outcomes)
+    rescued = [o for o in outcomes if o.body.get("request_id") in held]
+    batches_before = len(BATCH_LINE.findall(sleeper.log()))
+    sleeper.signal(signal.SIGCONT)
+    sleeper.signal(signal.SIGTERM)  # it finishes (and tries to answer) the batch it held, then exits
+    assert sleeper.wait(30) == 0
+    assert len(BATCH_LINE.findall(sleeper.log())) > batches_before, "the woken worker ran its batch"
+    print(f"\nworker frozen mid-batch ({len(held)} requests held, computed twice): {counts}")
+
+    assert held and len(rescued) == len(held)
+    assert all(o.status == 200 and o.body["batch"]["worker"] == survivor.worker_id for o in rescued)
+    assert counts.answered == counts.sent and counts.duplicated == 0
     fresh.stop_workers()
     assert_no_leftovers(fresh)
 
@@ -197,29 +229,43 @@ def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
 
 
 def test_redis_outage_gives_fast_503s_and_service_resumes(fresh):
-    start_workers(fresh.worker("steady"))
-    before = fire(fresh.entry, range(20), 8)
-    assert tally(before).answered == 20
-
-    fresh.redis_server.stop()
+    start_workers(fresh.worker("steady", "--batch-wait-ms", "300"))  # requests wait while Redis stops
+    # `python run_keras_server.py --role web` (waitress) beside the gunicorn web servers.
+    role_web = LiveServer("--role", "web", "--redis-url", fresh.redis_url, "--queue-name", QUEUE,
+                          log_path=fresh.log_dir / "role-web.log").start()
     try:
-        during = fire(fresh.entry, range(20, 80), 8, timeout=10, tag="outage")
-        statuses = {o.status for o in during}
-        slowest = max(o.seconds for o in during)
-        print(f"\nRedis down: sent={len(during)} statuses={sorted(statuses, key=str)} "
-              f"slowest={slowest * 1000:.0f} ms")
-        assert statuses == {503}, [o for o in during if o.status != 503][:3]
-        assert all(o.body == {"success": False, "error": o.body["error"]} and o.headers["Retry-After"]
-                   for o in during)
-        for web in fresh.webs:
-            assert requests.get(web.url + "/readyz", timeout=5).status_code == 503
+        check_outage_and_recovery(fresh, [fresh.entry, role_web.url])
+    finally:
+        role_web.stop()
+
+
+def check_outage_and_recovery(fresh: Cluster, entries: list[str]) -> None:
+    before = [o for url in entries for o in fire(url, range(20), 8)]
+    assert tally(before).answered == len(before)
+
+    client = fresh.client()
+    progress: list = []
+    try:
+        with ThreadPoolExecutor(len(entries)) as pool:
+            loads = [pool.submit(fire, url, range(20, 140), 8, 10, "outage", progress) for url in entries]
+            wait_until(lambda: len(progress) >= 20 and len(list(client.scan_iter(match=f"{QUEUE}:waiting:*")))
+                       >= 4, 20, "some answers, and requests waiting on theirs")
+            fresh.redis_server.stop()
+            during = [o for load in loads for o in load.result()]
+        counts = tally(during)
+        slowest = max(o.seconds for o in during if o.status == 503)
+        print(f"\nRedis stopped under load: {counts}; slowest 503 in {slowest * 1000:.0f} ms")
+        assert counts.refused > 0 and counts.answered >= 20
+        assert counts.answered + counts.refused == counts.sent, [o for o in during if o.status != 200][:3]
+        for url in [web.url for web in fresh.webs] + entries:
+            assert requests.get(url + "/readyz", timeout=5).status_code == 503
     finally:
         fresh.restart_redis()
 
     # The same processes serve again once Redis is back on its port; no restart.
     wait_until(lambda: requests.get(fresh.entry + "/readyz", timeout=5).status_code == 200, 20,
                "the worker's heartbeat to reach the new Redis")
-    after = fire(fresh.entry, range(80, 140), 8)
+    after = [o for url in entries for o in fire(url, range(80, 140), 8)]
     counts = tally(after)
     print(f"after Redis came back: {counts}")
     assert counts.answered == counts.sent
