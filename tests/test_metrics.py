@@ -16,6 +16,7 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.metrics import RedisBatchStats
 from serving.queue import RedisQueue
 
 from .support import ROOT, LiveServer, colour_image, free_port
@@ -55,12 +56,21 @@ def wait_for(condition, timeout: float = 15.0):
     return result
 
 
+def scrape_until(url: str, condition) -> dict:
+    """Scrape until ``condition(samples)`` holds: workers write their batch stats a moment later."""
+    def attempt():
+        samples = scrape(url)
+        return samples if condition(samples) else None
+    return wait_for(attempt)
+
+
 def test_counters_and_histograms_move_with_requests(server):
     before = scrape(server.url)
     for colour in ("red", "green", "blue", "red"):
         assert server.predict(colour_image(colour)).status_code == 200
     assert server.predict(b"not an image", name="x.jpg").status_code == 400
-    after = scrape(server.url)
+    images_before = value(before, "inference_batch_size_sum")
+    after = scrape_until(server.url, lambda s: value(s, "inference_batch_size_sum") >= images_before + 4)
 
     def moved(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -154,6 +164,7 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
             assert list(pool.map(predict, range(24))) == [200] * 24
         pids = {re.search(r"_(\d+)\.db$", path.name).group(1) for path in multiproc_dir.glob("*.db")}
         assert len(pids) == 2, f"both gunicorn processes should have answered: {pids}"
+        scrape_until(url, lambda s: value(s, "inference_batch_size_sum") == 24)
         for _ in range(4):  # whichever process answers the scrape
             samples = scrape(url)
             assert value(samples, "inference_http_requests_total", method="POST", endpoint="/predict",
@@ -170,6 +181,22 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
                 process.wait()
         log.close()
         redis.Redis.from_url(redis_server.url).delete("gunq:stats")
+
+
+def test_batch_stats_survive_a_redis_outage(redis_server):
+    down = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    stats = RedisBatchStats(RedisQueue(down, "outageq"), flush_seconds=3600)
+    stats.batch_done(3, 0.02)
+    stats.dropped_expired()
+    stats.flush()  # Redis is away: logged, kept for later, never raised into the worker
+    stats.batch_done(5, 0.2)
+    stats.redis = redis.Redis.from_url(redis_server.url)
+    stats.flush()
+    written = stats.redis.hgetall("outageq:stats")
+    stats.redis.delete("outageq:stats")
+    assert {key.decode(): float(amount) for key, amount in written.items()} == pytest.approx({
+        "batch_size:4": 1, "batch_size:8": 1, "batch_size_sum": 8, "dropped_expired": 1,
+        "model_seconds:0.025": 1, "model_seconds:0.25": 1, "model_seconds_sum": 0.22})
 
 
 def _ready(url: str) -> bool:
