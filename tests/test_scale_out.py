@@ -200,6 +200,38 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
     assert_no_leftovers(fresh)
 
 
+def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(fresh):
+    """Clients that gave up (504) while a dead worker held their request: the worker that starts
+    next returns the dead one's messages to the queue, then drops them unrun for their deadline."""
+    victim = fresh.worker("victim-expiring", "--batch-size", "8", "--batch-wait-ms", "3000")
+    start_workers(victim)
+    web = WebServer("web-short-timeout", fresh.redis_url, QUEUE, fresh.log_dir, CLIENT_TIMEOUT="1")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(fire, web.url, range(4), 4, 30, "late")
+            wait_until(lambda: held_request_ids(fresh, victim), 20, "the victim to take a batch")
+            victim.signal(signal.SIGKILL)
+            victim.wait(10)
+            held = held_request_ids(fresh, victim)
+            outcomes = load.result()
+    finally:
+        web.stop()
+    counts = tally(outcomes)
+    assert held and counts.timed_out == counts.sent == 4
+
+    successor = fresh.worker("successor", "--log-level", "DEBUG")
+    start_workers(successor)
+    client = fresh.client()
+    wait_until(lambda: not list(client.scan_iter(match=f"{QUEUE}:processing:*")) and not client.llen(QUEUE),
+               20, "the dead worker's messages to be requeued and taken")
+    print(f"\nexpired in a dead worker's hands ({len(held)} held): {counts}; recomputed: "
+          f"{len(BATCH_LINE.findall(successor.log()))} batches")
+    assert f"returned {len(held)} messages of dead workers" in successor.log()
+    assert not BATCH_LINE.findall(successor.log())
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
+
+
 def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
     worker = fresh.worker("draining", "--batch-size", "8", "--batch-wait-ms", "2000")
     start_workers(worker)
