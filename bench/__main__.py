@@ -1,0 +1,162 @@
+"""python -m bench: the server against the raw model, the naive baseline and its own pipeline.
+
+    python -m bench                 # ResNet50 (--weights none), c = 1, 8, 32, 64; a few minutes
+    python -m bench --quick         # smoke run: small model, few requests, under a minute
+
+Prints a table of ratios and the goals, writes bench/results/benchmark.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from stress_test import run_load
+
+from . import goals, redis_memory
+from .plot import plot
+from .processes import ROOT, ChildServer
+from .report import table
+
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_IMAGE = ROOT.parent / "shared" / "testdata" / "shuttle.jpg"
+
+
+def requests_for(concurrency: int, rate: float, args) -> int:
+    """Enough requests for ``args.seconds`` at ``rate``, at least two rounds of every client."""
+    count = max(args.min_requests, 2 * concurrency, int(rate * args.seconds))
+    return min(count, args.max_requests) if args.max_requests else count
+
+
+def measure_raw(args) -> dict:
+    command = [sys.executable, "-m", "bench.raw_model", "--model", args.model, "--weights", args.weights,
+               "--tf-threads", str(args.tf_threads), "--batch-sizes", args.raw_batch_sizes,
+               "--min-seconds", str(args.raw_seconds)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    return orjson.loads(out.strip().splitlines()[-1])
+
+
+def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, warmup: int) -> list[dict]:
+    run_load(url, image, warmup, min(warmup, 4), progress=False)  # first calls build graphs
+    rows = []
+    for concurrency in concurrencies:
+        count = requests_for(concurrency, rate, args)
+        result = run_load(url, image, count, concurrency, timeout=120, progress=sys.stderr.isatty())
+        summary = result.summary()
+        print(f"  c={concurrency:<3} {summary['throughput_rps']:8.2f} req/s  p50 {summary['p50_ms']} ms  "
+              f"p99 {summary['p99_ms']} ms  {summary['statuses']}", flush=True)
+        rows.append(summary)
+    return rows
+
+
+def server_args(model: str, args) -> list[str]:
+    return ["run_keras_server.py", "--model", model, "--weights", args.weights,
+            "--tf-threads", str(args.tf_threads), "--log-level", "WARNING", *args.server_flag]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None,
+                        help="model the server and baseline run (resnet50; --quick: efficientnet_lite0)")
+    parser.add_argument("--weights", default="none", help="resnet50 weights (none: same compute, random)")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--null-concurrency", default="1,8,32,64")
+    parser.add_argument("--seconds", type=float, default=8.0, help="target seconds per load level")
+    parser.add_argument("--min-requests", type=int, default=16)
+    parser.add_argument("--max-requests", type=int, default=0, help="cap per load level (0: none)")
+    parser.add_argument("--tf-threads", type=int, default=0)
+    parser.add_argument("--raw-batch-sizes", default="1,4,8,16,32")
+    parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument("--server-flag", action="append", default=[],
+                        help="extra flag for run_keras_server.py, e.g. --server-flag=--batch-size=16")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--docs-plot", type=Path, default=None, help="also copy the plot here")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: efficientnet_lite0, c = 1 and 4, a handful of requests")
+    args = parser.parse_args(argv)
+    args.model = args.model or ("efficientnet_lite0" if args.quick else "resnet50")
+    if args.quick:
+        args.concurrency, args.null_concurrency = "1,4", "1,4"
+        args.seconds, args.min_requests, args.raw_batch_sizes, args.raw_seconds = 0.5, 8, "1,4", 0.3
+        args.max_requests = 24
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    image = load_image(args.image)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    started = time.monotonic()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "load_before": _load()},
+                     "config": {k: str(v) for k, v in vars(args).items()}}
+
+    print(f"raw model rate ({args.model}, in-process)...", flush=True)
+    raw = results["raw"] = measure_raw(args)
+    print(f"  best batch {raw['best_batch']}: {raw['best_rate']} img/s; single {raw['single_ms']} ms")
+
+    logs = args.out / "logs"
+    print("server over HTTP...", flush=True)
+    with ChildServer(server_args(args.model, args), logs / "server.log") as server:
+        results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+    print("naive baseline (predict per request, no queue)...", flush=True)
+    naive = ["-m", "bench.naive_server", "--model", args.model, "--weights", args.weights,
+             "--tf-threads", str(args.tf_threads)]
+    with ChildServer(naive, logs / "baseline.log") as server:
+        results["baseline"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+    print("null-model pipeline (web + Redis + batching alone)...", flush=True)
+    null_rate = 20 * raw["best_rate"]  # sizes the run; the pipeline should manage 10x the model
+    with ChildServer(server_args("null", args), logs / "null_server.log") as server:
+        null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
+        results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
+    print("Redis memory per queued image...", flush=True)
+    results["redis_memory"] = redis_memory.measure(image, logs)
+
+    results["goals"] = goals.evaluate(raw, results["server"], results["null_pipeline"],
+                                      results["redis_memory"])
+    results["machine"]["load_after"] = _load()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    write(results, args)
+    print()
+    print(table(results))
+    print(f"\n{results['seconds']} s; wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+    return 0
+
+
+def load_image(path: Path) -> bytes:
+    """The photo to send; a generated 300x200 JPEG where the shared test photos are absent."""
+    if path.is_file():
+        return path.read_bytes()
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def write(results: dict, args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    plot(results, args.out / "benchmark.png")
+    if args.docs_plot:
+        args.docs_plot.parent.mkdir(parents=True, exist_ok=True)
+        args.docs_plot.write_bytes((args.out / "benchmark.png").read_bytes())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

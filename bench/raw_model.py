@@ -1,0 +1,70 @@
+"""The physical limit: the served model's compiled call in-process, no HTTP, no Redis.
+
+Run as ``python -m bench.raw_model --model resnet50`` (a child process, so its TensorFlow
+threads are gone before the servers are measured); prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import orjson
+
+
+def time_calls(predict, batch: np.ndarray, min_seconds: float, min_calls: int) -> list[float]:
+    """Seconds per call of ``predict(batch)``, after one warm-up call."""
+    predict(batch)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        predict(batch)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(model: str, weights: str, tf_threads: int, batch_sizes: list[int],
+            min_seconds: float) -> dict:
+    from serving.models import configure_tensorflow, load_classifier
+
+    configure_tensorflow(tf_threads)
+    classifier = load_classifier(model, weights)
+    width, height = classifier.input_size
+    rng = np.random.default_rng(0)
+    rates = {}
+    single_ms = None
+    for size in batch_sizes:
+        batch = rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
+        times = time_calls(classifier.predict, batch, min_seconds, min_calls=3 if size > 1 else 10)
+        rates[size] = size / statistics.median(times)
+        if size == 1:
+            single_ms = statistics.median(times) * 1000
+    best = max(rates, key=rates.get)
+    return {
+        "model": classifier.name,
+        "rate_by_batch": {str(k): round(v, 2) for k, v in rates.items()},
+        "best_batch": best,
+        "best_rate": round(rates[best], 2),
+        "single_ms": round(single_ms, 3) if single_ms is not None else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--weights", default="none")
+    parser.add_argument("--tf-threads", type=int, default=0)
+    parser.add_argument("--batch-sizes", default="1,4,8,16,32")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="time spent per batch size")
+    args = parser.parse_args(argv)
+    sizes = sorted({int(s) for s in args.batch_sizes.split(",")} | {1})
+    print(orjson.dumps(measure(args.model, args.weights, args.tf_threads, sizes, args.min_seconds)).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Redis memory per queued image: real uploads through ``--role web``, with no worker consuming.
+
+A fake heartbeat makes the web tier accept requests; they wait in the queue while Redis's own
+accounting is read, then time out (504) and withdraw their messages.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from serving.queue import RedisQueue, connect
+from serving.redis_server import EmbeddedRedis
+
+from .processes import ChildServer
+
+QUEUE = "bench_queue"
+FLOAT32_DESIGN_BYTES = 4 * 224 * 224 * 3 * 4 // 3  # float32 pixels in base64: ~803 KB per image
+
+
+def _fake_worker(queue: RedisQueue, input_size: tuple[int, int]) -> None:
+    info = {"model": {"name": "benchmark-placeholder", "input_size": list(input_size), "classes": 1000}}
+    queue.beat("benchmark-placeholder", info, ttl=120)
+
+
+def measure(image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224)) -> dict:
+    wait_seconds = 5.0
+    redis_server = EmbeddedRedis().start()
+    try:
+        client = connect(redis_server.url)
+        queue = RedisQueue(client, QUEUE)
+        _fake_worker(queue, input_size)
+        args = ["run_keras_server.py", "--role", "web", "--redis-url", redis_server.url,
+                "--queue-name", QUEUE, "--client-timeout", str(wait_seconds), "--log-level", "WARNING"]
+        with ChildServer(args, log_dir / "redis_memory_web.log", ready_path="/healthz") as server:
+            before = int(client.info("memory")["used_memory"])
+            statuses: list[int] = []
+
+            def upload() -> None:
+                response = requests.post(server.url + "/predict", files={"image": ("i.jpg", image)},
+                                         timeout=wait_seconds + 30)
+                statuses.append(response.status_code)
+
+            threads = [threading.Thread(target=upload) for _ in range(count)]
+            for thread in threads:
+                thread.start()
+            give_up = time.monotonic() + wait_seconds - 1
+            while queue.depth() < count and time.monotonic() < give_up:
+                time.sleep(0.01)  # polling Redis until every upload is queued
+            queued = queue.depth()
+            after = int(client.info("memory")["used_memory"])
+            list_bytes = int(client.memory_usage(QUEUE, samples=0) or 0)
+            markers = list(client.scan_iter(match=f"{QUEUE}:waiting:*"))
+            marker_bytes = sum(int(client.memory_usage(key) or 0) for key in markers)
+            sample = client.lindex(QUEUE, 0) or b""
+            for thread in threads:
+                thread.join()
+        client.close()
+    finally:
+        redis_server.stop()
+    if queued == 0:
+        raise RuntimeError(f"no upload reached the queue; statuses {statuses}")
+    # What a queued request keeps in Redis: its list entry and its waiting marker. used_memory
+    # also counts the uploads' connection buffers, which Redis frees once the clients go idle.
+    per_image = (list_bytes + marker_bytes) / queued
+    return {
+        "queued": queued,
+        "message_bytes": len(sample),
+        "bytes_per_image": round(per_image),
+        "list_bytes_per_image": round(list_bytes / queued),
+        "used_memory_delta_per_image": round((after - before) / queued),
+        "float32_design_bytes": FLOAT32_DESIGN_BYTES,
+        "ratio": round(per_image / FLOAT32_DESIGN_BYTES, 4),
+        "statuses_after_timeout": sorted(set(statuses)),
+    }

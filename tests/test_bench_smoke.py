@@ -1,0 +1,67 @@
+"""The benchmark runs end to end and writes sane results (a smoke run: no timing assertions)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+
+from .support import ROOT, colour_image
+
+
+def test_quick_benchmark_writes_results_and_plot(tmp_path):
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(colour_image("red", size=(300, 200), fmt="JPEG"))
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "bench", "--quick", "--model", "null", "--image", str(image),
+               "--out", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+
+    results = orjson.loads((out / "benchmark.json").read_bytes())
+    assert results["raw"]["best_rate"] > 0 and results["raw"]["single_ms"] >= 0
+    for system in ("server", "baseline", "null_pipeline"):
+        rows = results[system]
+        assert [row["concurrency"] for row in rows] == [1, 4]
+        for row in rows:
+            assert row["statuses"] == {"200": row["requests"]}, (system, row)
+            assert row["throughput_rps"] > 0 and row["p50_ms"] <= row["p99_ms"]
+    memory = results["redis_memory"]
+    # uint8 pixels in base64: a quarter of the float32 design, whatever the machine's speed
+    assert memory["queued"] > 0 and 0.24 < memory["ratio"] < 0.26
+    assert memory["statuses_after_timeout"] == [504]
+    assert len(results["goals"]) == 4
+    for goal in results["goals"]:
+        assert set(goal) >= {"goal", "measured", "ratio", "bound", "met"}
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "goal" in finished.stdout and "x raw" in finished.stdout
+
+
+def _stress(url: str, image, *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "stress_test.py", "--url", url, "--image", str(image), *flags]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_stress_test_reports_statuses_and_fails_on_errors(tmp_path, colour_model):
+    from .support import LiveServer, free_port
+
+    image = tmp_path / "blue.png"
+    image.write_bytes(colour_image("blue"))
+    model_path, labels_path = colour_model
+    server = LiveServer("--model", str(model_path), "--labels", str(labels_path), "--preprocess", "unit")
+    server.start()
+    try:
+        ok = _stress(server.url, image, "-n", "12", "-c", "4")
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert "statuses 200: 12" in ok.stdout and "p99" in ok.stdout
+        not_an_image = tmp_path / "notes.txt"
+        not_an_image.write_bytes(b"not an image")
+        bad = _stress(server.url, not_an_image, "-n", "3", "-c", "2", "--allow-busy")
+        assert bad.returncode == 1 and "statuses 400: 3" in bad.stdout
+    finally:
+        server.stop()
+    refused = _stress(f"http://127.0.0.1:{free_port()}", image, "-n", "2", "-c", "1")
+    assert refused.returncode == 1 and "statuses 0: 2" in refused.stdout
