@@ -260,6 +260,31 @@ def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
     assert_no_leftovers(fresh)
 
 
+def test_web_server_stopped_behind_nginx_under_load_fails_no_request(fresh):
+    if fresh.nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light): the rolling-stop test needs it")
+    start_workers(fresh.worker("steady", "--batch-wait-ms", "50"))
+    leaving = WebServer("web-leaving", fresh.redis_url, QUEUE, fresh.log_dir)
+    nginx = Nginx([fresh.webs[0].port, leaving.port], fresh.log_dir, name="nginx-rolling")
+    progress: list = []
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(fire, nginx.url, range(300), 16, 30, "rolling", progress)
+            wait_until(lambda: len(progress) >= 60, 30, "load to be under way")
+            leaving.signal(signal.SIGTERM)
+            outcomes = load.result()
+        assert leaving.wait(30) == 0
+    finally:
+        nginx.stop()
+        leaving.stop()
+    counts = tally(outcomes)
+    print(f"\nweb server stopped behind nginx under load: {counts}; "
+          f"nginx upstreams used: {sorted(nginx.upstreams_used().values())}")
+    assert counts.answered == counts.sent, [o for o in outcomes if o.status != 200][:3]
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
+
+
 def test_redis_outage_gives_fast_503s_and_service_resumes(fresh):
     start_workers(fresh.worker("steady", "--batch-wait-ms", "300"))  # requests wait while Redis stops
     # `python run_keras_server.py --role web` (waitress) beside the gunicorn web servers.
