@@ -178,19 +178,22 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
     sleeper = fresh.worker("sleeper", "--batch-size", "16", "--batch-wait-ms", "2000", "--log-level", "DEBUG")
     start_workers(survivor, sleeper)
 
+    progress: list = []
     with ThreadPoolExecutor(1) as pool:
-        load = pool.submit(fire, fresh.entry, range(60), 12)
+        load = pool.submit(fire, fresh.entry, range(60), 12, 30, "t", progress)
         wait_until(lambda: len(held_request_ids(fresh, sleeper)) >= 4, 30, "the sleeper to take a batch")
         sleeper.signal(signal.SIGSTOP)
         held = held_request_ids(fresh, sleeper)
+        wait_until(lambda: held <= {o.body.get("request_id") for o in list(progress)}, 30,
+                   "the frozen worker's requests to be answered by the survivor")
+        batches_before = len(BATCH_LINE.findall(sleeper.log()))
+        sleeper.signal(signal.SIGCONT)  # wakes while the load goes on, its batch long since answered
+        sleeper.signal(signal.SIGTERM)  # it finishes (and tries to answer) the batch it held, then exits
+        assert sleeper.wait(30) == 0
         outcomes = load.result()
+    assert len(BATCH_LINE.findall(sleeper.log())) > batches_before, "the woken worker ran its batch"
     counts = tally(outcomes)
     rescued = [o for o in outcomes if o.body.get("request_id") in held]
-    batches_before = len(BATCH_LINE.findall(sleeper.log()))
-    sleeper.signal(signal.SIGCONT)
-    sleeper.signal(signal.SIGTERM)  # it finishes (and tries to answer) the batch it held, then exits
-    assert sleeper.wait(30) == 0
-    assert len(BATCH_LINE.findall(sleeper.log())) > batches_before, "the woken worker ran its batch"
     print(f"\nworker frozen mid-batch ({len(held)} requests held, computed twice): {counts}")
 
     assert held and len(rescued) == len(held)
