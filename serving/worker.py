@@ -58,6 +58,7 @@ class ModelWorker:
         self.stopping = threading.Event()
         self.observer = observer  # optional metrics sink with batch_done / dropped_expired
         self._expected_shape = (classifier.input_size[1], classifier.input_size[0], 3)
+        self._last_batch_size = config.batch_size  # start as under load: wait the window
         self._beat_info = {
             "model": classifier.info(),
             "host": socket.gethostname(),
@@ -99,14 +100,20 @@ class ModelWorker:
         """Take and answer one batch. Returns how many messages it took."""
         try:
             messages = self.queue.take_batch(self.worker_id, self.config.batch_size,
-                                             self.config.batch_wait_ms / 1000, IDLE_TIMEOUT)
+                                             self._batch_window(), IDLE_TIMEOUT)
         except redis.RedisError as exc:
             log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
             self.stopping.wait(1.0)
             return 0
         if messages:
+            self._last_batch_size = len(messages)
             self._answer(messages, self.process(messages))
         return len(messages)
+
+    def _batch_window(self) -> float:
+        """The batching window, skipped right after a lone request: when requests come one at
+        a time (c = 1) the window only adds its delay; once two arrive together it is back."""
+        return self.config.batch_wait_ms / 1000 if self._last_batch_size > 1 else 0.0
 
     def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_ttl / 3
