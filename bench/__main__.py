@@ -19,7 +19,7 @@ import orjson
 
 from stress_test import run_load
 
-from . import goals, redis_memory
+from . import goals, overhead, redis_memory
 from .plot import plot
 from .processes import ROOT, ChildServer
 from .report import table
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-requests", type=int, default=0, help="cap per load level (0: none)")
     parser.add_argument("--tf-threads", type=int, default=0)
     parser.add_argument("--raw-batch-sizes", default="1,4,8,16,32")
-    parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument("--server-flag", action="append", default=[],
                         help="extra flag for run_keras_server.py, e.g. --server-flag=--batch-size=16")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print("server over HTTP...", flush=True)
     with ChildServer(server_args(args.model, args), logs / "server.log") as server:
         results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+        results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
     print("naive baseline (predict per request, no queue)...", flush=True)
     naive = ["-m", "bench.naive_server", "--model", args.model, "--weights", args.weights,
              "--tf-threads", str(args.tf_threads)]

@@ -16,8 +16,7 @@ import orjson
 
 
 def time_calls(predict, batch: np.ndarray, min_seconds: float, min_calls: int) -> list[float]:
-    """Seconds per call of ``predict(batch)``, after one warm-up call."""
-    predict(batch)
+    """Seconds per call of ``predict(batch)``."""
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - started < min_seconds:
@@ -28,28 +27,31 @@ def time_calls(predict, batch: np.ndarray, min_seconds: float, min_calls: int) -
 
 
 def measure(model: str, weights: str, tf_threads: int, batch_sizes: list[int],
-            min_seconds: float) -> dict:
+            min_seconds: float, rounds: int = 3) -> dict:
+    """Seconds per call by batch size, over interleaved rounds so that a burst of load from
+    elsewhere on a shared machine spreads over every size instead of hitting one."""
     from serving.models import configure_tensorflow, load_classifier
 
     configure_tensorflow(tf_threads)
     classifier = load_classifier(model, weights)
     width, height = classifier.input_size
     rng = np.random.default_rng(0)
-    rates = {}
-    single_ms = None
-    for size in batch_sizes:
-        batch = rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
-        times = time_calls(classifier.predict, batch, min_seconds, min_calls=3 if size > 1 else 10)
-        rates[size] = size / statistics.median(times)
-        if size == 1:
-            single_ms = statistics.median(times) * 1000
+    batches = {size: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8) for size in batch_sizes}
+    times: dict[int, list[float]] = {size: [] for size in batch_sizes}
+    for batch in batches.values():
+        classifier.predict(batch)  # warm-up: first calls allocate
+    for _ in range(rounds):
+        for size, batch in batches.items():
+            times[size] += time_calls(classifier.predict, batch, min_seconds / rounds,
+                                      min_calls=2 if size > 1 else 5)
+    rates = {size: size / statistics.median(spent) for size, spent in times.items()}
     best = max(rates, key=rates.get)
     return {
         "model": classifier.name,
         "rate_by_batch": {str(k): round(v, 2) for k, v in rates.items()},
         "best_batch": best,
         "best_rate": round(rates[best], 2),
-        "single_ms": round(single_ms, 3) if single_ms is not None else None,
+        "single_ms": round(statistics.median(times[1]) * 1000, 3),
     }
 
 

@@ -27,6 +27,11 @@ def table(results: dict) -> str:
                          f"{row['throughput_rps']:>9.2f}{row['throughput_rps'] / rate:>7.2f}"
                          f"{_cell(row['p50_ms'], '9.1f')}{_cell(row['p99_ms'], '9.1f')}  {statuses}")
     memory = results["redis_memory"]
+    if "server_overhead_c1" in results:
+        spent = results["server_overhead_c1"]
+        lines += ["", f"server at c=1, same requests: latency minus the model time it reports = "
+                      f"{spent['overhead_ms_p50']} ms p50 (max {spent['overhead_ms_max']}), "
+                      f"model {spent['model_ms_p50']} ms p50"]
     lines += [
         "",
         f"Redis per queued image: {memory['bytes_per_image']} B (MEMORY USAGE of the list entry and "
