@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from serving.redis_server import EmbeddedRedis
 from stress_test import run_load
 
 from . import goals, overhead, redis_memory
@@ -56,9 +57,10 @@ def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, w
     return rows
 
 
-def server_args(model: str, args) -> list[str]:
-    return ["run_keras_server.py", "--model", model, "--weights", args.weights,
-            "--tf-threads", str(args.tf_threads), "--log-level", "WARNING", *args.server_flag]
+def server_args(model: str, args, redis_url: str) -> list[str]:
+    return ["run_keras_server.py", "--model", model, "--weights", args.weights, "--redis-url", redis_url,
+            "--queue-name", f"bench_{model}", "--tf-threads", str(args.tf_threads),
+            "--log-level", "WARNING", *args.server_flag]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,20 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  best batch {raw['best_batch']}: {raw['best_rate']} img/s; single {raw['single_ms']} ms")
 
     logs = args.out / "logs"
-    print("server over HTTP...", flush=True)
-    with ChildServer(server_args(args.model, args), logs / "server.log") as server:
-        results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
-        results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
-    print("naive baseline (predict per request, no queue)...", flush=True)
-    naive = ["-m", "bench.naive_server", "--model", args.model, "--weights", args.weights,
-             "--tf-threads", str(args.tf_threads)]
-    with ChildServer(naive, logs / "baseline.log") as server:
-        results["baseline"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
-    print("null-model pipeline (web + Redis + batching alone)...", flush=True)
-    null_rate = 20 * raw["best_rate"]  # sizes the run; the pipeline should manage 10x the model
-    with ChildServer(server_args("null", args), logs / "null_server.log") as server:
-        null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
-        results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
+    redis_server = EmbeddedRedis().start()  # private: nobody else's keys or load in the figures
+    try:
+        measure_servers(args, image, concurrencies, raw, redis_server.url, results)
+    finally:
+        redis_server.stop()
     print("Redis memory per queued image...", flush=True)
     results["redis_memory"] = redis_memory.measure(image, logs)
 
@@ -129,6 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"\n{results['seconds']} s; wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
     return 0
+
+
+def measure_servers(args, image: bytes, concurrencies: list[int], raw: dict, redis_url: str,
+                    results: dict) -> None:
+    logs = args.out / "logs"
+    print("server over HTTP...", flush=True)
+    with ChildServer(server_args(args.model, args, redis_url), logs / "server.log") as server:
+        results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+        results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
+    print("naive baseline (predict per request, no queue)...", flush=True)
+    naive = ["-m", "bench.naive_server", "--model", args.model, "--weights", args.weights,
+             "--tf-threads", str(args.tf_threads)]
+    with ChildServer(naive, logs / "baseline.log") as server:
+        results["baseline"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+    print("null-model pipeline (web + Redis + batching alone)...", flush=True)
+    null_rate = 20 * raw["best_rate"]  # sizes the run; the pipeline should manage 10x the model
+    with ChildServer(server_args("null", args, redis_url), logs / "null_server.log") as server:
+        null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
+        results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
 
 
 def load_image(path: Path) -> bytes:

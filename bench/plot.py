@@ -23,8 +23,11 @@ def plot(results: dict, path: Path) -> None:
                   label=f"raw model limit (batch {raw['best_batch']})")
     speed.set(title=f"Throughput ({raw['model']})", xlabel="concurrent clients", ylabel="images/s")
     latency.set(title="p99 latency", xlabel="concurrent clients", ylabel="ms")
+    ticks = sorted({row["concurrency"] for key in ("server", "baseline") for row in results.get(key, [])})
     for axes in (speed, latency):
         axes.set_xscale("log", base=2)
+        axes.set_xticks(ticks, [str(t) for t in ticks])
+        axes.minorticks_off()
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
     speed.set_ylim(bottom=0)
