@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--null-concurrency", default="1,8,32,64")
-    parser.add_argument("--seconds", type=float, default=8.0, help="target seconds per load level")
+    parser.add_argument("--seconds", type=float, default=12.0, help="target seconds per load level")
     parser.add_argument("--min-requests", type=int, default=16)
     parser.add_argument("--max-requests", type=int, default=0, help="cap per load level (0: none)")
     parser.add_argument("--tf-threads", type=int, default=0)
