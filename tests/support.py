@@ -60,6 +60,19 @@ def build_colour_model(directory: Path) -> tuple[Path, Path]:
     return model_path, labels_path
 
 
+def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
+    """Server flags that serve the tiny dominant-colour classifier."""
+    model_path, labels_path = colour_model
+    return "--model", str(model_path), "--labels", str(labels_path), "--preprocess", "unit"
+
+
+def colour_model_server(redis_url: str, queue_name: str, colour_model, log_dir: Path,
+                        *extra: str) -> LiveServer:
+    """A started one-process server (web + worker thread) of the colour classifier."""
+    return LiveServer("--redis-url", redis_url, "--queue-name", queue_name, *colour_model_args(colour_model),
+                      *extra, log_path=log_dir / "server.log").start()
+
+
 def leftover_keys(client, queue_name: str) -> list[str]:
     """Keys of a queue other than live worker heartbeats and the metrics hash: none after a run."""
     keys = [key.decode() for key in client.scan_iter(match=f"{queue_name}*")]

@@ -46,12 +46,11 @@ def _stress(url: str, image, *flags: str) -> subprocess.CompletedProcess:
 
 
 def test_stress_test_reports_statuses_and_fails_on_errors(tmp_path, colour_model):
-    from .support import LiveServer, free_port
+    from .support import LiveServer, colour_model_args, free_port
 
     image = tmp_path / "blue.png"
     image.write_bytes(colour_image("blue"))
-    model_path, labels_path = colour_model
-    server = LiveServer("--model", str(model_path), "--labels", str(labels_path), "--preprocess", "unit")
+    server = LiveServer(*colour_model_args(colour_model))
     server.start()
     try:
         ok = _stress(server.url, image, "-n", "12", "-c", "4")

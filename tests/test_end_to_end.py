@@ -9,7 +9,7 @@ import pytest
 import redis
 import requests
 
-from .support import COLOURS, ROOT, LiveServer, colour_image, leftover_keys
+from .support import COLOURS, ROOT, colour_image, colour_model_server, leftover_keys
 
 Q = "e2eq"
 FORMATS = [("PNG", "RGB"), ("JPEG", "RGB"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("PNG", "RGBA"),
@@ -18,11 +18,8 @@ FORMATS = [("PNG", "RGB"), ("JPEG", "RGB"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP
 
 @pytest.fixture(scope="module")
 def server(redis_server, colour_model, tmp_path_factory):
-    model_path, labels_path = colour_model
-    live = LiveServer("--redis-url", redis_server.url, "--queue-name", Q, "--model", str(model_path),
-                      "--labels", str(labels_path), "--preprocess", "unit", "--batch-size", "16",
-                      "--max-upload-bytes", "500000", "--web-threads", "48",
-                      log_path=tmp_path_factory.mktemp("logs") / "server.log").start()
+    live = colour_model_server(redis_server.url, Q, colour_model, tmp_path_factory.mktemp("logs"),
+                               "--batch-size", "16", "--max-upload-bytes", "500000", "--web-threads", "48")
     yield live
     live.stop()
 

@@ -19,17 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.metrics import RedisBatchStats
 from serving.queue import RedisQueue
 
-from .support import ROOT, LiveServer, colour_image, free_port
+from .support import ROOT, LiveServer, colour_image, colour_model_server, free_port
 
 Q = "metricsq"
 
 
 @pytest.fixture(scope="module")
 def server(redis_server, colour_model, tmp_path_factory):
-    model_path, labels_path = colour_model
-    live = LiveServer("--redis-url", redis_server.url, "--queue-name", Q, "--model", str(model_path),
-                      "--labels", str(labels_path), "--preprocess", "unit",
-                      log_path=tmp_path_factory.mktemp("logs") / "server.log").start()
+    live = colour_model_server(redis_server.url, Q, colour_model, tmp_path_factory.mktemp("logs"))
     yield live
     live.stop()
 

@@ -16,7 +16,7 @@ from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
 from serving.worker import ModelWorker, WorkerConfig
 
-from .support import TINY_INPUT, LiveServer, colour_image, leftover_keys
+from .support import TINY_INPUT, LiveServer, colour_image, colour_model_server, leftover_keys
 
 UPLOAD_LIMIT = 300_000
 FUZZ_EXAMPLES = 40  # per operation and phase: the whole run stays within seconds
@@ -24,11 +24,8 @@ FUZZ_EXAMPLES = 40  # per operation and phase: the whole run stays within second
 
 @pytest.fixture(scope="module")
 def server(redis_server, colour_model, tmp_path_factory):
-    model_path, labels_path = colour_model
-    live = LiveServer("--redis-url", redis_server.url, "--queue-name", "apiq", "--model", str(model_path),
-                      "--labels", str(labels_path), "--preprocess", "unit",
-                      "--max-upload-bytes", str(UPLOAD_LIMIT),
-                      log_path=tmp_path_factory.mktemp("logs") / "server.log").start()
+    live = colour_model_server(redis_server.url, "apiq", colour_model, tmp_path_factory.mktemp("logs"),
+                               "--max-upload-bytes", str(UPLOAD_LIMIT))
     yield live
     live.stop()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import LiveServer, colour_image
+from .support import colour_image, colour_model_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -24,11 +24,8 @@ NOT_AN_IMAGE = "The uploaded file is not an image this server can read."
 
 @pytest.fixture(scope="module")
 def server(redis_server, colour_model, tmp_path_factory):
-    model_path, labels_path = colour_model
-    live = LiveServer("--redis-url", redis_server.url, "--queue-name", "uiq", "--model", str(model_path),
-                      "--labels", str(labels_path), "--preprocess", "unit",
-                      "--max-upload-bytes", str(UPLOAD_LIMIT),
-                      log_path=tmp_path_factory.mktemp("logs") / "server.log").start()
+    live = colour_model_server(redis_server.url, "uiq", colour_model, tmp_path_factory.mktemp("logs"),
+                               "--max-upload-bytes", str(UPLOAD_LIMIT))
     yield live
     live.stop()
 
