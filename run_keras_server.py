@@ -16,7 +16,7 @@ import threading
 
 from flask import Flask
 
-from serving.http_server import serve
+from serving.http_server import HttpServer
 from serving.queue import RedisQueue, connect
 from serving.redis_server import DEFAULT_URL, resolve_redis
 from serving.web import build_app
@@ -51,15 +51,19 @@ def create_worker(settings: Settings, redis_url: str):
     return ModelWorker(queue, classifier, config, observer=RedisBatchStats(queue))
 
 
-def _on_sigterm(stop, interrupt: bool) -> None:
-    """Call ``stop``; with ``interrupt``, also end the HTTP server's loop in the main thread."""
+def _on_stop_signals(stop) -> None:
+    """SIGTERM or Ctrl-C: stop gracefully with ``stop``; a second one exits at once."""
     def handler(signum, frame):
-        log.info("received signal %d, shutting down", signum)
+        if handler.stopping:
+            log.warning("received signal %d again: exiting now", signum)
+            raise SystemExit(1)
+        handler.stopping = True
+        log.info("received signal %d: finishing the work in hand, then exiting", signum)
         stop()
-        if interrupt:
-            raise SystemExit(0)
 
+    handler.stopping = False
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,15 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = create_worker(settings, redis_url) if settings.role in ("all", "worker") else None
         if settings.role == "worker":
-            _on_sigterm(worker.stop, interrupt=False)  # the batch in hand is finished first
+            _on_stop_signals(worker.stop)  # the batch in hand is answered first
             worker.run()
             return 0
-        _on_sigterm(worker.stop if worker else lambda: None, interrupt=True)
+        http = HttpServer(create_app(settings), settings)
+        # Stop listening, answer the requests in flight (the worker thread keeps running), exit.
+        _on_stop_signals(http.request_stop)
         worker_thread = None
         if worker:
             worker_thread = threading.Thread(target=worker.run, name="model-worker", daemon=True)
             worker_thread.start()
-        serve(create_app(settings), settings)
+        http.run()
         if worker:
             worker.stop()
             worker_thread.join(timeout=settings.client_timeout)

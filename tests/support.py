@@ -91,10 +91,15 @@ class LiveServer:
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 120.0, wait_ready: bool = True) -> LiveServer:
+    def spawn(self) -> LiveServer:
+        """Start the process without waiting for HTTP (a --role worker serves none)."""
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out,
                                         stderr=subprocess.STDOUT)
+        return self
+
+    def start(self, ready_timeout: float = 120.0, wait_ready: bool = True) -> LiveServer:
+        self.spawn()
         give_up = time.monotonic() + ready_timeout
         path = "/readyz" if wait_ready else "/healthz"
         while time.monotonic() < give_up:
