@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from flask import Flask
 
@@ -42,6 +43,9 @@ def create_worker(settings: Settings, redis_url: str):
     classifier = load_classifier(settings.model, settings.weights, settings.labels, settings.preprocess)
     if classifier.note:
         log.warning("%s", classifier.note)
+    started = time.perf_counter()
+    classifier.warm_up((1, settings.batch_size))  # before the first heartbeat: ready means warm
+    log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
     config = WorkerConfig(batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
                           result_ttl=settings.result_ttl, top_k=settings.top_k,
                           heartbeat_ttl=settings.heartbeat_ttl)

@@ -33,3 +33,9 @@ def colour_model(tmp_path_factory):
     """(model path, labels path) of the tiny dominant-colour Keras classifier."""
     return build_colour_model(tmp_path_factory.mktemp("colour-model"))
 
+
+
+@pytest.fixture(scope="session")
+def slow_colour_model(tmp_path_factory):
+    """The colour classifier with a fraction of a second of extra work per batch."""
+    return build_colour_model(tmp_path_factory.mktemp("slow-colour-model"), slow=True)

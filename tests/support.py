@@ -41,20 +41,30 @@ def colour_image(colour: str, size=(64, 48), fmt: str = "PNG", mode: str = "RGB"
     return buffer.getvalue()
 
 
-def build_colour_model(directory: Path) -> tuple[Path, Path]:
+def build_colour_model(directory: Path, slow: bool = False) -> tuple[Path, Path]:
     """A Keras classifier that names an image's dominant colour: mean pixel -> scaled identity.
 
-    Deterministic and instant, so concurrency tests check real answers at speed.
+    Deterministic and instant, so concurrency tests check real answers at speed. ``slow`` adds
+    convolutions whose output is multiplied by zero: the same answers, but a batch of 16 keeps
+    the CPU busy for a good fraction of a second, so fault tests can strike mid-batch.
     """
     import keras
 
     inputs = keras.Input((TINY_INPUT, TINY_INPUT, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     logits = keras.layers.Dense(3, use_bias=False, name="colour")(pooled)
+    if slow:
+        busy = inputs
+        for i in range(3):
+            busy = keras.layers.Conv2D(192, 3, padding="same", activation="relu", name=f"busy{i}")(busy)
+        busy = keras.layers.Dense(3, kernel_initializer="zeros", use_bias=False, name="busy_out")(
+            keras.layers.GlobalAveragePooling2D()(busy))
+        logits = keras.layers.Add()([logits, busy])
     model = keras.Model(inputs, keras.layers.Softmax()(logits))
     model.get_layer("colour").set_weights([np.eye(3, dtype=np.float32) * 20])
-    model_path = directory / "colour.keras"
-    labels_path = directory / "colour_labels.json"
+    stem = "slow_colour" if slow else "colour"
+    model_path = directory / f"{stem}.keras"
+    labels_path = directory / f"{stem}_labels.json"
     model.save(model_path)
     labels_path.write_text(json.dumps(list(COLOURS)))
     return model_path, labels_path

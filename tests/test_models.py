@@ -82,3 +82,17 @@ def test_embedded_redis_starts_when_nothing_answers(monkeypatch, caplog):
         embedded.stop()
     assert not redis_server.answers(url)
     assert redis_server.resolve_redis("redis://example:1/0") == ("redis://example:1/0", None)
+
+
+def test_warm_up_traces_the_one_graph_every_batch_size_then_uses(colour_model):
+    from helpers import prepare_image
+
+    from .support import colour_image
+
+    classifier = load_classifier(str(colour_model[0]), labels=str(colour_model[1]), preprocess="unit")
+    classifier.warm_up((1, 8, 8))
+    assert classifier._call.experimental_get_tracing_count() == 1
+    image = prepare_image(colour_image("blue"), classifier.input_size, max_pixels=10**6)
+    probabilities = classifier.predict(np.stack([image] * 5))  # a batch size not warmed up
+    assert classifier._call.experimental_get_tracing_count() == 1  # no new trace on a client's call
+    assert [classifier.labels[i] for i in probabilities.argmax(axis=1)] == ["blue"] * 5

@@ -38,9 +38,10 @@ HEARTBEAT_TTL = "1"  # a killed worker's messages go back to the queue within ab
 
 
 class Cluster:
-    def __init__(self, tmp_path, colour_model):
+    def __init__(self, tmp_path, colour_model, slow_colour_model):
         self.log_dir = tmp_path
         self.model = colour_model
+        self.slow_model = slow_colour_model
         self.redis_port = free_port()
         self.redis_server = EmbeddedRedis(port=self.redis_port).start()
         self.redis_url = self.redis_server.url
@@ -64,8 +65,9 @@ class Cluster:
     def queue(self) -> RedisQueue:
         return RedisQueue(self.client(), QUEUE)
 
-    def worker(self, name: str, *extra: str) -> Worker:
-        worker = Worker(name, self.redis_url, QUEUE, self.model, self.log_dir,
+    def worker(self, name: str, *extra: str, slow: bool = False) -> Worker:
+        """A worker process; ``slow`` ones spend long enough on each batch to be caught mid-batch."""
+        worker = Worker(name, self.redis_url, QUEUE, self.slow_model if slow else self.model, self.log_dir,
                         "--heartbeat-ttl", HEARTBEAT_TTL, *extra)
         self.workers.append(worker)
         return worker
@@ -87,8 +89,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, colour_model):
-    cluster = Cluster(tmp_path_factory.mktemp("scale-out"), colour_model)
+def cluster(tmp_path_factory, colour_model, slow_colour_model):
+    cluster = Cluster(tmp_path_factory.mktemp("scale-out"), colour_model, slow_colour_model)
     try:
         cluster.start_web_tier()
         yield cluster
@@ -148,7 +150,7 @@ def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
 def test_killed_worker_mid_batch_loses_no_request(fresh):
     # Batching windows long enough that the queue backs up and the victim is killed holding a batch.
     survivor = fresh.worker("survivor", "--batch-size", "16", "--batch-wait-ms", "500")
-    victim = fresh.worker("victim", "--batch-size", "16", "--batch-wait-ms", "2000")
+    victim = fresh.worker("victim", "--batch-size", "16", "--batch-wait-ms", "2000", slow=True)
     start_workers(survivor, victim)
 
     with ThreadPoolExecutor(1) as pool:
@@ -175,7 +177,8 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
     requeued and answered by another. When it wakes it computes the batch again: that second
     result must reach no client and leave no key behind."""
     survivor = fresh.worker("survivor", "--batch-size", "16", "--batch-wait-ms", "500")
-    sleeper = fresh.worker("sleeper", "--batch-size", "16", "--batch-wait-ms", "2000", "--log-level", "DEBUG")
+    sleeper = fresh.worker("sleeper", "--batch-size", "16", "--batch-wait-ms", "2000", "--log-level", "DEBUG",
+                           slow=True)
     start_workers(survivor, sleeper)
 
     progress: list = []
