@@ -1,6 +1,8 @@
 """The web tier in-process against a real redis-server; the worker is absent or stalled."""
 
 import io
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,7 +12,7 @@ from run_keras_server import create_app
 from serving.queue import RedisQueue
 from settings import load_settings
 
-from .support import colour_image, free_port, leftover_keys
+from .support import ROOT, colour_image, free_port, leftover_keys
 
 Q = "webq"
 STALLED_WORKER = {"model": {"name": "colour", "input_size": [32, 32], "classes": 3}}
@@ -125,3 +127,13 @@ def test_redis_down_is_503_at_once():
     assert "Redis" in response.json["error"]
     assert client.get("/readyz").status_code == 503
     assert time.monotonic() - started < 5  # a hang guard, not a performance figure
+
+
+def test_web_tier_never_imports_tensorflow():
+    """Web hosts need no TensorFlow: only model workers load models."""
+    probe = ("import sys, run_keras_server; run_keras_server.create_app(); "
+             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PATH": "", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
