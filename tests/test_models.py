@@ -96,3 +96,23 @@ def test_warm_up_traces_the_one_graph_every_batch_size_then_uses(colour_model):
     probabilities = classifier.predict(np.stack([image] * 5))  # a batch size not warmed up
     assert classifier._call.experimental_get_tracing_count() == 1  # no new trace on a client's call
     assert [classifier.labels[i] for i in probabilities.argmax(axis=1)] == ["blue"] * 5
+
+
+def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
+    import keras
+
+    reference = keras.applications.ResNet50(weights=None)
+    weights = tmp_path / "resnet50.weights.h5"
+    reference.save_weights(weights)
+    classifier = load_classifier("resnet50", weights=str(weights))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    from serving.models.preprocessing import caffe
+
+    expected = reference(caffe(pixels), training=False).numpy()
+    np.testing.assert_allclose(classifier.predict(pixels), expected, rtol=1e-4, atol=1e-6)
+    assert "note" not in classifier.info()
+
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    with pytest.raises(ModelUnavailable, match="Could not load ResNet50 weights from .*bad.h5"):
+        load_classifier("resnet50", weights=str(bad))

@@ -50,5 +50,12 @@ def load_resnet50(weights: str) -> KerasClassifier:
     else:
         if not Path(weights).is_file():
             raise ModelUnavailable(f"ResNet50 weights file {weights} does not exist.")
-        model = keras.applications.ResNet50(weights=weights)
+        try:
+            model = keras.applications.ResNet50(weights=weights)
+        except Exception as exc:  # h5py's OSError, or keras's ValueError for a layer mismatch
+            raise ModelUnavailable(
+                f"Could not load ResNet50 weights from {weights} ({exc}); expected ResNet50 weights "
+                "with the ImageNet top, as model.save_weights() or keras.applications writes them.",
+                cause=str(exc),
+            ) from None
     return KerasClassifier(model, "resnet50", imagenet_labels(), caffe, note)
