@@ -9,10 +9,21 @@ WEB_CONCURRENCY (gunicorn's own variable). Any gunicorn flag given on the comman
 
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from settings import load_settings
 
 _settings = load_settings([])
+
+# /metrics sums the HTTP counters of all this server's processes through files in one directory
+# (prometheus-client's multiprocess mode), which must be set before the app is imported and empty
+# when the server starts. A private temporary one unless the operator names one.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keras-server-metrics-")
+METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 bind = f"{_settings.host}:{_settings.port}"
 # Handlers spend their time blocked on Redis, not on the CPU: threads, not processes, carry the load.
@@ -32,6 +43,15 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)sB %(M)sms pid=%(p)s request_id=%({
 
 
 def on_starting(server):
-    """The app's own log lines (one per /predict with its batch id) go to stderr beside gunicorn's."""
+    """The app's own log lines (one per /predict with its batch id) go to stderr beside gunicorn's;
+    counts left by an earlier run are wiped."""
     logging.basicConfig(level=_settings.log_level,
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in METRICS_DIR.glob("*.db"):
+        stale.unlink()
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -3,8 +3,9 @@
 Two sources, because the web processes and the model workers may live on different hosts:
 
 - HTTP requests (count by status, latency) are recorded by prometheus-client in the web
-  process that answered. Under gunicorn, set PROMETHEUS_MULTIPROC_DIR (an empty directory,
-  set before the app is imported) and every scrape sums all the processes of that server.
+  process that answered. Under gunicorn, PROMETHEUS_MULTIPROC_DIR (an empty directory, set
+  before the app is imported; gunicorn.conf.py sees to both) makes every scrape sum all the
+  processes of that server.
 - Queue depth, live workers, batch sizes, model time and dropped requests describe the whole
   deployment, so they live in Redis: each worker adds its batch stats to one hash under the
   queue name (one MULTI every quarter second), and /metrics reads Redis at scrape time. Every web

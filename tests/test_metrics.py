@@ -130,18 +130,23 @@ def test_metrics_answer_while_redis_is_down(tmp_path):
 
 
 def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp_path):
-    """Two gunicorn processes, one model worker process: every scrape counts every request."""
+    """gunicorn.conf.py with two processes, one model worker process: every scrape counts every
+    request once, and counts a previous run left in the metrics directory are wiped at start."""
     model_path, labels_path = colour_model
     port = free_port()
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
+    leave_stale_counts = ("from serving.metrics import HTTP_REQUESTS; "
+                          "HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)")
+    subprocess.run([sys.executable, "-c", leave_stale_counts], cwd=ROOT, check=True,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)})
+    assert list(multiproc_dir.glob("*.db"))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "REDIS_URL": redis_server.url, "QUEUE_NAME": "gunq",
-           "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
-    (tmp_path / "empty.conf.py").write_text("")  # this test's flags only, not the repo's gunicorn.conf.py
+           "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "WEB_THREADS": "8"}
     log = open(tmp_path / "processes.log", "wb")
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "empty.conf.py"), "-w", "2", "-k", "gthread",
-         "--threads", "8", "-b", f"127.0.0.1:{port}", "run_keras_server:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     worker = subprocess.Popen(
         [sys.executable, "run_keras_server.py", "--role", "worker", "--model", str(model_path),
@@ -234,3 +239,19 @@ def test_log_level_flag_controls_the_request_line(redis_server, tmp_path, level,
         web.stop()
     lines = [line for line in web.log().splitlines() if "client_id=probe-1" in line]
     assert len(lines) == (1 if logged else 0)
+
+
+def test_gunicorn_conf_makes_a_private_metrics_directory_when_none_is_named():
+    probe = "\n".join([
+        "import os, pathlib, runpy",
+        "conf = runpy.run_path('gunicorn.conf.py')",
+        "directory = conf['METRICS_DIR']",
+        "print(directory == pathlib.Path(os.environ['PROMETHEUS_MULTIPROC_DIR']), directory.is_dir())",
+        "conf['on_exit'](None)",
+        "print(directory.exists())",
+    ])
+    env = {key: val for key, val in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]  # set for the app, made, removed on exit
