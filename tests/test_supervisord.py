@@ -96,8 +96,13 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
         # kill -9 a web server's gunicorn master: it comes back on its port.
         master_pid = _listener_pid(tmp_path, 1)
         assert master_pid
+        orphans = _children(master_pid)
+        assert orphans, "a gunicorn master runs worker processes"
         os.kill(master_pid, signal.SIGKILL)
         wait_until(lambda: _listener_pid(tmp_path, 1) not in (None, master_pid), 60, "a new web-1 master")
+        # The dead master's workers hold the port and answer until they see their parent gone
+        # (within a second); only after that does an answer prove the new master serves.
+        wait_until(lambda: not any(_alive(pid) for pid in orphans), 30, "the old web-1 workers to exit")
         wait_until(lambda: http_ok(webs[0] + "/readyz"), 60, "web-1 to serve again")
         assert post_image(webs[0], 20).correct(tinted(20)[1])
 
@@ -122,3 +127,25 @@ def _listener_pid(directory: Path, number: int) -> int | None:
                              f"web:web-{number}"], capture_output=True, text=True, timeout=10)
     text = result.stdout.strip()
     return int(text) if text.isdigit() and text != "0" else None
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
