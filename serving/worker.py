@@ -48,6 +48,17 @@ def _error(request_id: str, status: int, message: str) -> Finished:
     return Finished(request_id, {"success": False, "status": status, "error": message})
 
 
+def _error_for_each(messages: list[bytes], text: str) -> list[Finished]:
+    """A 500 answer for every message whose request id can be read."""
+    answers = []
+    for raw in messages:
+        try:
+            answers.append(_error(str(orjson.loads(raw)["id"]), 500, text))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            pass  # not a request: nobody waits for it
+    return answers
+
+
 class ModelWorker:
     def __init__(self, queue: RedisQueue, classifier: Classifier, config: WorkerConfig,
                  worker_id: str | None = None, observer=None):
@@ -107,7 +118,12 @@ class ModelWorker:
             return 0
         if messages:
             self._last_batch_size = len(messages)
-            self._answer(messages, self.process(messages))
+            try:
+                answers = self.process(messages)
+            except Exception:  # answer the batch anyway: a live worker's batch is never requeued
+                log.exception("processing a batch of %d failed", len(messages))
+                answers = _error_for_each(messages, "The server failed on this request's batch.")
+            self._answer(messages, answers)
         return len(messages)
 
     def _batch_window(self) -> float:
@@ -139,7 +155,12 @@ class ModelWorker:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.error("dropping a message that is not a request: %.80r", raw)
             return None
-        if float(message.get("deadline", 0)) < now:
+        try:
+            deadline = float(message.get("deadline", 0))
+            queued_at = float(message.get("queued_at", now))
+        except (TypeError, ValueError):
+            return _error(request_id, 500, "The queued message has no valid deadline.")
+        if deadline < now:
             if self.observer:
                 self.observer.dropped_expired()
             return None  # the client has been told 504 already; do not spend the model on it
@@ -150,7 +171,7 @@ class ModelWorker:
         if image.shape != self._expected_shape or image.dtype != np.uint8:
             return _error(request_id, 500, f"The queued image is {image.dtype}{list(image.shape)}; "
                           f"this worker's model takes uint8{list(self._expected_shape)}.")
-        return Request(request_id, image, float(message.get("queued_at", now)))
+        return Request(request_id, image, queued_at)
 
     def process(self, messages: list[bytes]) -> list[Finished]:
         started = time.time()

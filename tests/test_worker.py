@@ -77,6 +77,51 @@ def test_one_bad_message_does_not_fail_its_batch(redis_client, redis_server, cla
     assert leftover_keys(redis_client, Q) == []
 
 
+def test_a_message_without_a_valid_deadline_gets_an_error_and_its_batch_goes_on(
+        redis_client, redis_server, classifier):
+    worker = _worker(redis_server, classifier)
+    image = encode_array(_pixels("red"))
+    for request_id, deadline in (("text-deadline", "soon"), ("null-deadline", None)):
+        _send(worker.queue, request_id, raw=orjson.dumps({"id": request_id, "deadline": deadline,
+                                                          "image": image}))
+    _send(worker.queue, "good", _pixels("green"))
+    assert worker.step() == 3
+    assert _result(worker.queue, "good")["predictions"][0]["label"] == "green"
+    for request_id in ("text-deadline", "null-deadline"):
+        result = _result(worker.queue, request_id)
+        assert not result["success"] and "deadline" in result["error"]
+    assert leftover_keys(redis_client, Q) == []
+
+
+class FailingObserver:
+    def batch_done(self, size, seconds):
+        raise RuntimeError("metrics backend broke")
+
+    def dropped_expired(self):
+        pass
+
+
+def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
+        redis_client, redis_server, classifier):
+    worker = _worker(redis_server, classifier)
+    worker.observer = FailingObserver()
+    for i in range(3):
+        _send(worker.queue, f"r{i}", _pixels("blue"))
+    _send(worker.queue, "garbage", raw=b"not json at all")
+    assert worker.step() == 4
+    for i in range(3):
+        result = _result(worker.queue, f"r{i}", timeout=1)
+        assert result == {"success": False, "status": 500,
+                          "error": "The server failed on this request's batch."}
+    redis_client.delete(worker.queue.waiting_key("garbage"))  # its sender would time out
+    assert leftover_keys(redis_client, Q) == []  # the processing list was cleared
+
+    worker.observer = None
+    _send(worker.queue, "after", _pixels("red"))
+    worker.step()
+    assert _result(worker.queue, "after")["predictions"][0]["label"] == "red"
+
+
 class BrokenModel(Classifier):
     def predict(self, batch):
         raise RuntimeError("out of memory")
