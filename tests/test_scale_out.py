@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -128,7 +129,9 @@ def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
 
     outcomes = fire(fresh.entry, indexes, concurrency=32)
     counts = tally(outcomes)
-    print(f"\nround robin: {counts}")
+    per_web = Counter(o.headers.get("X-Served-By") for o in outcomes)
+    per_worker = Counter(o.body.get("batch", {}).get("worker") for o in outcomes)
+    print(f"\nround robin: {counts}; per web server {dict(per_web)}; per worker {dict(per_worker)}")
 
     assert counts.answered == counts.sent == 300, [o for o in outcomes if o.status != 200][:3]
     workers = {o.body["batch"]["worker"] for o in outcomes}
