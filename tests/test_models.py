@@ -116,3 +116,30 @@ def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
     bad.write_bytes(b"not an HDF5 file")
     with pytest.raises(ModelUnavailable, match="Could not load ResNet50 weights from .*bad.h5"):
         load_classifier("resnet50", weights=str(bad))
+
+
+def test_a_download_that_stalls_fails_instead_of_holding_the_start(tmp_path, monkeypatch):
+    import socket
+    import threading
+
+    from serving.models import resnet50
+
+    # A proxy that accepts the connection and never answers: a network that drops packets.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(resnet50, "DOWNLOAD_STALL_SECONDS", 1.0)
+    try:  # without the limit this hangs until pytest's timeout
+        with pytest.raises(ModelUnavailable, match="could not be downloaded"):
+            load_classifier("resnet50", weights="imagenet")
+        assert accepted, "the download reached the silent proxy"
+        assert socket.getdefaulttimeout() is None  # restored for everything after the download
+        assert not (tmp_path / "models" / WEIGHTS_FILE).exists()  # no partial file left cached
+    finally:
+        silent.close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .classifier import KerasClassifier
@@ -11,6 +14,9 @@ from .preprocessing import caffe
 
 WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 RANDOM_WEIGHTS_NOTE = "resnet50 with random weights (--weights none): predictions are meaningless"
+# Keras downloads with urllib and no timeout: a network that drops packets would hold the start
+# for minutes. A download that sends nothing for this long fails, and start-up goes on from there.
+DOWNLOAD_STALL_SECONDS = 20.0
 
 
 class ModelUnavailable(RuntimeError):
@@ -31,6 +37,17 @@ def imagenet_weights_cached() -> bool:
     return cached_weights_path().is_file()
 
 
+@contextmanager
+def _download_stall_limit(seconds: float) -> Iterator[None]:
+    """Bound every socket wait of the download (a worker loads its model before it opens others)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def load_resnet50(weights: str) -> KerasClassifier:
     import keras
 
@@ -39,7 +56,8 @@ def load_resnet50(weights: str) -> KerasClassifier:
         model, note = keras.applications.ResNet50(weights=None), RANDOM_WEIGHTS_NOTE
     elif weights == "imagenet":
         try:
-            model = keras.applications.ResNet50(weights="imagenet")
+            with _download_stall_limit(DOWNLOAD_STALL_SECONDS):
+                model = keras.applications.ResNet50(weights="imagenet")
         except Exception as exc:  # keras raises a bare Exception when the download fails
             raise ModelUnavailable(
                 f"ResNet50 ImageNet weights are not in {cached_weights_path()} and could not be "
