@@ -159,7 +159,7 @@ class ModelWorker:
             deadline = float(message.get("deadline", 0))
             queued_at = float(message.get("queued_at", now))
         except (TypeError, ValueError):
-            return _error(request_id, 500, "The queued message has no valid deadline.")
+            return _error(request_id, 500, "The queued message has no valid deadline or queue time.")
         if deadline < now:
             if self.observer:
                 self.observer.dropped_expired()
