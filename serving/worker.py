@@ -48,15 +48,18 @@ def _error(request_id: str, status: int, message: str) -> Finished:
     return Finished(request_id, {"success": False, "status": status, "error": message})
 
 
+def _read(raw: bytes) -> tuple[dict, str] | None:
+    """A message and its request id, or None for bytes that are not a request (nobody waits)."""
+    try:
+        message = orjson.loads(raw)
+        return message, str(message["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 def _error_for_each(messages: list[bytes], text: str) -> list[Finished]:
     """A 500 answer for every message whose request id can be read."""
-    answers = []
-    for raw in messages:
-        try:
-            answers.append(_error(str(orjson.loads(raw)["id"]), 500, text))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            pass  # not a request: nobody waits for it
-    return answers
+    return [_error(read[1], 500, text) for raw in messages if (read := _read(raw))]
 
 
 class ModelWorker:
@@ -149,12 +152,11 @@ class ModelWorker:
     # One batch -----------------------------------------------------------------
     def _parse(self, raw: bytes, now: float) -> Request | Finished | None:
         """A request to run, an error answer for a bad one, or None to drop it."""
-        try:
-            message = orjson.loads(raw)
-            request_id = str(message["id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        read = _read(raw)
+        if read is None:
             log.error("dropping a message that is not a request: %.80r", raw)
             return None
+        message, request_id = read
         try:
             deadline = float(message.get("deadline", 0))
             queued_at = float(message.get("queued_at", now))

@@ -135,11 +135,14 @@ def test_a_download_that_stalls_fails_instead_of_holding_the_start(tmp_path, mon
         monkeypatch.setenv(name, proxy)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(resnet50, "DOWNLOAD_STALL_SECONDS", 1.0)
+    timeout_before = socket.getdefaulttimeout()
     try:  # without the limit this hangs until pytest's timeout
         with pytest.raises(ModelUnavailable, match="could not be downloaded"):
             load_classifier("resnet50", weights="imagenet")
         assert accepted, "the download reached the silent proxy"
-        assert socket.getdefaulttimeout() is None  # restored for everything after the download
+        assert socket.getdefaulttimeout() == timeout_before  # restored for everything after the download
         assert not (tmp_path / "models" / WEIGHTS_FILE).exists()  # no partial file left cached
     finally:
+        for connection, _ in accepted:
+            connection.close()
         silent.close()

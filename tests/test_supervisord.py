@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 import requests
@@ -96,13 +97,13 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
         # kill -9 a web server's gunicorn master: it comes back on its port.
         master_pid = _listener_pid(tmp_path, 1)
         assert master_pid
-        orphans = _children(master_pid)
+        orphans = psutil.Process(master_pid).children()
         assert orphans, "a gunicorn master runs worker processes"
         os.kill(master_pid, signal.SIGKILL)
         wait_until(lambda: _listener_pid(tmp_path, 1) not in (None, master_pid), 60, "a new web-1 master")
         # The dead master's workers hold the port and answer until they see their parent gone
         # (within a second); only after that does an answer prove the new master serves.
-        wait_until(lambda: not any(_alive(pid) for pid in orphans), 30, "the old web-1 workers to exit")
+        wait_until(lambda: not any(map(_running, orphans)), 30, "the old web-1 workers to exit")
         wait_until(lambda: http_ok(webs[0] + "/readyz"), 60, "web-1 to serve again")
         assert post_image(webs[0], 20).correct(tinted(20)[1])
 
@@ -129,23 +130,9 @@ def _listener_pid(directory: Path, number: int) -> int | None:
     return int(text) if text.isdigit() and text != "0" else None
 
 
-def _children(pid: int) -> set[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    children = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[1]) == pid:
-            children.add(int(stat.parent.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
+def _running(process: psutil.Process) -> bool:
+    """True while the process runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
