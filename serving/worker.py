@@ -126,7 +126,7 @@ class ModelWorker:
             except Exception:  # answer the batch anyway: a live worker's batch is never requeued
                 log.exception("processing a batch of %d failed", len(messages))
                 answers = _error_for_each(messages, "The server failed on this request's batch.")
-            self._answer(messages, answers)
+            self._answer(answers)
         return len(messages)
 
     def _batch_window(self) -> float:
@@ -213,7 +213,7 @@ class ModelWorker:
             }))
         return answers
 
-    def _answer(self, messages: list[bytes], answers: list[Finished]) -> None:
+    def _answer(self, answers: list[Finished]) -> None:
         """Write the answers; keep trying while Redis is away, the clients may still be waiting."""
         give_up_at = time.monotonic() + 30
         while True:
