@@ -22,7 +22,7 @@ from stress_test import run_load
 
 from . import goals, overhead, redis_memory
 from .plot import plot
-from .processes import ROOT, ChildServer
+from .processes import ROOT, python_server
 from .report import table
 
 RESULTS = ROOT / "bench" / "results"
@@ -128,17 +128,17 @@ def measure_servers(args, image: bytes, concurrencies: list[int], raw: dict, red
                     results: dict) -> None:
     logs = args.out / "logs"
     print("server over HTTP...", flush=True)
-    with ChildServer(server_args(args.model, args, redis_url), logs / "server.log") as server:
+    with python_server(server_args(args.model, args, redis_url), logs / "server.log") as server:
         results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
         results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
     print("naive baseline (predict per request, no queue)...", flush=True)
     naive = ["-m", "bench.naive_server", "--model", args.model, "--weights", args.weights,
              "--tf-threads", str(args.tf_threads)]
-    with ChildServer(naive, logs / "baseline.log") as server:
+    with python_server(naive, logs / "baseline.log") as server:
         results["baseline"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
     print("null-model pipeline (web + Redis + batching alone)...", flush=True)
     null_rate = 20 * raw["best_rate"]  # sizes the run; the pipeline should manage 10x the model
-    with ChildServer(server_args("null", args, redis_url), logs / "null_server.log") as server:
+    with python_server(server_args("null", args, redis_url), logs / "null_server.log") as server:
         null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
         results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
 

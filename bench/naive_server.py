@@ -15,8 +15,6 @@ from helpers import ImageError, prepare_image
 
 
 def build_naive_app(classifier, top_k_count: int = 5) -> Flask:
-    from serving.models.classifier import top_k
-
     app = Flask(__name__)
 
     @app.post("/predict")
@@ -30,7 +28,7 @@ def build_naive_app(classifier, top_k_count: int = 5) -> Flask:
             return Response(orjson.dumps({"success": False, "error": str(exc)}), 400,
                             mimetype="application/json")
         probabilities = classifier.predict(pixels[None])
-        body = {"success": True, "predictions": top_k(probabilities, classifier.labels, top_k_count)[0]}
+        body = {"success": True, "predictions": classifier.top_k(probabilities, top_k_count)[0]}
         return Response(orjson.dumps(body), mimetype="application/json")
 
     @app.get("/readyz")

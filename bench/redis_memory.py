@@ -12,30 +12,32 @@ from pathlib import Path
 
 import requests
 
-from serving.queue import RedisQueue, connect
+from serving.messages import Heartbeat, ModelInfo
+from serving.queue import RedisQueue
+from serving.redis_client import connect
 from serving.redis_server import EmbeddedRedis
 
-from .processes import ChildServer
+from .processes import python_server
 
 QUEUE = "bench_queue"
 FLOAT32_DESIGN_BYTES = 4 * 224 * 224 * 3 * 4 // 3  # float32 pixels in base64: ~803 KB per image
 
 
 def _fake_worker(queue: RedisQueue, input_size: tuple[int, int]) -> None:
-    info = {"model": {"name": "benchmark-placeholder", "input_size": list(input_size), "classes": 1000}}
-    queue.beat("benchmark-placeholder", info, ttl=120)
+    model = ModelInfo("benchmark-placeholder", input_size, 1000)
+    queue.beat("benchmark-placeholder", Heartbeat(model, host="", pid=0, batch_size=8), ttl=120)
 
 
 def measure(image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224)) -> dict:
     wait_seconds = 5.0
     redis_server = EmbeddedRedis().start()
     try:
-        client = connect(redis_server.url)
+        client = connect(redis_server.url, timeout=5)
         queue = RedisQueue(client, QUEUE)
         _fake_worker(queue, input_size)
         args = ["run_keras_server.py", "--role", "web", "--redis-url", redis_server.url,
                 "--queue-name", QUEUE, "--client-timeout", str(wait_seconds), "--log-level", "WARNING"]
-        with ChildServer(args, log_dir / "redis_memory_web.log", ready_path="/healthz") as server:
+        with python_server(args, log_dir / "redis_memory_web.log", ready_path="/healthz") as server:
             before = int(client.info("memory")["used_memory"])
             statuses: list[int] = []
 

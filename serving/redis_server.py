@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import redis
+
+from .processes import ChildProcess, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,16 @@ class EmbeddedRedis:
     Nothing is persisted: it is a queue, and its data dies with it.
     """
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, binary: str | None = None):
         self.directory = Path(tempfile.mkdtemp(prefix="embedded-redis-"))
         self.port = port
         self.socket = self.directory / "redis.sock"
-        self.process: subprocess.Popen | None = None
+        listen = ["--port", str(port), "--bind", "127.0.0.1"] if port else [
+            "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        self.process = ChildProcess(
+            [binary or redis_server_binary(), *listen, "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--loglevel", "warning", "--logfile", "redis.log"],
+            name="redis-server", cwd=self.directory)
 
     @property
     def url(self) -> str:
@@ -51,31 +56,23 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, ready_timeout: float = 10.0) -> EmbeddedRedis:
-        listen = ["--port", str(self.port), "--bind", "127.0.0.1"] if self.port else [
-            "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(
-            [redis_server_binary(), *listen, "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        give_up = time.monotonic() + ready_timeout
-        while not answers(self.url):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.process.stderr.read().decode()}")
-            if time.monotonic() > give_up:
-                self.stop()
-                raise RuntimeError("redis-server did not start in time")
-            time.sleep(0.02)  # start-up only: the server needs a moment to open its socket
+        self.process.start()
+        try:
+            wait_until(lambda: answers(self.url), ready_timeout, "redis-server to answer",
+                       check=self._check_running, interval=0.02)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
+    def _check_running(self) -> None:
+        if not self.process.alive():
+            log_file = self.directory / "redis.log"
+            reason = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise RuntimeError(f"redis-server exited: {reason}")
+
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.stop(timeout=5)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -10,8 +10,6 @@ import io
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,90 +22,39 @@ import redis
 import requests
 from PIL import Image
 
+from serving.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
 
 from .support import COLOURS, ROOT, free_port
+
+__all__ = ["ChildProcess", "wait_until"]
 
 LABELS = list(COLOURS)
 COLOUR_MODEL_SCALE = 20.0  # the colour model's logits: scale x mean pixel in 0..1 (tests/support.py)
 
 
-class Process:
-    """A child process with its output in a log file."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-        with open(self.log_path, "wb") as out:
-            self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            self.popen.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout=timeout)
-
-    def stop(self, timeout: float = 20) -> int:
-        self.signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait()
-
-
-def wait_until(condition, timeout: float, what: str, check=lambda: None):
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        check()
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)  # polling another process's state
-    raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
-
-
 def http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
+    return http_status(url) == 200
 
 
-class WebServer(Process):
+class WebServer(ServerProcess):
     """gunicorn -c gunicorn.conf.py "run_keras_server:create_app()", configured by environment."""
 
     def __init__(self, name: str, redis_url: str, queue_name: str, log_dir: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        settings = {"PORT": str(self.port), "REDIS_URL": redis_url, "QUEUE_NAME": queue_name,
+        port = free_port()
+        settings = {"PORT": str(port), "REDIS_URL": redis_url, "QUEUE_NAME": queue_name,
                     "WEB_CONCURRENCY": "1", "WEB_THREADS": "16", "LOG_LEVEL": "INFO", **env}
         args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"]
-        super().__init__(name, args, log_dir, settings)
-        wait_until(lambda: http_ok(self.url + "/healthz"), 60, f"{name} to listen", self.check_alive)
+        super().__init__(args, port, ready_path="/healthz", ready_timeout=60, name=name,
+                         log_path=log_dir / f"{name}.log", env=settings)
+        self.start()
 
     def served_request_ids(self) -> set[str]:
         """Client request ids of the /predict requests in this server's access log."""
         return set(re.findall(r'"POST /predict [^"]*" \d+ .* request_id=(\S+)', self.log()))
 
 
-class Worker(Process):
+class Worker(ChildProcess):
     """python run_keras_server.py --role worker, serving the tiny colour model."""
 
     def __init__(self, name: str, redis_url: str, queue_name: str, model: tuple[Path, Path],
@@ -116,7 +63,8 @@ class Worker(Process):
                 "--redis-url", redis_url, "--queue-name", queue_name,
                 "--model", str(model[0]), "--labels", str(model[1]), "--preprocess", "unit",
                 "--top-k", "3", "--tf-threads", "1", *extra]
-        super().__init__(name, args, log_dir)
+        super().__init__(args, name=name, log_path=log_dir / f"{name}.log")
+        self.start()
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.worker_id: str | None = None
@@ -126,7 +74,7 @@ class Worker(Process):
         queue = RedisQueue(redis.Redis.from_url(self.redis_url), self.queue_name)
 
         def my_id():
-            return next((wid for wid, info in queue.live_workers().items() if info["pid"] == self.pid), None)
+            return next((wid for wid, beat in queue.live_workers().items() if beat.pid == self.pid), None)
 
         self.worker_id = wait_until(my_id, timeout, f"{self.name}'s heartbeat", self.check_alive)
         queue.redis.close()
@@ -138,7 +86,7 @@ def start_workers(*workers: Worker) -> list[Worker]:
     return [worker.wait_ready() for worker in workers]
 
 
-class Nginx(Process):
+class Nginx(ChildProcess):
     """nginx running deploy/nginx.conf, its upstream and listen lines pointed at test ports."""
 
     def __init__(self, web_ports: list[int], log_dir: Path, name: str = "nginx"):
@@ -164,15 +112,10 @@ class Nginx(Process):
             f"http {{\n{temp_paths}include {prefix}/keras-server.conf;\n}}\n")
         args = [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                 "-e", str(prefix / "error.log")]
-        super().__init__(name, args, log_dir)
-        wait_until(lambda: self._listening(), 20, "nginx to listen", self.check_alive)
-
-    def _listening(self) -> bool:
-        try:
-            requests.get(self.url + "/healthz", timeout=1)
-            return True
-        except requests.RequestException:
-            return False
+        super().__init__(args, name=name, log_path=log_dir / f"{name}.log")
+        self.start()
+        wait_until(lambda: http_status(self.url + "/healthz") is not None, 20, "nginx to listen",
+                   self.check_alive)
 
     def upstreams_used(self) -> dict[str, int]:
         """Upstream address -> /predict requests nginx sent there, from its access log."""

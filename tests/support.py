@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import requests
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from serving.processes import ROOT, ServerProcess, free_port, wait_until
+from settings import Settings, load_settings
+
+__all__ = ["ROOT", "TESTDATA", "COLOURS", "TINY_INPUT", "free_port", "wait_until"]
+
 TESTDATA = ROOT.parent / "shared" / "testdata"
 COLOURS = {"red": (210, 30, 40), "green": (30, 200, 50), "blue": (20, 40, 220)}
 TINY_INPUT = 32
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def colour_image(colour: str, size=(64, 48), fmt: str = "PNG", mode: str = "RGB", seed: int = 0) -> bytes:
@@ -76,13 +70,6 @@ def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
     return "--model", str(model_path), "--labels", str(labels_path), "--preprocess", "unit"
 
 
-def colour_model_server(redis_url: str, queue_name: str, colour_model, log_dir: Path,
-                        *extra: str) -> LiveServer:
-    """A started one-process server (web + worker thread) of the colour classifier."""
-    return LiveServer("--redis-url", redis_url, "--queue-name", queue_name, *colour_model_args(colour_model),
-                      *extra, log_path=log_dir / "server.log").start()
-
-
 def leftover_keys(client, queue_name: str) -> list[str]:
     """Keys of a queue other than live worker heartbeats and the metrics hash: none after a run."""
     keys = [key.decode() for key in client.scan_iter(match=f"{queue_name}*")]
@@ -90,51 +77,21 @@ def leftover_keys(client, queue_name: str) -> list[str]:
                   if not key.startswith(f"{queue_name}:worker:") and key != f"{queue_name}:stats")
 
 
-class LiveServer:
-    """`python run_keras_server.py ...` in a child process, on a free port."""
+def make_settings(**overrides) -> Settings:
+    """Settings as the server would load them with no flags and no environment, then changed."""
+    return load_settings([], environ={}).replace(**overrides)
 
-    def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.args = [sys.executable, str(ROOT / "run_keras_server.py"), "--port", str(self.port), *args]
-        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-        self.process: subprocess.Popen | None = None
 
-    def spawn(self) -> LiveServer:
-        """Start the process without waiting for HTTP (a --role worker serves none)."""
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out,
-                                        stderr=subprocess.STDOUT)
-        return self
+class LiveServer(ServerProcess):
+    """`python run_keras_server.py --port <free port> ...` in a child process."""
 
-    def start(self, ready_timeout: float = 120.0, wait_ready: bool = True) -> LiveServer:
-        self.spawn()
-        give_up = time.monotonic() + ready_timeout
-        path = "/readyz" if wait_ready else "/healthz"
-        while time.monotonic() < give_up:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()}")
-            try:
-                if requests.get(self.url + path, timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)  # waiting for a child process to come up
-        self.stop()
-        raise RuntimeError(f"server not ready in {ready_timeout} s: {self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None,
+                 ready_path: str | None = "/readyz", ready_timeout: float = 120.0):
+        port = free_port()
+        super().__init__([sys.executable, str(ROOT / "run_keras_server.py"), "--port", str(port), *args],
+                         port, ready_path=ready_path, ready_timeout=ready_timeout, env=env,
+                         log_path=log_path, name="run_keras_server")
+        self.queue_name = args[args.index("--queue-name") + 1] if "--queue-name" in args else "image_queue"
 
     def predict(self, data: bytes, name: str = "image.png", **kwargs) -> requests.Response:
         return requests.post(self.url + "/predict", files={"image": (name, data)}, timeout=30, **kwargs)

@@ -1,0 +1,150 @@
+"""Child processes and waiting on them: the one helper the embedded Redis, the benchmark and the
+tests all start processes with.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The status of a GET, or None when nothing answers."""
+    import requests
+
+    try:
+        return requests.get(url, timeout=timeout).status_code
+    except requests.RequestException:
+        return None
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str,
+               check: Callable[[], None] | None = None, interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy, which is returned.
+
+    Only for watching another process from the outside (it starting, exiting, writing a key);
+    ``check`` runs before each poll and may raise, e.g. when the watched process died.
+    """
+    give_up = time.monotonic() + timeout
+    while True:
+        if check:
+            check()
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout:g} s")
+        time.sleep(interval)
+
+
+class ChildProcess:
+    """A child process whose output goes to a log file (or nowhere), stopped with SIGTERM."""
+
+    def __init__(self, args: Sequence[str], *, name: str = "", log_path: Path | None = None,
+                 env: dict[str, str] | None = None, cwd: Path = ROOT):
+        self.args = [str(arg) for arg in args]
+        self.name = name or Path(self.args[0]).name
+        self.log_path = log_path
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.cwd = cwd
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> ChildProcess:
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_path, "wb")  # noqa: SIM115 - the child keeps it; closed below
+        try:
+            self.popen = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=out,
+                                          stderr=subprocess.STDOUT)
+        finally:
+            if not isinstance(out, int):
+                out.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self, tail: int | None = None) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace")
+        return text[-tail:] if tail else text
+
+    def check_alive(self) -> None:
+        """Raise with the end of its log if the process has exited."""
+        if not self.alive():
+            code = self.popen.returncode if self.popen else None
+            raise RuntimeError(f"{self.name} exited with {code}:\n{self.log(3000)}")
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``. Returns the exit code."""
+        if self.popen is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def __enter__(self) -> ChildProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ServerProcess(ChildProcess):
+    """A child process that serves HTTP on ``port`` of loopback; ``start`` returns once
+    ``ready_path`` answers 200 (or, with ``ready_path=None``, at once)."""
+
+    def __init__(self, args: Sequence[str], port: int, *, ready_path: str | None = "/readyz",
+                 ready_timeout: float = 120.0, **kwargs):
+        super().__init__(args, **kwargs)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
+        self.ready_timeout = ready_timeout
+
+    def start(self) -> ServerProcess:
+        super().start()
+        if self.ready_path:
+            ready_url = self.url + self.ready_path
+            try:
+                wait_until(lambda: http_status(ready_url) == 200, self.ready_timeout,
+                           f"{self.name} to answer {self.ready_path}", self.check_alive, interval=0.2)
+            except BaseException:
+                self.stop()
+                raise
+        return self
