@@ -1,209 +1,218 @@
-"""The Redis protocol between web servers and model workers.
+"""The Redis queue between web servers and model workers: key names and every operation on them.
 
-Keys, all under the queue name ``Q``:
+Keys, all under the queue name ``Q`` (``QueueKeys`` builds them; nothing else does):
 
-- ``Q``                     list of JSON request messages, oldest first
-- ``Q:waiting:<id>``        present while a client waits for request <id>; the worker that
-                            deletes it is the one that answers (exactly one answer)
-- ``Q:result:<id>``         list holding the one result, popped by the waiting handler
-- ``Q:processing:<worker>`` messages a worker has taken and not yet answered
-- ``Q:worker:<worker>``     heartbeat with a TTL; its value describes the worker's model
+- ``Q``                          interactive lane: request messages (serving/messages.py), oldest first
+- ``Q:bulk``                     bulk lane: job images, taken only to top up a batch
+- ``Q:doorbell``                 a token workers block on; rung when work is queued (scripts.py)
+- ``Q:waiting:<request>``        hash of the request's image indexes still awaited; the worker that
+                                 deletes an index is the one that answers it (exactly one answer)
+- ``Q:result:<request>``         list of the request's answers, popped by the waiting handler
+- ``Q:processing:<worker>``      interactive messages a worker has taken and not yet answered
+- ``Q:processing-bulk:<worker>`` the same for bulk messages
+- ``Q:worker:<worker>``          heartbeat with a TTL (messages.Heartbeat)
+- ``Q:stats``                    hash of deployment-wide batch counts (serving/metrics.py)
 
-Every multi-step change is one Lua script, so web servers and workers on many machines
-can share the queue without taking the same message twice or leaving keys behind.
+Every change that touches more than one key is one Lua script (serving/scripts.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-import orjson
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-# Admit the message only while the queue is below its bound; mark the request as waiting.
-_ENQUEUE = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-redis.call('RPUSH', KEYS[1], ARGV[1])
-return 1
-"""
+from . import scripts
+from .messages import BULK, INTERACTIVE, Answer, Heartbeat, MessageError
 
-# Move up to ARGV[1] messages from the queue head to the worker's processing list.
-_TAKE = """
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[1], #items, -1)
-  redis.call('RPUSH', KEYS[2], unpack(items))
-end
-return items
-"""
+log = logging.getLogger(__name__)
 
-# KEYS: processing list, then (waiting, result) per item; ARGV: ttl, then one payload per item.
-# A result is written only for a request still waiting, so a repeat answer is dropped.
-_FINISH = """
-local written = 0
-for i = 2, #KEYS, 2 do
-  if redis.call('DEL', KEYS[i]) == 1 then
-    redis.call('RPUSH', KEYS[i + 1], ARGV[i / 2 + 1])
-    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
-    written = written + 1
-  end
-end
-redis.call('DEL', KEYS[1])
-return written
-"""
-
-# A client gives up: stop waiting, take its message back, and keep a result that just landed.
-_WITHDRAW = """
-redis.call('DEL', KEYS[2])
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-local late = redis.call('LPOP', KEYS[3])
-redis.call('DEL', KEYS[3])
-return {removed, late or false}
-"""
-
-# Return a dead worker's unfinished messages to the head of the queue, in their order.
-_REQUEUE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = #items, 1, -1 do redis.call('LPUSH', KEYS[3], items[i]) end
-redis.call('DEL', KEYS[1])
-return #items
-"""
+# A batching window is waited out in steps this long, taking what arrived after each, so it ends
+# as soon as the batch is full (Redis resolves blocking timeouts only to 1/hz, 100 ms by default).
+WINDOW_STEP_SECONDS = 0.001
 
 
-def connect(url: str, *, read_timeout: float | None = None) -> redis.Redis:
-    """A client that fails fast when Redis is down, so callers can answer 503 at once."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=0.5,
-        socket_timeout=read_timeout,
-        retry=Retry(NoBackoff(), 1),  # one retry replaces a pooled connection Redis dropped
-        health_check_interval=30,
-    )
+class QueueKeys:
+    """Every Redis key name of one queue."""
 
+    def __init__(self, name: str):
+        self.name = name
+        self.lanes = {INTERACTIVE: name, BULK: f"{name}:bulk"}
+        self.doorbell = f"{name}:doorbell"
+        self.stats = f"{name}:stats"
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+    def lane(self, lane: str) -> str:
+        return self.lanes[lane]
+
+    def waiting(self, request_id: str) -> str:
+        return f"{self.name}:waiting:{request_id}"
+
+    def result(self, request_id: str) -> str:
+        return f"{self.name}:result:{request_id}"
+
+    def processing(self, worker_id: str, lane: str = INTERACTIVE) -> str:
+        kind = "processing" if lane == INTERACTIVE else "processing-bulk"
+        return f"{self.name}:{kind}:{worker_id}"
+
+    def heartbeat(self, worker_id: str) -> str:
+        return f"{self.name}:worker:{worker_id}"
 
 
 @dataclass(frozen=True)
-class Finished:
-    """One answer for one message: the request id and its JSON-serialisable payload."""
+class Batch:
+    """Messages a worker took: interactive ones first."""
 
-    request_id: str
-    payload: dict
+    interactive: list[bytes]
+    bulk: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.interactive) + len(self.bulk)
+
+    @property
+    def messages(self) -> list[bytes]:
+        return self.interactive + self.bulk
 
 
 class RedisQueue:
-    def __init__(self, client: redis.Redis, name: str):
+    """The queue, over two clients: ``redis`` for short calls (it should have a short socket
+    timeout, so a hung Redis fails fast) and ``blocking`` for the calls that block on purpose."""
+
+    def __init__(self, client: redis.Redis, name: str, blocking: redis.Redis | None = None):
         self.redis = client
-        self.name = name
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._take = client.register_script(_TAKE)
-        self._finish = client.register_script(_FINISH)
-        self._withdraw = client.register_script(_WITHDRAW)
-        self._requeue = client.register_script(_REQUEUE)
+        self.blocking = blocking or client
+        self.keys = QueueKeys(name)
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._take = client.register_script(scripts.TAKE)
+        self._answer_requests = client.register_script(scripts.ANSWER_REQUESTS)
+        self._withdraw = client.register_script(scripts.WITHDRAW)
+        self._requeue = client.register_script(scripts.REQUEUE)
 
-    # Key names -----------------------------------------------------------------
-    def waiting_key(self, request_id: str) -> str:
-        return f"{self.name}:waiting:{request_id}"
-
-    def result_key(self, request_id: str) -> str:
-        return f"{self.name}:result:{request_id}"
-
-    def processing_key(self, worker_id: str) -> str:
-        return f"{self.name}:processing:{worker_id}"
-
-    def heartbeat_key(self, worker_id: str) -> str:
-        return f"{self.name}:worker:{worker_id}"
+    @property
+    def name(self) -> str:
+        return self.keys.name
 
     # Web side ------------------------------------------------------------------
-    def enqueue(self, message: bytes, request_id: str, max_length: int, wait_seconds: float) -> bool:
-        """Queue a message unless the queue is full. False means full."""
-        keep_ms = int((wait_seconds + 5) * 1000)  # outlives the wait, expires if the web dies
-        keys = [self.name, self.waiting_key(request_id)]
-        return bool(self._enqueue(keys=keys, args=[message, max_length, keep_ms]))
+    def enqueue(self, request_id: str, messages: Sequence[bytes], max_length: int,
+                keep_seconds: float) -> bool:
+        """Queue a request's image messages (in image order) unless the interactive lane holds
+        ``max_length`` or more. False means full. The request's waiting marker outlives the
+        wait by ``keep_seconds`` at most, and so expires if its web server dies."""
+        keys = [self.keys.lane(INTERACTIVE), self.keys.waiting(request_id), self.keys.doorbell]
+        return bool(self._enqueue(keys=keys, args=[max_length, int(keep_seconds * 1000), *messages]))
 
-    def wait_result(self, request_id: str, timeout: float) -> bytes | None:
-        if timeout <= 0:
-            return None
-        popped = self.redis.blpop([self.result_key(request_id)], timeout=timeout)
-        return popped[1] if popped else None
+    def wait_answers(self, request_id: str, count: int, timeout: float) -> list[Answer]:
+        """Block until ``count`` answers arrived or ``timeout`` passed; returns those that did."""
+        key = self.keys.result(request_id)
+        answers: list[Answer] = []
+        give_up = time.monotonic() + timeout
+        while len(answers) < count:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            popped = self.blocking.blpop([key], timeout=remaining)
+            if popped is None:
+                break
+            raws: list[bytes] = [cast(bytes, popped[1])]
+            if count - len(answers) > 1:  # the rest of a multi-image request often lands at once
+                raws += cast(list, self.redis.lpop(key, count - len(answers) - 1) or [])
+            answers += [Answer.from_bytes(raw, request_id) for raw in raws]
+        return answers
 
-    def withdraw(self, message: bytes, request_id: str) -> tuple[bool, bytes | None]:
-        """Give up on a request. Returns (message was still queued, result that arrived late)."""
-        keys = [self.name, self.waiting_key(request_id), self.result_key(request_id)]
-        removed, late = self._withdraw(keys=keys, args=[message])
-        return bool(removed), late or None
+    def withdraw(self, request_id: str, unanswered: Sequence[bytes]) -> tuple[int, list[Answer]]:
+        """Give up on a request: take back its unanswered messages still queued. Returns how many
+        were taken back and the answers that landed meanwhile."""
+        keys = [self.keys.lane(INTERACTIVE), self.keys.waiting(request_id), self.keys.result(request_id),
+                self.keys.lane(BULK), self.keys.doorbell]
+        removed, late = self._withdraw(keys=keys, args=list(unanswered))
+        return int(removed), [Answer.from_bytes(raw, request_id) for raw in late]
 
-    def depth(self) -> int:
-        return int(self.redis.llen(self.name))
+    def depth(self, lane: str = INTERACTIVE) -> int:
+        return int(self.redis.llen(self.keys.lane(lane)))
 
     # Worker side ---------------------------------------------------------------
-    def take_first(self, worker_id: str, timeout: float) -> bytes | None:
-        """Block until a message arrives (or timeout) and move it to the processing list."""
-        return self.redis.blmove(self.name, self.processing_key(worker_id), timeout, "LEFT", "RIGHT")
-
-    def take_more(self, worker_id: str, count: int) -> list[bytes]:
+    def take(self, worker_id: str, count: int) -> Batch:
+        """Take up to ``count`` messages, interactive first, into this worker's processing lists."""
         if count <= 0:
-            return []
-        return self._take(keys=[self.name, self.processing_key(worker_id)], args=[count])
+            return Batch([], [])
+        keys = [self.keys.lane(INTERACTIVE), self.keys.lane(BULK), self.keys.processing(worker_id),
+                self.keys.processing(worker_id, BULK), self.keys.doorbell]
+        interactive, bulk = self._take(keys=keys, args=[count])
+        return Batch(interactive, bulk)
 
-    def take_batch(self, worker_id: str, batch_size: int, window: float, idle_timeout: float) -> list[bytes]:
-        """Block until work arrives, then take up to batch_size messages.
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until the doorbell rings or ``timeout`` passes. True when it rang."""
+        return self.blocking.blpop([self.keys.doorbell], timeout=timeout) is not None
 
-        When the queue holds less than a full batch, wait ``window`` seconds once for more
-        (the batching delay of Triton and TF Serving): a sleep rather than a blocking pop,
-        because Redis resolves blocking timeouts only to 1/hz (100 ms by default).
-        Everything taken sits in the worker's processing list until ``finish``.
+    def take_batch(self, worker_id: str, batch_size: int, window: float, idle_timeout: float) -> Batch:
+        """Up to ``batch_size`` messages; blocks up to ``idle_timeout`` while both lanes are empty.
+
+        When fewer than a full batch are queued, waits up to ``window`` seconds for more (the
+        batching delay of Triton and TF Serving), ending as soon as the batch is full.
         """
-        first = self.take_first(worker_id, idle_timeout)
-        if first is None:
-            return []
-        batch = [first, *self.take_more(worker_id, batch_size - 1)]
-        if len(batch) < batch_size and window > 0:
-            time.sleep(window)
-            batch += self.take_more(worker_id, batch_size - len(batch))
+        batch = self.take(worker_id, batch_size)
+        if not batch and self.wait_for_work(idle_timeout):
+            batch = self.take(worker_id, batch_size)
+        window_ends = time.monotonic() + window
+        while batch and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
+            time.sleep(min(WINDOW_STEP_SECONDS, left))
+            more = self.take(worker_id, batch_size - len(batch))
+            batch = Batch(batch.interactive + more.interactive, batch.bulk + more.bulk)
         return batch
 
-    def finish(self, worker_id: str, answers: list[Finished], result_ttl: int) -> int:
-        """Write answers for requests still waiting and clear the processing list, atomically."""
-        keys = [self.processing_key(worker_id)]
+    def answer(self, worker_id: str, answers: Sequence[Answer], result_ttl: int) -> int:
+        """Write the answers for images still awaited and clear this worker's processing lists,
+        in one transaction. Returns how many answers were written."""
+        pipe = self.redis.pipeline(transaction=True)
+        keys: list[str] = []
         args: list = [result_ttl]
         for answer in answers:
-            keys += [self.waiting_key(answer.request_id), self.result_key(answer.request_id)]
-            args.append(orjson.dumps(answer.payload))
-        return int(self._finish(keys=keys, args=args))
+            keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
+            args += [answer.index, answer.to_bytes()]
+        if keys:
+            self._answer_requests(keys=keys, args=args, client=pipe)
+        pipe.delete(self.keys.processing(worker_id), self.keys.processing(worker_id, BULK))
+        results = pipe.execute()
+        return int(results[0]) if keys else 0
 
-    def beat(self, worker_id: str, info: dict, ttl: float) -> None:
-        self.redis.set(self.heartbeat_key(worker_id), orjson.dumps(info), px=int(ttl * 1000))
+    def beat(self, worker_id: str, heartbeat: Heartbeat, ttl: float) -> None:
+        self.redis.set(self.keys.heartbeat(worker_id), heartbeat.to_bytes(), px=int(ttl * 1000))
 
     def sign_off(self, worker_id: str) -> None:
-        self.redis.delete(self.heartbeat_key(worker_id))
+        self.redis.delete(self.keys.heartbeat(worker_id))
 
-    def live_workers(self) -> dict[str, dict]:
-        """Worker id -> heartbeat info, for every worker whose heartbeat has not expired."""
-        prefix = self.heartbeat_key("")
+    def live_workers(self) -> dict[str, Heartbeat]:
+        """Worker id -> heartbeat, for every worker whose heartbeat has not expired. A heartbeat
+        that cannot be read (a worker of another version) is logged and left out."""
+        prefix = self.keys.heartbeat("")
         keys = list(self.redis.scan_iter(match=prefix + "*", count=200))
         if not keys:
             return {}
-        values = self.redis.mget(keys)
-        return {
-            key.decode()[len(prefix):]: orjson.loads(value)
-            for key, value in zip(keys, values)
-            if value is not None
-        }
+        workers = {}
+        for key, raw in zip(keys, self.redis.mget(keys)):
+            if raw is None:
+                continue  # expired between SCAN and MGET
+            worker_id = key.decode(errors="replace")[len(prefix):]
+            try:
+                workers[worker_id] = Heartbeat.from_bytes(cast(bytes, raw))
+            except MessageError as exc:
+                log.warning("ignoring the heartbeat of worker %r: %s", worker_id, exc)
+        return workers
 
     def requeue_dead(self) -> int:
         """Return the messages of every worker whose heartbeat expired. Returns how many."""
-        prefix = self.processing_key("")
+        workers = set()
+        for lane in (INTERACTIVE, BULK):
+            prefix = self.keys.processing("", lane)
+            workers |= {key.decode()[len(prefix):] for key in self.redis.scan_iter(match=prefix + "*",
+                                                                                  count=200)}
         moved = 0
-        for key in self.redis.scan_iter(match=prefix + "*", count=200):
-            worker_id = key.decode()[len(prefix):]
-            moved += int(self._requeue(keys=[key, self.heartbeat_key(worker_id), self.name]))
+        for worker_id in workers:
+            keys = [self.keys.processing(worker_id), self.keys.processing(worker_id, BULK),
+                    self.keys.heartbeat(worker_id), self.keys.lane(INTERACTIVE), self.keys.lane(BULK),
+                    self.keys.doorbell]
+            moved += int(self._requeue(keys=keys))
         return moved

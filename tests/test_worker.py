@@ -4,18 +4,18 @@ import threading
 import time
 
 import keras
+import msgpack
 import numpy as np
-import orjson
 import pytest
 import redis
 
-from helpers import encode_array
+from serving.messages import Request
 from serving.models import load_classifier
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
-from serving.worker import ModelWorker, WorkerConfig
+from serving.worker import BatchObserver, ModelWorker
 
-from .support import COLOURS, TINY_INPUT, leftover_keys
+from .support import COLOURS, TINY_INPUT, leftover_keys, make_settings, wait_until
 
 Q = "workerq"
 
@@ -30,21 +30,26 @@ def _pixels(colour):
     return np.full((TINY_INPUT, TINY_INPUT, 3), COLOURS[colour], dtype=np.uint8)
 
 
-def _send(queue, request_id, pixels=None, deadline_in=30.0, raw=None):
+def _send(queue, request_id, pixels=None, deadline_in=30.0, raw=None, top_k=3):
     now = time.time()
-    message = raw or orjson.dumps({"id": request_id, "queued_at": now, "deadline": now + deadline_in,
-                                   "image": encode_array(pixels)})
-    assert queue.enqueue(message, request_id, max_length=10_000, wait_seconds=30)
+    message = raw or Request(request_id, 0, pixels, top_k, now, now + deadline_in).to_bytes()
+    assert queue.enqueue(request_id, [message], max_length=10_000, keep_seconds=30)
 
 
 def _result(queue, request_id, timeout=5.0):
-    raw = queue.wait_result(request_id, timeout)
-    return orjson.loads(raw) if raw else None
+    answers = queue.wait_answers(request_id, 1, timeout)
+    return answers[0] if answers else None
 
 
-def _worker(redis_server, classifier, **config):
+def _worker(redis_server, classifier, **settings):
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), Q)
-    return ModelWorker(queue, classifier, WorkerConfig(**{"batch_wait_ms": 0, **config}))
+    return ModelWorker(queue, classifier, make_settings(**{"batch_wait_ms": 0, **settings}))
+
+
+def _bad(**fields) -> bytes:
+    """A message whose sender can be read, with ``fields`` replaced."""
+    good = msgpack.unpackb(Request("x", 0, _pixels("red"), 3, time.time(), time.time() + 30).to_bytes())
+    return msgpack.packb({**good, **fields})
 
 
 def test_a_batch_is_answered_with_each_requests_own_prediction(redis_client, redis_server, classifier):
@@ -54,72 +59,55 @@ def test_a_batch_is_answered_with_each_requests_own_prediction(redis_client, red
         _send(worker.queue, f"r{i}", _pixels(colour))
     assert worker.step() == 5
     for i, colour in enumerate(colours):
-        result = _result(worker.queue, f"r{i}")
-        assert result["success"] and result["predictions"][0]["label"] == colour
-        assert result["batch"]["size"] == 5 and len(result["predictions"]) == 3
+        answer = _result(worker.queue, f"r{i}")
+        assert answer.ok and answer.body["predictions"][0]["label"] == colour
+        assert answer.body["predictions"][0]["class_id"] == list(COLOURS).index(colour)
+        assert answer.body["batch"]["size"] == 5 and len(answer.body["predictions"]) == 3
     assert leftover_keys(redis_client, Q) == []
 
 
-def test_one_bad_message_does_not_fail_its_batch(redis_client, redis_server, classifier):
+def test_each_request_gets_its_own_top_k_within_one_batch(redis_client, redis_server, classifier):
+    worker = _worker(redis_server, classifier)
+    for k in (1, 3, 2):
+        _send(worker.queue, f"k{k}", _pixels("blue"), top_k=k)
+    assert worker.step() == 3
+    for k in (1, 3, 2):
+        answer = _result(worker.queue, f"k{k}")
+        assert len(answer.body["predictions"]) == k and answer.body["batch"]["size"] == 3
+
+
+def test_one_bad_message_fails_alone(redis_client, redis_server, classifier):
     worker = _worker(redis_server, classifier)
     _send(worker.queue, "good", _pixels("blue"))
-    _send(worker.queue, "bad-data", raw=orjson.dumps({"id": "bad-data", "deadline": time.time() + 30,
-                                                      "image": {"dtype": "uint8", "shape": [2],
-                                                                "data": "!!"}}))
+    for request_id, fields in (("huge-shape", {"shape": [1e20, 3, 3]}), ("bad-data", {"pixels": b"!!"}),
+                               ("text-deadline", {"deadline": "soon"}), ("null-deadline", {"deadline": None})):
+        _send(worker.queue, request_id, raw=_bad(reply_to=request_id, **fields))
     _send(worker.queue, "bad-shape", np.zeros((5, 5, 3), np.uint8))
-    _send(worker.queue, "garbage", raw=b"not json at all")
-    worker.step()
-    assert _result(worker.queue, "good")["predictions"][0]["label"] == "blue"
-    for request_id in ("bad-data", "bad-shape"):
-        result = _result(worker.queue, request_id)
-        assert not result["success"] and result["status"] == 500 and "image" in result["error"]
-    redis_client.delete(worker.queue.waiting_key("garbage"))  # its sender would time out
+    _send(worker.queue, "garbage", raw=b"not a message at all")
+    assert worker.step() == 7
+    assert _result(worker.queue, "good").body["predictions"][0]["label"] == "blue"
+    for request_id in ("huge-shape", "bad-data", "text-deadline", "null-deadline", "bad-shape"):
+        answer = _result(worker.queue, request_id)
+        assert answer.status == 500 and answer.body["error"].startswith("The queued"), request_id
+    redis_client.delete(worker.queue.keys.waiting("garbage"))  # its sender would time out
     assert leftover_keys(redis_client, Q) == []
 
 
-def test_a_message_without_a_valid_deadline_gets_an_error_and_its_batch_goes_on(
-        redis_client, redis_server, classifier):
-    worker = _worker(redis_server, classifier)
-    image = encode_array(_pixels("red"))
-    for request_id, deadline in (("text-deadline", "soon"), ("null-deadline", None)):
-        _send(worker.queue, request_id, raw=orjson.dumps({"id": request_id, "deadline": deadline,
-                                                          "image": image}))
-    _send(worker.queue, "good", _pixels("green"))
-    assert worker.step() == 3
-    assert _result(worker.queue, "good")["predictions"][0]["label"] == "green"
-    for request_id in ("text-deadline", "null-deadline"):
-        result = _result(worker.queue, request_id)
-        assert not result["success"] and "deadline" in result["error"]
-    assert leftover_keys(redis_client, Q) == []
-
-
-class FailingObserver:
+class BrokenObserver(BatchObserver):
     def batch_done(self, size, seconds):
         raise RuntimeError("metrics backend broke")
 
-    def dropped_expired(self):
-        pass
 
-
-def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
-        redis_client, redis_server, classifier):
+def test_predictions_survive_a_broken_observer(redis_client, redis_server, classifier):
     worker = _worker(redis_server, classifier)
-    worker.observer = FailingObserver()
-    for i in range(3):
-        _send(worker.queue, f"r{i}", _pixels("blue"))
-    _send(worker.queue, "garbage", raw=b"not json at all")
-    assert worker.step() == 4
-    for i in range(3):
-        result = _result(worker.queue, f"r{i}", timeout=1)
-        assert result == {"success": False, "status": 500,
-                          "error": "The server failed on this request's batch."}
-    redis_client.delete(worker.queue.waiting_key("garbage"))  # its sender would time out
-    assert leftover_keys(redis_client, Q) == []  # the processing list was cleared
-
-    worker.observer = None
-    _send(worker.queue, "after", _pixels("red"))
-    worker.step()
-    assert _result(worker.queue, "after")["predictions"][0]["label"] == "red"
+    worker.observer = BrokenObserver()
+    colours = ["red", "green", "blue"]
+    for i, colour in enumerate(colours):
+        _send(worker.queue, f"r{i}", _pixels(colour))
+    assert worker.step() == 3
+    for i, colour in enumerate(colours):
+        assert _result(worker.queue, f"r{i}", timeout=1).body["predictions"][0]["label"] == colour
+    assert leftover_keys(redis_client, Q) == []
 
 
 class BrokenModel(Classifier):
@@ -134,9 +122,26 @@ def test_a_failing_model_answers_every_request_with_an_error(redis_client, redis
         _send(worker.queue, f"r{i}", _pixels("red"))
     worker.step()
     for i in range(3):
-        result = _result(worker.queue, f"r{i}", timeout=1)
-        assert result == {"success": False, "status": 500,
-                          "error": "The model failed on this request's batch."}
+        answer = _result(worker.queue, f"r{i}", timeout=1)
+        assert answer.status == 500 and answer.body == {"error": "The model failed on this request's batch."}
+    assert leftover_keys(redis_client, Q) == []
+
+
+def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
+        redis_client, redis_server, classifier, monkeypatch):
+    worker = _worker(redis_server, classifier)
+    for i in range(3):
+        _send(worker.queue, f"r{i}", _pixels("blue"))
+    with monkeypatch.context() as patch:
+        patch.setattr(worker, "process", lambda batch: 1 / 0)
+        assert worker.step() == 3
+    for i in range(3):
+        answer = _result(worker.queue, f"r{i}", timeout=1)
+        assert answer.status == 500 and answer.body == {"error": "The server failed on this request's batch."}
+    assert leftover_keys(redis_client, Q) == []  # the processing list was cleared
+    _send(worker.queue, "after", _pixels("red"))
+    worker.step()
+    assert _result(worker.queue, "after").body["predictions"][0]["label"] == "red"
 
 
 def test_expired_requests_are_dropped_not_computed(redis_client, redis_server, classifier):
@@ -144,8 +149,13 @@ def test_expired_requests_are_dropped_not_computed(redis_client, redis_server, c
     _send(worker.queue, "late", _pixels("red"), deadline_in=-1)
     _send(worker.queue, "on-time", _pixels("green"))
     worker.step()
-    assert _result(worker.queue, "on-time")["batch"]["size"] == 1
+    assert _result(worker.queue, "on-time").body["batch"]["size"] == 1
     assert _result(worker.queue, "late", timeout=0.2) is None
+    redis_client.delete(worker.queue.keys.waiting("late"))  # its client was told 504 and withdrew
+    _send(worker.queue, "late-alone", _pixels("red"), deadline_in=-1)
+    worker.step()  # a batch with nothing to run still clears the processing list
+    redis_client.delete(worker.queue.keys.waiting("late-alone"))
+    assert leftover_keys(redis_client, Q) == []
 
 
 def test_two_workers_on_one_queue_never_process_the_same_message(redis_client, redis_server, classifier):
@@ -164,10 +174,10 @@ def test_two_workers_on_one_queue_never_process_the_same_message(redis_client, r
         for thread in threads:
             thread.join()
     for i in range(200):
-        assert results[f"r{i}"]["predictions"][0]["label"] == colours[i % 3]
-    by_worker = {w.worker_id: sum(r["batch"]["worker"] == w.worker_id for r in results.values())
+        assert results[f"r{i}"].body["predictions"][0]["label"] == colours[i % 3]
+    by_worker = {w.worker_id: sum(r.body["batch"]["worker"] == w.worker_id for r in results.values())
                  for w in workers}
-    assert sum(by_worker.values()) == 200 and all(by_worker.values()), by_worker
+    assert sum(by_worker.values()) == 200, by_worker
     assert leftover_keys(redis_client, Q) == []
     assert not redis_client.keys(f"{Q}:worker:*")  # both signed off
 
@@ -177,24 +187,25 @@ def test_heartbeat_describes_the_model(redis_client, redis_server, classifier):
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while not worker.queue.live_workers() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        info = worker.queue.live_workers()[worker.worker_id]
-        assert info["model"]["input_size"] == [TINY_INPUT, TINY_INPUT]
-        assert 0 < redis_client.pttl(worker.queue.heartbeat_key(worker.worker_id)) <= 3000
+        wait_until(worker.queue.live_workers, 5, "the worker's heartbeat")
+        beat = worker.queue.live_workers()[worker.worker_id]
+        assert beat.model.input_size == (TINY_INPUT, TINY_INPUT) and beat.model.runtime == "tensorflow"
+        assert 0 < redis_client.pttl(worker.queue.keys.heartbeat(worker.worker_id)) <= 3000
     finally:
         worker.stop()
         thread.join()
 
 
-def test_logits_models_get_a_softmax(tmp_path):
+def test_whether_outputs_need_a_softmax_is_decided_once_from_the_model(tmp_path):
     inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(inputs))
-    path = tmp_path / "logits.keras"
-    keras.Model(inputs, outputs).save(path)
+    flat = keras.layers.Flatten()(inputs)
     (tmp_path / "labels.json").write_text('{"cat": 0, "dog": 1}')
-    loaded = load_classifier(str(path), labels=str(tmp_path / "labels.json"), preprocess="tf")
-    probabilities = loaded.predict(np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8))
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert loaded.labels == ("cat", "dog")
+    for name, outputs, probabilities in (("logits", keras.layers.Dense(2)(flat), False),
+                                         ("softmax", keras.layers.Dense(2, activation="softmax")(flat), True)):
+        path = tmp_path / f"{name}.keras"
+        keras.Model(inputs, outputs).save(path)
+        loaded = load_classifier(str(path), labels=str(tmp_path / "labels.json"), preprocess="tf")
+        assert loaded.outputs_probabilities is probabilities
+        batch = np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
+        np.testing.assert_allclose(loaded.predict(batch).sum(axis=1), 1.0, rtol=1e-5)
+        assert loaded.labels == ("cat", "dog")

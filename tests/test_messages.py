@@ -1,0 +1,94 @@
+"""The queue's records: round trips, and every kind of bad bytes refused with a reason."""
+
+import msgpack
+import numpy as np
+import orjson
+import pytest
+
+from serving.messages import BULK, Answer, Heartbeat, MessageError, ModelInfo, Request
+
+
+def request(**changes) -> Request:
+    fields = dict(reply_to="r1", index=2, pixels=np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3),
+                  top_k=3, queued_at=100.5, deadline=110.5)
+    return Request(**{**fields, **changes})
+
+
+def packed(**changes) -> bytes:
+    fields = msgpack.unpackb(request().to_bytes())
+    fields.update(changes)
+    return msgpack.packb(fields)
+
+
+def test_request_round_trip_keeps_every_field_and_the_pixels():
+    for original in (request(), request(lane=BULK, index=0)):
+        parsed = Request.from_bytes(original.to_bytes())
+        np.testing.assert_array_equal(parsed.pixels, original.pixels)
+        assert (parsed.reply_to, parsed.index, parsed.top_k, parsed.queued_at, parsed.deadline,
+                parsed.lane) == (original.reply_to, original.index, 3, 100.5, 110.5, original.lane)
+
+
+def test_request_pixels_travel_as_raw_bytes():
+    raw = request(pixels=np.zeros((224, 224, 3), np.uint8)).to_bytes()
+    assert 224 * 224 * 3 < len(raw) < 224 * 224 * 3 + 200  # no base64, no float32
+
+
+def test_non_contiguous_pixels_round_trip():
+    base = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    for view in (base[:, ::2], base.transpose(1, 0, 2), base[::-1]):
+        np.testing.assert_array_equal(Request.from_bytes(request(pixels=view).to_bytes()).pixels, view)
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"shape": [1e20, 5, 3]}, "height"),
+    ({"shape": [4, 5]}, "shape"),
+    ({"shape": [4, 5, 4]}, "shape"),
+    ({"shape": [-4, 5, 3]}, "height"),
+    ({"shape": [4, 5, 3], "pixels": b"short"}, "bytes"),
+    ({"pixels": "text, not bytes"}, "bytes"),
+    ({"deadline": "soon"}, "deadline"),
+    ({"deadline": float("nan")}, "deadline"),
+    ({"queued_at": None}, "queued_at"),
+    ({"top_k": 0}, "top_k"),
+    ({"top_k": True}, "top_k"),
+])
+def test_a_bad_field_is_refused_with_the_reply_address_so_its_sender_is_answered(changes, reason):
+    with pytest.raises(MessageError, match=reason) as caught:
+        Request.from_bytes(packed(**changes))
+    assert caught.value.reply == ("interactive", "r1", 2)
+
+
+@pytest.mark.parametrize("raw", [
+    b"not msgpack \xc1",
+    msgpack.packb([1, 2, 3]),
+    packed(reply_to=None),
+    packed(reply_to="x" * 1000),
+    packed(index=-1),
+    packed(lane="vip"),
+    orjson.dumps({"id": "old-format"}),
+])
+def test_bytes_that_name_no_sender_are_refused_without_a_reply(raw):
+    with pytest.raises(MessageError) as caught:
+        Request.from_bytes(raw)
+    assert caught.value.reply is None
+
+
+def test_answer_round_trip_and_bad_answers():
+    answer = Answer("r1", 3, "interactive", 200, {"predictions": []})
+    assert Answer.from_bytes(answer.to_bytes(), "r1") == answer
+    for raw in (b"{}", b"[]", b"garbage", orjson.dumps({"index": 1, "status": 99, "body": {}})):
+        with pytest.raises(MessageError):
+            Answer.from_bytes(raw, "r1")
+
+
+def test_heartbeat_round_trip_and_bad_heartbeats():
+    model = ModelInfo("resnet50", (224, 224), 1000, resize="crop", runtime="openvino", precision="bf16")
+    beat = Heartbeat(model, host="h", pid=7, batch_size=8)
+    assert Heartbeat.from_bytes(beat.to_bytes()) == beat
+    assert model.as_dict() == {"name": "resnet50", "input_size": [224, 224], "classes": 1000,
+                               "resize": "crop", "runtime": "openvino", "precision": "bf16"}
+    for raw in (b"not json", b"[]", b"{}", orjson.dumps({"model": {"name": "m", "input_size": [0, 5],
+                                                                  "classes": 3}}),
+                orjson.dumps({"model": {"name": "m", "input_size": [5, 5], "classes": 3, "resize": "x"}})):
+        with pytest.raises(MessageError):
+            Heartbeat.from_bytes(raw)
