@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from serving.models import ModelUnavailable, choose_model, load_classifier
+from serving.models import Choice, ModelUnavailable, choose_models, load_classifier
 from serving.models.labels import imagenet_labels, load_labels
 from serving.models.resnet50 import WEIGHTS_FILE
 
@@ -40,18 +40,17 @@ def test_labels_with_gaps_are_refused(tmp_path):
         load_labels(path)
 
 
-def test_auto_prefers_cached_resnet50_weights(tmp_path, monkeypatch):
+def test_auto_tries_resnet50_then_the_bundled_model_unless_its_weights_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert choose_model("auto", "imagenet")[0] == "resnet50"
-    assert "downloaded" in choose_model("auto", "imagenet")[1]
+    assert [choice.model for choice in choose_models("auto", "imagenet")] == ["resnet50", "efficientnet_lite0"]
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / WEIGHTS_FILE).write_bytes(b"stands in for the cached weights")
-    assert choose_model("auto", "imagenet") == ("resnet50", "its ImageNet weights are in the Keras cache")
+    assert choose_models("auto", "imagenet") == [Choice("resnet50", "its ImageNet weights are in the Keras cache")]
 
 
 def test_explicit_models_are_taken_as_given():
-    assert choose_model("efficientnet_lite0", "imagenet")[0] == "efficientnet_lite0"
-    assert choose_model("auto", "none")[0] == "resnet50"
+    assert choose_models("efficientnet_lite0", "imagenet") == [Choice("efficientnet_lite0", "chosen with --model")]
+    assert [choice.model for choice in choose_models("auto", "none")] == ["resnet50"]
 
 
 def test_unknown_model_and_missing_labels_are_clear_errors(tmp_path, colour_model):
@@ -98,6 +97,7 @@ def test_warm_up_traces_the_one_graph_every_batch_size_then_uses(colour_model):
     assert [classifier.labels[i] for i in probabilities.argmax(axis=1)] == ["blue"] * 5
 
 
+@pytest.mark.slow
 def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
     import keras
 
@@ -110,7 +110,7 @@ def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
 
     expected = reference(caffe(pixels), training=False).numpy()
     np.testing.assert_allclose(classifier.predict(pixels), expected, rtol=1e-4, atol=1e-6)
-    assert "note" not in classifier.info()
+    assert classifier.info().note == ""
 
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an HDF5 file")
@@ -118,6 +118,7 @@ def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
         load_classifier("resnet50", weights=str(bad))
 
 
+@pytest.mark.slow
 def test_a_download_that_stalls_fails_instead_of_holding_the_start(tmp_path, monkeypatch):
     import socket
     import threading

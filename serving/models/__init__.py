@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from .classifier import Classifier, KerasClassifier, NullClassifier
-from .labels import imagenet_labels, load_labels
+from .classifier import Classifier, ModelUnavailable, NullClassifier
+from .labels import imagenet_labels, imagenet_wnids, load_labels
 from .preprocessing import PREPROCESSORS
-from .resnet50 import ModelUnavailable, imagenet_weights_cached, load_resnet50
+from .resnet50 import imagenet_weights_cached, load_resnet50
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Classifier", "ModelUnavailable", "choose_model", "load_classifier"]
+__all__ = ["Choice", "Classifier", "ModelUnavailable", "choose_models", "configure_tensorflow",
+           "load_classifier"]
+
+BUILT_IN = ("resnet50", "efficientnet_lite0", "null")
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -24,26 +28,37 @@ def configure_tensorflow(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
 
 
-def choose_model(model: str, weights: str) -> tuple[str, str]:
-    """Resolve --model auto. Returns (model name, reason for the log)."""
+@dataclass(frozen=True)
+class Choice:
+    model: str  # a built-in name or a model file
+    reason: str  # for the log line that says what serves and why
+
+
+def choose_models(model: str, weights: str) -> list[Choice]:
+    """The models to try, in order: the first that loads serves."""
     if model != "auto":
-        return model, "chosen with --model"
+        return [Choice(model, "chosen with --model")]
     if weights != "imagenet":
-        return "resnet50", f"--weights {weights} applies to resnet50"
+        return [Choice("resnet50", f"--weights {weights} applies to resnet50")]
     if imagenet_weights_cached():
-        return "resnet50", "its ImageNet weights are in the Keras cache"
-    return "resnet50", "its ImageNet weights will be downloaded once"
+        return [Choice("resnet50", "its ImageNet weights are in the Keras cache")]
+    return [Choice("resnet50", "its ImageNet weights were downloaded to the Keras cache"),
+            Choice("efficientnet_lite0", "the bundled ImageNet model (offline), because ResNet50's "
+                                         "ImageNet weights are not cached and could not be downloaded")]
 
 
 def _load_efficientnet_lite0() -> Classifier:
     from .efficientnet_lite0 import build_efficientnet_lite0
+    from .keras_classifier import KerasClassifier
 
     return KerasClassifier(build_efficientnet_lite0(), "efficientnet_lite0", imagenet_labels(),
-                           PREPROCESSORS["none"])
+                           PREPROCESSORS["none"], wnids=imagenet_wnids())
 
 
 def _load_custom(path: str, labels_path: str | None, preprocess: str) -> Classifier:
     import keras
+
+    from .keras_classifier import KerasClassifier
 
     if not Path(path).is_file():
         raise ModelUnavailable(f"Model file {path} does not exist.")
@@ -54,28 +69,31 @@ def _load_custom(path: str, labels_path: str | None, preprocess: str) -> Classif
     return KerasClassifier(model, Path(path).stem, labels, PREPROCESSORS[preprocess])
 
 
+def _load(model: str, weights: str, labels: str | None, preprocess: str) -> Classifier:
+    if model == "null":
+        return NullClassifier(imagenet_labels(), wnids=imagenet_wnids())
+    if model == "efficientnet_lite0":
+        return _load_efficientnet_lite0()
+    if model == "resnet50":
+        return load_resnet50(weights)
+    if model.endswith((".keras", ".h5")) or Path(model).exists():
+        return _load_custom(model, labels, preprocess)
+    raise ModelUnavailable(
+        f"Unknown model {model!r}: use {', '.join(BUILT_IN)}, or a .keras/.h5 path.")
+
+
 def load_classifier(model: str, weights: str = "imagenet", labels: str | None = None,
                     preprocess: str = "caffe") -> Classifier:
     """Load the model to serve, logging one line that says which and why."""
-    name, reason = choose_model(model, weights)
-    if name == "null":
-        classifier = NullClassifier(imagenet_labels())
-    elif name == "efficientnet_lite0":
-        classifier = _load_efficientnet_lite0()
-    elif name == "resnet50":
+    choices = choose_models(model, weights)
+    for position, choice in enumerate(choices, start=1):
         try:
-            classifier = load_resnet50(weights)
+            classifier = _load(choice.model, weights, labels, preprocess)
         except ModelUnavailable as exc:
-            if model != "auto":
+            if position == len(choices):
                 raise
-            log.warning("Serving the bundled efficientnet_lite0 (ImageNet, offline) because ResNet50's "
-                        "ImageNet weights are not cached and could not be downloaded: %s", exc.cause)
-            return _load_efficientnet_lite0()
-    elif name.endswith((".keras", ".h5")) or Path(name).exists():
-        classifier = _load_custom(name, labels, preprocess)
-    else:
-        raise ModelUnavailable(
-            f"Unknown model {name!r}: use resnet50, efficientnet_lite0, null, or a .keras/.h5 path."
-        )
-    log.info("Serving %s: %s", classifier.name, reason)
-    return classifier
+            log.warning("%s is unavailable: %s", choice.model, exc.cause)
+            continue
+        log.info("Serving %s: %s", classifier.name, choice.reason)
+        return classifier
+    raise AssertionError("choose_models returned no choice")

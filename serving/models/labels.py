@@ -12,9 +12,18 @@ IMAGENET_LABELS_PATH = Path(__file__).resolve().parents[1] / "data" / "imagenet_
 
 
 @cache
+def _imagenet_entries() -> tuple[dict, ...]:
+    return tuple(json.loads(IMAGENET_LABELS_PATH.read_text()))
+
+
 def imagenet_labels() -> tuple[str, ...]:
-    entries = json.loads(IMAGENET_LABELS_PATH.read_text())
-    return tuple(entry["label"] for entry in entries)
+    """The 1000 ImageNet-1k class names, in the standard index order."""
+    return tuple(entry["label"] for entry in _imagenet_entries())
+
+
+def imagenet_wnids() -> tuple[str, ...]:
+    """Their WordNet ids: "crane" and "maillot" each name two classes; a wnid names one."""
+    return tuple(entry["wnid"] for entry in _imagenet_entries())
 
 
 def _from_mapping(mapping: dict) -> list[str]:

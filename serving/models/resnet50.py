@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .classifier import KerasClassifier
-from .labels import imagenet_labels
+from .classifier import ModelUnavailable
+from .keras_classifier import KerasClassifier
+from .labels import imagenet_labels, imagenet_wnids
 from .preprocessing import caffe
 
 WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
@@ -17,14 +18,6 @@ RANDOM_WEIGHTS_NOTE = "resnet50 with random weights (--weights none): prediction
 # Keras downloads with urllib and no timeout: a network that drops packets would hold the start
 # for minutes. A download that sends nothing for this long fails, and start-up goes on from there.
 DOWNLOAD_STALL_SECONDS = 20.0
-
-
-class ModelUnavailable(RuntimeError):
-    """The chosen model cannot be loaded; the message tells the operator what to do instead."""
-
-    def __init__(self, message: str, cause: str = ""):
-        super().__init__(message)
-        self.cause = cause or message
 
 
 def cached_weights_path() -> Path:
@@ -76,4 +69,4 @@ def load_resnet50(weights: str) -> KerasClassifier:
                 "with the ImageNet top, as model.save_weights() or keras.applications writes them.",
                 cause=str(exc),
             ) from None
-    return KerasClassifier(model, "resnet50", imagenet_labels(), caffe, note)
+    return KerasClassifier(model, "resnet50", imagenet_labels(), caffe, note, wnids=imagenet_wnids())
