@@ -30,10 +30,11 @@ bind = f"{_settings.host}:{_settings.port}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = _settings.web_threads
-# A gthread worker keeps pinging the arbiter while its threads wait, so this only catches a hung process.
-timeout = int(_settings.client_timeout) + 30
+# A gthread worker keeps pinging the arbiter while its threads wait, so this only catches a hung
+# process: one silent for longer than any request can take, twice over.
+timeout = int(2 * _settings.request_lifetime)
 # On SIGTERM, requests in flight get their full client_timeout to be answered (or 504) before exit.
-graceful_timeout = int(_settings.client_timeout) + 5
+graceful_timeout = int(_settings.request_lifetime)
 keepalive = 5  # behind nginx's upstream keepalive pool
 loglevel = _settings.log_level.lower()
 accesslog = "-"

@@ -1,8 +1,6 @@
-"""Serialization of numpy arrays for Redis messages, and image decoding for the model.
+"""Image decoding for the model: any upload Pillow reads, to uint8 RGB pixels at the model's size.
 
-Arrays travel as JSON-safe dicts: ``{"dtype": "uint8", "shape": [h, w, 3], "data": base64}``.
-Only plain numeric dtypes are accepted on the way back, so nothing read from Redis can
-turn into Python objects.
+Web servers run this before queueing; workers only ever see pixels (serving/messages.py).
 """
 
 from __future__ import annotations
@@ -11,41 +9,11 @@ import io
 import warnings
 
 import numpy as np
-import pybase64  # SIMD base64: ~30x less CPU than the standard library on 200 KB images
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-ALLOWED_DTYPES = frozenset(
-    {"uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float16", "float32", "float64"}
-)
 
 
 class ImageError(ValueError):
     """The upload cannot be turned into model input; the message is safe to show the client."""
-
-
-def encode_array(array: np.ndarray) -> dict:
-    array = np.ascontiguousarray(array)  # C order, whatever view we were given
-    if array.dtype.name not in ALLOWED_DTYPES:
-        raise TypeError(f"cannot encode dtype {array.dtype.name}")
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": pybase64.b64encode_as_string(array.tobytes()),
-    }
-
-
-def decode_array(encoded: dict) -> np.ndarray:
-    dtype_name = encoded["dtype"]
-    if dtype_name not in ALLOWED_DTYPES:
-        raise ValueError(f"refusing to decode dtype {dtype_name!r}")
-    shape = tuple(int(n) for n in encoded["shape"])
-    if any(n < 0 for n in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
-    raw = pybase64.b64decode(encoded["data"], validate=True)
-    dtype = np.dtype(dtype_name)
-    if len(raw) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-        raise ValueError(f"{len(raw)} bytes do not fill shape {shape} of {dtype_name}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -112,16 +80,23 @@ def open_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
         raise ImageError(f"The image could not be decoded ({exc}).") from None
 
 
-def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """Upload bytes to a uint8 array of shape (height, width, 3) for a model of input ``size``.
-
-    ``size`` is (width, height), as Pillow counts.
-    """
-    image = open_image(data, max_pixels, min_side=max(size))
+def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
+    """An upload as an RGB image (see ``open_image`` for ``min_side``)."""
+    image = open_image(data, max_pixels, min_side)
     try:
-        rgb = to_rgb(image)
+        return to_rgb(image)
     except (OSError, ValueError) as exc:
         raise ImageError(f"Images in mode {image.mode} are not supported ({exc}).") from None
-    if rgb.size != size:
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+
+
+def fit_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image as uint8 pixels of shape (height, width, 3) for a model of input ``size``
+    ((width, height), as Pillow counts)."""
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Upload bytes to the uint8 pixels a model of input ``size`` takes."""
+    return fit_image(decode_image(data, max_pixels, min_side=max(size)), size)

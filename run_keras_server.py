@@ -15,29 +15,23 @@ import sys
 import threading
 import time
 
-from flask import Flask
-
+from serving.app import create_app
 from serving.http_server import HttpServer
-from serving.queue import RedisQueue, connect
+from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
 from serving.redis_server import DEFAULT_URL, resolve_redis
-from serving.web import build_app
 from settings import Settings, SettingsError, load_settings
+
+__all__ = ["create_app", "create_worker", "main"]
 
 log = logging.getLogger("run_keras_server")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """The Flask app, configured from the environment when no settings are given (gunicorn)."""
-    settings = settings or load_settings([])
-    # Blocking pops wait up to client_timeout; the socket timeout only catches a dead Redis.
-    client = connect(settings.redis_url or DEFAULT_URL, read_timeout=settings.client_timeout + 5)
-    return build_app(settings, RedisQueue(client, settings.queue_name))
-
-
-def create_worker(settings: Settings, redis_url: str):
+def create_worker(settings: Settings):
+    """Load the model (warmed up: ready means warm) and connect a worker to the queue."""
     from serving.metrics import RedisBatchStats
     from serving.models import configure_tensorflow, load_classifier
-    from serving.worker import ModelWorker, WorkerConfig
+    from serving.redis_client import open_queue
+    from serving.worker import IDLE_TIMEOUT, ModelWorker
 
     configure_tensorflow(settings.tf_threads)
     classifier = load_classifier(settings.model, settings.weights, settings.labels, settings.preprocess)
@@ -46,13 +40,10 @@ def create_worker(settings: Settings, redis_url: str):
     started = time.perf_counter()
     classifier.warm_up((1, settings.batch_size))  # before the first heartbeat: ready means warm
     log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
-    config = WorkerConfig(batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
-                          result_ttl=settings.result_ttl, top_k=settings.top_k,
-                          heartbeat_ttl=settings.heartbeat_ttl)
-    client = connect(redis_url, read_timeout=10)
-    queue = RedisQueue(client, settings.queue_name)
+    queue = open_queue(settings.redis_url or DEFAULT_URL, settings.queue_name, call_timeout=settings.redis_timeout,
+                       longest_block=IDLE_TIMEOUT)
     # Batch stats go to Redis, so /metrics on any web server reports every worker's.
-    return ModelWorker(queue, classifier, config, observer=RedisBatchStats(queue))
+    return ModelWorker(queue, classifier, settings, observer=RedisBatchStats(queue))
 
 
 def _on_stop_signals(stop) -> None:
@@ -80,37 +71,32 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     embedded = None
-    if settings.role == "all":
+    if settings.role == "all":  # one process on a laptop: find a Redis, or start one
         redis_url, embedded = resolve_redis(settings.redis_url)
         settings = settings.replace(redis_url=redis_url)
-    redis_url = settings.redis_url or DEFAULT_URL
     try:
-        worker = create_worker(settings, redis_url) if settings.role in ("all", "worker") else None
         if settings.role == "worker":
+            worker = create_worker(settings)
             _on_stop_signals(worker.stop)  # the batch in hand is answered first
             worker.run()
             return 0
+        worker = create_worker(settings) if settings.role == "all" else None
         http = HttpServer(create_app(settings), settings)
         # Stop listening, answer the requests in flight (the worker thread keeps running), exit.
         _on_stop_signals(http.request_stop)
-        worker_thread = None
-        if worker:
-            worker_thread = threading.Thread(target=worker.run, name="model-worker", daemon=True)
+        worker_thread = threading.Thread(target=worker.run, name="model-worker", daemon=True) if worker else None
+        if worker_thread:
             worker_thread.start()
         http.run()
-        if worker:
+        if worker and worker_thread:
             worker.stop()
             worker_thread.join(timeout=settings.client_timeout)
         return 0
     except KeyboardInterrupt:
         return 0
-    except Exception as exc:
-        from serving.models import ModelUnavailable
-
-        if isinstance(exc, ModelUnavailable):
-            log.error("%s", exc)
-            return 1
-        raise
+    except ModelUnavailable as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         if embedded:
             embedded.stop()

@@ -12,6 +12,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+# A request's keys and its handler outlive its deadline (--client-timeout) by this much: time to
+# send the answer. Drains, waiting markers and answer retries all count from it.
+ANSWER_GRACE_SECONDS = 5.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:
@@ -41,9 +45,12 @@ OPTIONS: tuple[Option, ...] = (
            "else an embedded redis-server"),
     Option("queue_name", str, "image_queue", "Redis list of queued images; prefix of all keys"),
     Option("batch_size", int, 8, "most images the worker runs in one model call "
-           "(8: on 2 CPU cores larger batches gain ResNet50 under 5% and take 2-4x as long)"),
-    Option("batch_wait_ms", float, 5.0, "longest wait for more images once one has arrived"),
+           "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)"),
+    Option("batch_wait_ms", float, 5.0,
+           "longest wait for more images once one has arrived; ends as soon as the batch is full"),
     Option("client_timeout", float, 10.0, "seconds a request waits for its result before 504"),
+    Option("redis_timeout", float, 1.0,
+           "seconds any Redis call but the wait for a result may take before the request gets 503"),
     Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
     Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
     Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
@@ -56,7 +63,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("preprocess", str, "caffe", "input scaling for a custom model",
            ("caffe", "tf", "torch", "unit", "none")),
     Option("top_k", int, 5, "predictions returned per image"),
-    Option("tf_threads", int, 0, "TensorFlow intra-op threads (0: one per core)"),
+    Option("tf_threads", int, 0,
+           "threads for one model call: TensorFlow's intra-op pool (its inter-op pool gets up to 2) "
+           "(0: one per core)"),
     Option("heartbeat_ttl", float, 10.0, "seconds a silent worker counts as alive"),
     Option("log_level", str, "INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -73,6 +82,7 @@ class Settings:
     batch_size: int
     batch_wait_ms: float
     client_timeout: float
+    redis_timeout: float
     result_ttl: int
     max_queue_length: int
     max_upload_bytes: int
@@ -88,6 +98,11 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def request_lifetime(self) -> float:
+        """Longest a request can be in flight: its deadline plus the time to send its answer."""
+        return self.client_timeout + ANSWER_GRACE_SECONDS
 
 
 class SettingsError(ValueError):
@@ -123,7 +138,7 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
 
 
 def _validate(settings: Settings) -> None:
-    positive = ("port", "web_threads", "batch_size", "client_timeout", "result_ttl",
+    positive = ("port", "web_threads", "batch_size", "client_timeout", "redis_timeout", "result_ttl",
                 "max_queue_length", "max_upload_bytes", "max_image_pixels", "top_k",
                 "heartbeat_ttl")
     for name in positive:
@@ -147,3 +162,17 @@ def load_settings(argv: Sequence[str] | None = None,
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+def markdown_table() -> str:
+    """The README's table of settings, written from OPTIONS: ``python settings.py``."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        default = "(unset)" if option.default is None else f"`{option.default}`"
+        choices = f" ({', '.join(option.choices)})" if option.choices else ""
+        rows.append(f"| `{option.flag}` | `{option.env_var}` | {default} | {option.help}{choices} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -55,13 +55,8 @@ class HttpServer:
         self.listeners = [item for item in self.sockets.values() if isinstance(item, BaseWSGIServer)]
         for listener in self.listeners:
             listener.channel_class = JsonErrorChannel
-        # A request waits at most client_timeout for its answer; a little more to send it.
-        self.drain_seconds = settings.client_timeout + 5
+        self.drain_seconds = settings.request_lifetime  # the longest a request in flight can take
         self._stop_requested = False
-
-    @property
-    def port(self) -> int:
-        return self.listeners[0].effective_port
 
     def request_stop(self) -> None:
         """Begin a graceful stop. Safe in a signal handler: a flag and a byte down waitress's

@@ -23,7 +23,7 @@ import threading
 import time
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -35,7 +35,10 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from . import request_log
 from .queue import RedisQueue
+from .services import services
+from .worker import BatchObserver
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ HTTP_LATENCY = Histogram("inference_http_request_duration_seconds",
                          ["method", "endpoint"], buckets=LATENCY_BUCKETS)
 
 
-def stats_key(queue_name: str) -> str:
-    return f"{queue_name}:stats"
-
-
 def _bucket_field(prefix: str, bounds: tuple, value: float) -> str:
     """The hash field of the one (non-cumulative) bucket ``value`` falls in."""
     for bound in bounds:
@@ -62,7 +61,7 @@ def _bucket_field(prefix: str, bounds: tuple, value: float) -> str:
     return f"{prefix}:+Inf"
 
 
-class RedisBatchStats:
+class RedisBatchStats(BatchObserver):
     """The model worker's observer: deployment-wide batch stats in one Redis hash.
 
     Counts are added up in memory and written by a background thread, one MULTI every
@@ -71,7 +70,7 @@ class RedisBatchStats:
 
     def __init__(self, queue: RedisQueue, flush_seconds: float = 0.25):
         self.redis = queue.redis
-        self.key = stats_key(queue.name)
+        self.key = queue.keys.stats
         self.flush_seconds = flush_seconds
         self._pending: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -82,8 +81,8 @@ class RedisBatchStats:
                    _bucket_field("model_seconds", MODEL_SECONDS_BUCKETS, seconds): 1,
                    "model_seconds_sum": seconds})
 
-    def dropped_expired(self) -> None:
-        self._add({"dropped_expired": 1})
+    def dropped_expired(self, count: int) -> None:
+        self._add({"dropped_expired": count})
 
     def _add(self, increments: dict[str, float]) -> None:
         with self._lock:
@@ -141,7 +140,7 @@ class QueueCollector:
         try:
             pipe = self.queue.redis.pipeline(transaction=False)
             pipe.llen(self.queue.name)
-            pipe.hgetall(stats_key(self.queue.name))
+            pipe.hgetall(self.queue.keys.stats)
             depth, raw_stats = pipe.execute()
             workers = self.queue.live_workers()
         except redis.RedisError as exc:
@@ -160,8 +159,7 @@ class QueueCollector:
         info = GaugeMetricFamily("inference_worker_info", "One per live model worker (value 1).",
                                  labels=["worker", "host", "model"])
         for worker_id, beat in sorted(workers.items()):
-            model = str(beat.get("model", {}).get("name", ""))
-            info.add_metric([worker_id, str(beat.get("host", "")), model], 1)
+            info.add_metric([worker_id, beat.host, beat.model.name], 1)
         yield info
         yield _histogram("inference_batch_size", "Images per model call, all workers.",
                          stats, "batch_size", BATCH_SIZE_BUCKETS)
@@ -190,25 +188,19 @@ def _process_metrics():
     return registry
 
 
-def register_metrics(app: Flask, queue: RedisQueue, queue_capacity: int) -> None:
-    queue_metrics = QueueCollector(queue, queue_capacity)
-
-    @app.before_request
-    def start_metrics_clock():
-        g.metrics_started = time.perf_counter()
-
+def register_metrics(app: Flask) -> None:
     @app.after_request
     def count_request(response: Response):
         # The route pattern, not the path, keeps the label set bounded whatever clients send.
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        method = request.method if request.method in ("GET", "POST", "HEAD") else "other"
+        method = request.method if request.method in ("GET", "POST", "HEAD", "DELETE") else "other"
         HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
-        started = g.get("metrics_started")
-        if started is not None:
-            HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
+        HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - request_log.started_at())
         return response
 
     @app.get("/metrics")
     def metrics():
+        serving = services()
+        queue_metrics = QueueCollector(serving.queue, serving.settings.max_queue_length)
         body = generate_latest(_Scrape(_process_metrics(), queue_metrics))
         return Response(body, mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,9 +1,8 @@
-"""The browser-facing pages: the upload page at / and the OpenAPI description.
+"""The upload page at /.
 
-The page's form posts to / so that it works without JavaScript: the server runs the same
-handler as POST /predict and renders its JSON answer (or error) as HTML. With JavaScript,
-static/app.js sends the form to /predict instead and renders the JSON itself. /predict
-always answers JSON, whatever the client's Accept header says.
+The page's form posts to / so that it works without JavaScript: the server classifies the upload
+as POST /predict does and renders the answer (or the error) as HTML. With JavaScript,
+static/app.js sends the form to /predict instead and renders the JSON itself.
 """
 
 from __future__ import annotations
@@ -11,16 +10,19 @@ from __future__ import annotations
 import base64
 import io
 
-import orjson
 import redis
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, current_app, render_template
+from PIL import Image
 
-from helpers import ImageError, open_image, to_rgb
+from helpers import decode_image, fit_image
 
-from .openapi import openapi_spec
-from .web import ServiceUnavailable, json_response
+from . import request_log
+from .api import run_classification, uploaded_images
+from .messages import ModelInfo
+from .responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
+from .services import services
 
-blueprint = Blueprint("ui", __name__, template_folder="templates")
+blueprint = Blueprint("ui", __name__)
 
 THUMBNAIL_SIZE = (320, 320)
 # Everything the page uses is served from here; the thumbnail is a data: or blob: URL.
@@ -28,41 +30,36 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; obje
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def _human_bytes(count: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
+def _human_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if count < 1024:
             return f"{count:g} {unit}" if unit == "bytes" else f"{count:.3g} {unit}"
         count /= 1024
-    return str(count)
+    return f"{count:.3g} GB"
 
 
-def _current_model() -> dict | None:
+def _current_model() -> ModelInfo | None:
     try:
-        return current_app.extensions["worker_directory"].model()
+        return services().workers.model()
     except (ServiceUnavailable, redis.RedisError):  # the page still loads while they are away
         return None
 
 
-def _page(status: int = 200, headers: dict | None = None, **context) -> Response:
+def _page(status: int = 200, **context) -> Response:
     max_bytes = current_app.config["MAX_CONTENT_LENGTH"]
     html = render_template("index.html", model=_current_model(), max_bytes=max_bytes,
                            max_size=_human_bytes(max_bytes), **context)
-    response = Response(html, status=status, headers=headers, mimetype="text/html")
+    response = Response(html, status=status, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
-def _thumbnail_data_url() -> str | None:
-    """The upload, shrunk, as a data: URL: the no-JavaScript page has no other way to show it."""
-    upload = request.files.get("image")
-    if upload is None:
-        return None
-    upload.stream.seek(0)
-    try:
-        image = to_rgb(open_image(upload.read(), current_app.extensions["settings"].max_image_pixels))
-    except (ImageError, OSError, ValueError):
-        return None
+def _thumbnail_data_url(image: Image.Image) -> str:
+    """The whole upload, shrunk, as a data: URL: the no-JavaScript page has no other way to show it."""
+    image = image.copy()
     image.thumbnail(THUMBNAIL_SIZE)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
@@ -77,18 +74,16 @@ def index():
 @blueprint.post("/")
 def classify_form():
     """POST /predict for browsers without JavaScript: the same answer, as a page."""
-    app = current_app._get_current_object()
+    serving = services()
     try:
-        response = app.make_response(app.view_functions["predict"]())
-    except Exception as exc:  # the app's own error handlers make the JSON error, as for /predict
-        response = app.make_response(app.handle_user_exception(exc))
-    body = orjson.loads(response.get_data())
-    headers = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else None
-    if body.get("success"):
-        return _page(result=body, thumbnail=_thumbnail_data_url(), headers=headers)
-    return _page(response.status_code, headers=headers, error=body.get("error", "The request failed."))
-
-
-@blueprint.get("/openapi.json")
-def openapi():
-    return json_response(openapi_spec(current_app.extensions["settings"]))
+        upload = uploaded_images()[0]
+        model = serving.workers.model()
+        image = decode_image(upload, serving.settings.max_image_pixels, min_side=max(model.input_size))
+        result = run_classification([fit_image(image, model.input_size)], serving.settings.top_k)
+    except Exception as exc:  # the same status and sentence /predict would answer
+        status, message = describe_error(exc)
+        return _page(status, error=message)
+    if result.status != 200:
+        return _page(result.status, error=result.body["error"])
+    result.body["timings_ms"]["total"] = request_log.elapsed_ms()
+    return _page(result=result.body, thumbnail=_thumbnail_data_url(image))

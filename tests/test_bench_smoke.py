@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from .support import ROOT, colour_image
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 
 def test_quick_benchmark_writes_results_and_plot(tmp_path):
@@ -30,8 +33,8 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
             assert row["statuses"] == {"200": row["requests"]}, (system, row)
             assert row["throughput_rps"] > 0 and row["p50_ms"] <= row["p99_ms"]
     memory = results["redis_memory"]
-    # uint8 pixels in base64: a quarter of the float32 design, whatever the machine's speed
-    assert memory["queued"] > 0 and 0.24 < memory["ratio"] < 0.26
+    # raw uint8 pixels: under a fifth of the float32-in-base64 design, whatever the machine's speed
+    assert memory["queued"] > 0 and 0.18 < memory["ratio"] < 0.2
     assert memory["statuses_after_timeout"] == [504]
     assert len(results["goals"]) == 4
     for goal in results["goals"]:

@@ -14,6 +14,8 @@ from serving.models.efficientnet_lite0 import (
     build_efficientnet_lite0,
 )
 
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
+
 TESTDATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 PHOTOS = ("shuttle.jpg", "flower.jpg", "airdale.jpg")
 

@@ -9,19 +9,17 @@ import pytest
 import redis
 import requests
 
-from .support import COLOURS, ROOT, colour_image, colour_model_server, leftover_keys
+from .support import COLOURS, ROOT, colour_image, leftover_keys
 
-Q = "e2eq"
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
+
 FORMATS = [("PNG", "RGB"), ("JPEG", "RGB"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("PNG", "RGBA"),
            ("TIFF", "CMYK"), ("JPEG", "CMYK")]
 
 
 @pytest.fixture(scope="module")
-def server(redis_server, colour_model, tmp_path_factory):
-    live = colour_model_server(redis_server.url, Q, colour_model, tmp_path_factory.mktemp("logs"),
-                               "--batch-size", "16", "--max-upload-bytes", "500000", "--web-threads", "48")
-    yield live
-    live.stop()
+def server(serve):
+    return serve("--batch-size", "16", "--max-upload-bytes", "500000", "--web-threads", "48")
 
 
 def test_concurrent_clients_each_get_their_own_answer(server, redis_server):
@@ -49,7 +47,7 @@ def test_concurrent_clients_each_get_their_own_answer(server, redis_server):
     request_ids = {body["request_id"] for _, _, body in results}
     assert len(request_ids) == len(cases)  # none duplicated
     assert max(body["batch"]["size"] for _, _, body in results) > 1  # requests shared model calls
-    assert leftover_keys(redis.Redis.from_url(redis_server.url), Q) == []
+    assert leftover_keys(redis.Redis.from_url(redis_server.url), server.queue_name) == []
 
 
 def test_oversized_upload_gets_json_413_through_the_real_server(server):

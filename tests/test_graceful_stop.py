@@ -14,18 +14,12 @@ import pytest
 import redis
 import requests
 
-from .support import COLOURS, LiveServer, colour_image, colour_model_args, leftover_keys
+from .support import COLOURS, LiveServer, colour_image, colour_model_args, leftover_keys, wait_until
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 QUEUE = "drainq"
 IN_FLIGHT = 6
-
-
-def wait_for(condition, seconds: float, what: str) -> None:
-    give_up = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # watching other processes from the outside
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -34,34 +28,34 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(stop_signal, 
     client = redis.Redis.from_url(redis_server.url)
     client.delete(*client.keys(f"{QUEUE}*") or ["-"])
     worker = LiveServer("--role", "worker", "--redis-url", redis_server.url, "--queue-name", QUEUE,
-                        *colour_model_args(colour_model), log_path=tmp_path / "worker.log")
-    worker.spawn()
+                        *colour_model_args(colour_model), log_path=tmp_path / "worker.log", ready_path=None)
+    worker.start()
     web = LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", QUEUE,
                      "--client-timeout", "30", log_path=tmp_path / "web.log")
     try:
-        web.start(ready_timeout=120)  # ready: the worker has loaded its model and sent a heartbeat
-        os.kill(worker.process.pid, signal.SIGSTOP)  # requests now wait in Redis for the worker
+        web.start()  # ready: the worker has loaded its model and sent a heartbeat
+        os.kill(worker.pid, signal.SIGSTOP)  # requests now wait in Redis for the worker
         colours = [list(COLOURS)[i % len(COLOURS)] for i in range(IN_FLIGHT)]
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
             answers = [pool.submit(web.predict, colour_image(colour, seed=i))
                        for i, colour in enumerate(colours)]
-            wait_for(lambda: len(client.keys(f"{QUEUE}:waiting:*")) == IN_FLIGHT, 20, "requests in flight")
+            wait_until(lambda: len(client.keys(f"{QUEUE}:waiting:*")) == IN_FLIGHT, 20, "requests in flight")
 
-            os.kill(web.process.pid, stop_signal)
-            wait_for(lambda: "stopped listening" in web.log(), 10, "the web server to stop listening")
+            os.kill(web.pid, stop_signal)
+            wait_until(lambda: "stopped listening" in web.log(), 10, "the web server to stop listening")
             with pytest.raises(requests.ConnectionError):  # new connections are refused while it drains
                 requests.get(web.url + "/healthz", timeout=2)
             time.sleep(3)  # the answers are held back well beyond any short grace period
-            assert web.process.poll() is None, "exited with requests in flight"
+            assert web.alive(), "exited with requests in flight"
 
-            os.kill(worker.process.pid, signal.SIGCONT)
+            os.kill(worker.pid, signal.SIGCONT)
             results = [answer.result() for answer in answers]
         assert [response.status_code for response in results] == [200] * IN_FLIGHT
         assert [response.json()["predictions"][0]["label"] for response in results] == colours
-        assert web.process.wait(timeout=10) == 0
+        assert web.wait(timeout=10) == 0
         assert f"finishing {IN_FLIGHT} request(s) in flight" in web.log()
     finally:
-        os.kill(worker.process.pid, signal.SIGCONT)
+        os.kill(worker.pid, signal.SIGCONT)
         web.stop()
         worker.stop()
     assert leftover_keys(client, QUEUE) == []

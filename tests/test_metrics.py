@@ -10,25 +10,23 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import orjson
+import numpy as np
 import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.messages import Heartbeat, ModelInfo, Request
 from serving.metrics import RedisBatchStats
+from serving.processes import ChildProcess, ServerProcess, http_status
 from serving.queue import RedisQueue
 
-from .support import ROOT, LiveServer, colour_image, colour_model_server, free_port
-
-Q = "metricsq"
+from .support import ROOT, colour_image, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
-def server(redis_server, colour_model, tmp_path_factory):
-    live = colour_model_server(redis_server.url, Q, colour_model, tmp_path_factory.mktemp("logs"))
-    yield live
-    live.stop()
+def server(colour_server):
+    return colour_server
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -44,23 +42,15 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def wait_for(condition, timeout: float = 15.0):
-    """Poll until ``condition()`` is truthy: the worker answers in its own time."""
-    give_up = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.1)
-    return result
-
-
 def scrape_until(url: str, condition) -> dict:
     """Scrape until ``condition(samples)`` holds: workers write their batch stats a moment later."""
     def attempt():
         samples = scrape(url)
         return samples if condition(samples) else None
-    return wait_for(attempt)
+    return wait_until(attempt, 15, "the scrape to show the batches")
 
 
+@pytest.mark.slow
 def test_counters_and_histograms_move_with_requests(server):
     before = scrape(server.url)
     for colour in ("red", "green", "blue", "red"):
@@ -88,25 +78,28 @@ def test_counters_and_histograms_move_with_requests(server):
     assert dict(info)["model"] == "colour"
 
 
-def test_expired_requests_are_counted_as_dropped(server):
+@pytest.mark.slow
+def test_expired_requests_are_counted_as_dropped(server, redis_server):
     before = value(scrape(server.url), "inference_dropped_expired_total")
-    queue = RedisQueue(redis.Redis.from_url(server.args[server.args.index("--redis-url") + 1]), Q)
-    stale = orjson.dumps({"id": "stale-1", "queued_at": time.time() - 60, "deadline": time.time() - 30,
-                          "image": {}})
-    assert queue.enqueue(stale, "stale-1", max_length=100, wait_seconds=1)
-    wait_for(lambda: value(scrape(server.url), "inference_dropped_expired_total") == before + 1)
-    queue.redis.delete(queue.waiting_key("stale-1"))
+    queue = RedisQueue(redis.Redis.from_url(redis_server.url), server.queue_name)
+    stale = Request("stale-1", 0, np.zeros((32, 32, 3), np.uint8), 3, time.time() - 60, time.time() - 30)
+    assert queue.enqueue("stale-1", [stale.to_bytes()], max_length=100, keep_seconds=1)
+    wait_until(lambda: value(scrape(server.url), "inference_dropped_expired_total") == before + 1, 15,
+               "the expired request to be counted")
+    queue.redis.delete(queue.keys.waiting("stale-1"))
 
 
-def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server, tmp_path):
-    web = LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", "depthq",
-                     "--max-queue-length", "50", log_path=tmp_path / "web.log").start(wait_ready=False)
+@pytest.mark.slow
+def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server, serve):
+    web = serve("--role", "web", "--max-queue-length", "50", model=False, queue="depthq",
+                ready_path="/healthz")
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), "depthq")
     try:
         assert value(scrape(web.url), "inference_workers_live") == 0
         for i in range(3):
-            assert queue.enqueue(b'{"id": "r%d"}' % i, f"r{i}", max_length=50, wait_seconds=5)
-        queue.beat("far-away-worker", {"host": "gpu-7", "model": {"name": "resnet50"}}, ttl=30)
+            assert queue.enqueue(f"r{i}", [b"r%d" % i], max_length=50, keep_seconds=5)
+        heartbeat = Heartbeat(ModelInfo("resnet50", (224, 224), 1000), host="gpu-7", pid=1, batch_size=8)
+        queue.beat("far-away-worker", heartbeat, ttl=30)
         samples = scrape(web.url)
         assert value(samples, "inference_queue_depth") == 3
         assert value(samples, "inference_queue_capacity") == 50
@@ -115,20 +108,18 @@ def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server
                      model="resnet50") == 1
     finally:
         queue.redis.delete(*queue.redis.keys("depthq*"))
-        web.stop()
 
 
-def test_metrics_answer_while_redis_is_down(tmp_path):
-    web = LiveServer("--role", "web", "--redis-url", f"redis://127.0.0.1:{free_port()}",
-                     log_path=tmp_path / "web.log").start(wait_ready=False)
-    try:
-        samples = scrape(web.url)
-        assert value(samples, "inference_redis_up") == 0
-        assert not any(name == "inference_queue_depth" for name, _ in samples)
-    finally:
-        web.stop()
+@pytest.mark.slow
+def test_metrics_answer_while_redis_is_down(serve):
+    web = serve("--role", "web", "--redis-url", f"redis://127.0.0.1:{free_port()}", model=False,
+                ready_path="/healthz")
+    samples = scrape(web.url)
+    assert value(samples, "inference_redis_up") == 0
+    assert not any(name == "inference_queue_depth" for name, _ in samples)
 
 
+@pytest.mark.slow
 def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp_path):
     """gunicorn.conf.py with two processes, one model worker process: every scrape counts every
     request once, and counts a previous run left in the metrics directory are wiped at start."""
@@ -141,20 +132,17 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
     subprocess.run([sys.executable, "-c", leave_stale_counts], cwd=ROOT, check=True,
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)})
     assert list(multiproc_dir.glob("*.db"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "REDIS_URL": redis_server.url, "QUEUE_NAME": "gunq",
-           "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "PORT": str(port), "WEB_CONCURRENCY": "2",
-           "WEB_THREADS": "8"}
-    log = open(tmp_path / "processes.log", "wb")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    worker = subprocess.Popen(
-        [sys.executable, "run_keras_server.py", "--role", "worker", "--model", str(model_path),
-         "--labels", str(labels_path), "--preprocess", "unit"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(url), timeout=120)
+    env = {"REDIS_URL": redis_server.url, "QUEUE_NAME": "gunq", "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
+           "PORT": str(port), "WEB_CONCURRENCY": "2", "WEB_THREADS": "8"}
+    web = ServerProcess([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                         "run_keras_server:create_app()"], port, ready_path=None, env=env,
+                        log_path=tmp_path / "web.log", name="gunicorn")
+    worker = ChildProcess([sys.executable, "run_keras_server.py", "--role", "worker", "--model", str(model_path),
+                           "--labels", str(labels_path), "--preprocess", "unit"], env=env,
+                          log_path=tmp_path / "worker.log", name="worker")
+    url = web.url
+    with web.start(), worker.start():
+        wait_until(lambda: http_status(url + "/readyz") == 200, 120, "the web server and worker", worker.check_alive)
         image = colour_image("green")
 
         def predict(_):
@@ -172,24 +160,14 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
             assert value(samples, "inference_http_requests_total", method="POST", endpoint="/predict",
                          status="200") == 24
             assert value(samples, "inference_batch_size_sum") == 24
-    finally:
-        for process in (web, worker):
-            process.terminate()
-        for process in (web, worker):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
-        redis.Redis.from_url(redis_server.url).delete("gunq:stats")
+    redis.Redis.from_url(redis_server.url).delete("gunq:stats")
 
 
 def test_batch_stats_survive_a_redis_outage(redis_server):
     down = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     stats = RedisBatchStats(RedisQueue(down, "outageq"), flush_seconds=3600)
     stats.batch_done(3, 0.02)
-    stats.dropped_expired()
+    stats.dropped_expired(1)
     stats.flush()  # Redis is away: logged, kept for later, never raised into the worker
     stats.batch_done(5, 0.2)
     stats.redis = redis.Redis.from_url(redis_server.url)
@@ -201,13 +179,6 @@ def test_batch_stats_survive_a_redis_outage(redis_server):
         "model_seconds:0.025": 1, "model_seconds:0.25": 1, "model_seconds_sum": 0.22})
 
 
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(url + "/readyz", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def _log_fields(line: str) -> dict[str, str]:
     """Parse one key=value log line; quoted values are JSON strings."""
     message = line.split(": request ", 1)[1]
@@ -215,11 +186,12 @@ def _log_fields(line: str) -> dict[str, str]:
             for key, raw in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', message)}
 
 
+@pytest.mark.slow
 def test_one_parseable_log_line_per_request(server):
     response = server.predict(colour_image("blue"), headers={"X-Request-ID": 'order 17 "rush"'})
     body = response.json()
-    lines = wait_for(lambda: [line for line in server.log_path.read_text().splitlines()
-                              if f"id={body['request_id']}" in line])
+    lines = wait_until(lambda: [line for line in server.log().splitlines() if f"id={body['request_id']}" in line],
+                       10, "the request's log line")
     assert len(lines) == 1
     fields = _log_fields(lines[0])
     assert fields["method"] == "POST" and fields["path"] == "/predict" and fields["status"] == "200"
@@ -227,16 +199,13 @@ def test_one_parseable_log_line_per_request(server):
     assert float(fields["ms"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level, logged", [("INFO", True), ("WARNING", False)])
-def test_log_level_flag_controls_the_request_line(redis_server, tmp_path, level, logged):
-    web = LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", "logq",
-                     "--log-level", level, log_path=tmp_path / "web.log").start(wait_ready=False)
-    try:
-        wrong_method = requests.get(web.url + "/predict", headers={"X-Request-ID": "probe-1"}, timeout=10)
-        assert wrong_method.status_code == 405
-        assert requests.get(web.url + "/healthz", timeout=10).status_code == 200  # the log is written by now
-    finally:
-        web.stop()
+def test_log_level_flag_controls_the_request_line(serve, level, logged):
+    web = serve("--role", "web", "--log-level", level, model=False, ready_path="/healthz")
+    wrong_method = requests.get(web.url + "/predict", headers={"X-Request-ID": "probe-1"}, timeout=10)
+    assert wrong_method.status_code == 405
+    web.stop()
     lines = [line for line in web.log().splitlines() if "client_id=probe-1" in line]
     assert len(lines) == (1 if logged else 0)
 

@@ -12,32 +12,31 @@ import redis
 import requests
 import schemathesis
 
+from serving.messages import Heartbeat
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
-from serving.worker import ModelWorker, WorkerConfig
+from serving.worker import ModelWorker
 
-from .support import TINY_INPUT, LiveServer, colour_image, colour_model_server, leftover_keys
+from .support import TINY_INPUT, colour_image, leftover_keys, make_settings
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 UPLOAD_LIMIT = 300_000
 FUZZ_EXAMPLES = 40  # per operation and phase: the whole run stays within seconds
 
 
 @pytest.fixture(scope="module")
-def server(redis_server, colour_model, tmp_path_factory):
-    live = colour_model_server(redis_server.url, "apiq", colour_model, tmp_path_factory.mktemp("logs"),
-                               "--max-upload-bytes", str(UPLOAD_LIMIT))
-    yield live
-    live.stop()
+def server(serve):
+    return serve("--max-upload-bytes", str(UPLOAD_LIMIT))
 
 
-def _web_only(redis_server, queue_name: str, log_dir) -> LiveServer:
+def _web_only(serve, queue_name: str):
     """A web server whose queue has no real model worker behind it."""
-    return LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", queue_name,
-                      "--client-timeout", "1", "--max-upload-bytes", str(UPLOAD_LIMIT),
-                      log_path=log_dir / f"{queue_name}.log").start(wait_ready=False)
+    return serve("--role", "web", "--client-timeout", "1", "--max-upload-bytes", str(UPLOAD_LIMIT),
+                 model=False, queue=queue_name, ready_path="/healthz")
 
 
-def _check_against_spec(server: LiveServer, path: str, method: str, response: requests.Response) -> None:
+def _check_against_spec(server, path: str, method: str, response: requests.Response) -> None:
     operation = schemathesis.openapi.from_url(server.url + "/openapi.json")[path][method]
     assert str(response.status_code) in operation.definition.raw["responses"], response.status_code
     operation.validate_response(response)  # raises with the schema path on any mismatch
@@ -87,15 +86,12 @@ def test_success_and_client_errors_match_the_spec(server):
         _check_against_spec(server, path, "GET", requests.get(server.url + path, timeout=10))
 
 
-def test_no_worker_is_a_503_with_retry_after(redis_server, tmp_path):
-    web = _web_only(redis_server, "noworkerq", tmp_path)
-    try:
-        response = web.predict(colour_image("red"))
-        assert response.status_code == 503
-        _check_against_spec(web, "/predict", "POST", response)
-        _check_against_spec(web, "/readyz", "GET", requests.get(web.url + "/readyz", timeout=10))
-    finally:
-        web.stop()
+def test_no_worker_is_a_503_with_retry_after(serve):
+    web = _web_only(serve, "noworkerq")
+    response = web.predict(colour_image("red"))
+    assert response.status_code == 503
+    _check_against_spec(web, "/predict", "POST", response)
+    _check_against_spec(web, "/readyz", "GET", requests.get(web.url + "/readyz", timeout=10))
 
 
 class BrokenClassifier(Classifier):
@@ -106,11 +102,11 @@ class BrokenClassifier(Classifier):
         raise RuntimeError("weights are corrupt")
 
 
-def test_timeouts_and_model_failures_match_the_spec(redis_server, tmp_path):
+def test_timeouts_and_model_failures_match_the_spec(redis_server, serve):
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), "stuckq")
     # A worker that announced itself and then hung: requests time out (504) and are withdrawn.
-    queue.beat("hung-worker", {"model": BrokenClassifier().info()}, ttl=60)
-    web = _web_only(redis_server, "stuckq", tmp_path)
+    queue.beat("hung-worker", Heartbeat(BrokenClassifier().info(), "h", 1, 8), ttl=60)
+    web = _web_only(serve, "stuckq")
     worker = thread = None
     try:
         timed_out = web.predict(colour_image("red"))
@@ -119,7 +115,7 @@ def test_timeouts_and_model_failures_match_the_spec(redis_server, tmp_path):
         assert leftover_keys(queue.redis, "stuckq") == []
 
         queue.sign_off("hung-worker")
-        worker = ModelWorker(queue, BrokenClassifier(), WorkerConfig(batch_wait_ms=0))
+        worker = ModelWorker(queue, BrokenClassifier(), make_settings(batch_wait_ms=0))
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         failed = web.predict(colour_image("red"))
@@ -130,4 +126,3 @@ def test_timeouts_and_model_failures_match_the_spec(redis_server, tmp_path):
         if worker:
             worker.stop()
             thread.join(timeout=10)
-        web.stop()

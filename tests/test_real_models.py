@@ -10,6 +10,8 @@ from serving.redis_server import DEFAULT_URL, answers
 
 from .support import ROOT, TESTDATA, LiveServer
 
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
+
 needs_photos = pytest.mark.skipif(not TESTDATA.is_dir(), reason=f"test photos not found at {TESTDATA}")
 OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # no downloads
 
@@ -22,7 +24,7 @@ def test_resnet50_random_weights_end_to_end(tmp_path):
     image.write_bytes(colour_image("red", size=(300, 200)))
     log = tmp_path / "server.log"
     server = LiveServer("--model", "resnet50", "--weights", "none", "--batch-size", "4",
-                        env={"REDIS_URL": ""}, log_path=log).start(ready_timeout=180)
+                        env={"REDIS_URL": ""}, log_path=log, ready_timeout=180).start()
     try:
         out = subprocess.run([sys.executable, str(ROOT / "simple_request.py"), str(image),
                               "--url", server.url + "/predict"], capture_output=True, text=True, timeout=120)
@@ -42,7 +44,7 @@ def test_offline_default_serves_the_bundled_model_and_gets_real_photos_right(tmp
     log = tmp_path / "server.log"
     server = LiveServer("--redis-url", redis_server.url, "--queue-name", "photos",
                         env={"KERAS_HOME": str(tmp_path / "empty-keras-cache"), "MODEL": "", **OFFLINE},
-                        log_path=log).start(ready_timeout=180)
+                        log_path=log, ready_timeout=180).start()
     try:
         top = {}
         for photo in ("shuttle.jpg", "flower.jpg", "airdale.jpg"):
@@ -57,7 +59,7 @@ def test_offline_default_serves_the_bundled_model_and_gets_real_photos_right(tmp
     assert top["shuttle.jpg"][0] == "space shuttle"
     assert top["flower.jpg"][0] == "daisy"
     assert "Airedale" in top["airdale.jpg"][:3]
-    assert "Serving the bundled efficientnet_lite0" in log.read_text()
+    assert "Serving efficientnet_lite0: the bundled ImageNet model (offline)" in log.read_text()
 
 
 def test_explicit_resnet50_fails_fast_offline(tmp_path):

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 
+from serving.processes import ChildProcess
 from serving.redis_server import redis_server_binary
 
-from .support import LiveServer, colour_image, free_port
+from .support import LiveServer, colour_image, free_port, wait_until
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 PASSWORD = "s3cret-for-tests"
 
@@ -39,32 +41,26 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class RedisProcess:
+class RedisProcess(ChildProcess):
     def __init__(self, binary: str, *args: str):
-        self.process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                         "--requirepass", PASSWORD, *args],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        super().__init__([binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                          "--requirepass", PASSWORD, *args], name="redis-server")
+        self.start()
 
     def wait_until_answering(self, client: redis.Redis) -> None:
-        give_up = time.monotonic() + 10
-        while True:
+        def answers() -> bool:
             try:
-                client.ping()
-                return
+                return bool(client.ping())
             except redis.RedisError:
-                if self.process.poll() is not None or time.monotonic() > give_up:
-                    raise
-                time.sleep(0.05)  # start-up only
+                return False
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        wait_until(answers, 10, "redis-server to answer", self.check_alive)
 
 
 def serve_and_classify(redis_url: str, colour_model, log_path: Path) -> dict:
     model, labels = colour_model
     server = LiveServer("--model", str(model), "--labels", str(labels), "--preprocess", "none",
-                        env={"REDIS_URL": redis_url}, log_path=log_path).start(ready_timeout=120)
+                        env={"REDIS_URL": redis_url}, log_path=log_path).start()
     try:
         response = server.predict(colour_image("green"))
         scrape = requests.get(server.url + "/metrics", timeout=10).text

@@ -11,11 +11,11 @@ import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import orjson
 import pytest
 import redis
 import requests
 
+from serving.messages import Request
 from serving.queue import RedisQueue
 from serving.redis_server import EmbeddedRedis
 
@@ -32,6 +32,8 @@ from .cluster import (
     wait_until,
 )
 from .support import LiveServer, free_port, leftover_keys
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 QUEUE = "scale"
 BATCH_LINE = re.compile(r"batch \w+: \d+ images")  # the worker's debug line per model call
@@ -116,8 +118,8 @@ def assert_no_leftovers(cluster: Cluster) -> None:
 
 
 def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
-    raw = cluster.client().lrange(cluster.queue().processing_key(worker.worker_id), 0, -1)
-    return {orjson.loads(message)["id"] for message in raw}
+    raw = cluster.client().lrange(cluster.queue().keys.processing(worker.worker_id), 0, -1)
+    return {Request.from_bytes(message).reply_to for message in raw}
 
 
 def test_load_spreads_over_both_web_servers_and_both_workers(fresh):

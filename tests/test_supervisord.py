@@ -20,13 +20,13 @@ import requests
 from serving.queue import RedisQueue
 from serving.redis_server import redis_server_binary
 
-from .cluster import Process, http_ok, post_image, tally, tinted, wait_until
+from .cluster import ChildProcess, http_ok, post_image, tally, tinted, wait_until
 from .support import ROOT, free_port
 
 SUPERVISORD = shutil.which("supervisord", path=os.pathsep.join([str(Path(sys.executable).parent),
                                                                  os.environ["PATH"]]))
-pytestmark = pytest.mark.skipif(SUPERVISORD is None,
-                                reason="supervisor is not installed (requirements-dev.txt)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SUPERVISORD is None,
+                                                   reason="supervisor is not installed (requirements-dev.txt)")]
 
 
 def free_port_pair() -> int:
@@ -67,7 +67,7 @@ def render_config(directory: Path, redis_port: int, web_base: int) -> Path:
 
 def live_worker_pids(queue: RedisQueue) -> set[int]:
     try:
-        return {info["pid"] for info in queue.live_workers().values()}
+        return {beat.pid for beat in queue.live_workers().values()}
     except redis.RedisError:
         return set()
 
@@ -81,7 +81,8 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
            "TOP_K": "3", "TF_THREADS": "1", "HEARTBEAT_TTL": "1", "WEB_THREADS": "8"}
     webs = [f"http://127.0.0.1:{web_base}{i}" for i in (1, 2)]
     queue = RedisQueue(redis.Redis.from_url(f"redis://127.0.0.1:{redis_port}/0"), "image_queue")
-    supervisor = Process("supervisord", [SUPERVISORD, "-c", str(config)], tmp_path, env)
+    supervisor = ChildProcess([SUPERVISORD, "-c", str(config)], name="supervisord", env=env,
+                              log_path=tmp_path / "supervisord.log").start()
     try:
         for web in webs:
             wait_until(lambda web=web: http_ok(web + "/readyz"), 120, f"{web} to be ready",

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import colour_image, colour_model_server
+from .support import colour_image
+
+pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -23,11 +25,8 @@ NOT_AN_IMAGE = "The uploaded file is not an image this server can read."
 
 
 @pytest.fixture(scope="module")
-def server(redis_server, colour_model, tmp_path_factory):
-    live = colour_model_server(redis_server.url, "uiq", colour_model, tmp_path_factory.mktemp("logs"),
-                               "--max-upload-bytes", str(UPLOAD_LIMIT))
-    yield live
-    live.stop()
+def server(serve):
+    return serve("--max-upload-bytes", str(UPLOAD_LIMIT))
 
 
 def _chromium(profile: Path, javascript: bool = True):

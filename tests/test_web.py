@@ -5,17 +5,19 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from run_keras_server import create_app
+from serving.messages import Heartbeat, ModelInfo, Request
 from serving.queue import RedisQueue
 from settings import load_settings
 
 from .support import ROOT, colour_image, free_port, leftover_keys
 
 Q = "webq"
-STALLED_WORKER = {"model": {"name": "colour", "input_size": [32, 32], "classes": 3}}
+STALLED_WORKER = Heartbeat(ModelInfo("colour", (32, 32), 3), host="h", pid=1, batch_size=8)
 
 
 def _app(redis_url, *flags):
@@ -98,11 +100,12 @@ def test_no_result_before_the_deadline_is_504_and_the_message_is_withdrawn(clien
 
 def test_full_queue_is_503_with_retry_after(redis_server, stalled):
     client = _app(redis_server.url, "--max-queue-length", "2").test_client()
-    stalled.rpush(Q, b"queued-1", b"queued-2")
+    queued = [Request(f"queued-{i}", 0, np.zeros((32, 32, 3), np.uint8), 1, 0, 1e12).to_bytes() for i in (1, 2)]
+    stalled.rpush(Q, *queued)
     response = _post(client, colour_image("red"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "busy" in response.json["error"]
-    assert stalled.lrange(Q, 0, -1) == [b"queued-1", b"queued-2"]
+    assert stalled.lrange(Q, 0, -1) == queued
     assert not stalled.keys(f"{Q}:waiting:*")
 
 

@@ -1,0 +1,34 @@
+"""The one Flask app factory: settings and the queue in ``app.extensions``, the API and the upload
+page as blueprints, JSON errors, the request log and /metrics.
+
+    gunicorn -c gunicorn.conf.py "run_keras_server:create_app()"
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from settings import Settings, load_settings
+
+from . import api, metrics, request_log, responses, ui
+from .redis_client import open_queue
+from .redis_server import DEFAULT_URL
+from .services import EXTENSION, Services
+from .workers import WorkerDirectory
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The web tier, configured from the environment when no settings are given (gunicorn)."""
+    settings = settings or load_settings([])
+    # Only the wait for a request's answers may block for long; every other call fails fast.
+    queue = open_queue(settings.redis_url or DEFAULT_URL, settings.queue_name,
+                       call_timeout=settings.redis_timeout, longest_block=settings.client_timeout)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue))
+    request_log.register_request_log(app)
+    metrics.register_metrics(app)
+    responses.register_error_handlers(app)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(ui.blueprint)
+    return app

@@ -1,0 +1,90 @@
+"""Classify uploads through the queue: prepare them in the web tier, queue one message per image,
+wait for every answer within the deadline. Every front door (/predict, the upload page, /v2)
+goes through here; only the shape of the HTTP answer differs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from helpers import ImageError, prepare_image
+from settings import Settings
+
+from .messages import Answer, ModelInfo, Request
+from .queue import RedisQueue
+from .responses import ServiceUnavailable
+
+QUEUE_FULL = "The server is busy: the queue is full. Try again shortly."
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The outcome of one request: its status and JSON body, as /predict answers them."""
+
+    request_id: str
+    status: int
+    body: dict
+    answers: tuple[Answer, ...] = ()  # per image, in upload order, when every image was answered
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return sorted({answer.body["batch"]["id"] for answer in self.answers if answer.ok})
+
+
+def prepare_images(uploads: Sequence[bytes], model: ModelInfo, max_pixels: int) -> list[np.ndarray]:
+    """Every upload as the model's input; one that cannot be read fails them all, by its number."""
+    prepared = []
+    for number, data in enumerate(uploads, start=1):
+        try:
+            prepared.append(prepare_image(data, model.input_size, max_pixels))
+        except ImageError as exc:
+            if len(uploads) == 1:
+                raise
+            raise ImageError(f"Image {number} of {len(uploads)}: {exc}") from None
+    return prepared
+
+
+def classify(queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int) -> Classification:
+    """Queue the images as one request and wait for all their answers, within the deadline."""
+    request_id = new_request_id()
+    now = time.time()
+    deadline = now + settings.client_timeout
+    messages = [Request(request_id, index, pixels, top_k, now, deadline).to_bytes()
+                for index, pixels in enumerate(images)]
+    if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
+        raise ServiceUnavailable(QUEUE_FULL)
+    answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
+    if len(answers) < len(messages):
+        answered = {answer.index for answer in answers}
+        _, late = queue.withdraw(request_id, [m for i, m in enumerate(messages) if i not in answered])
+        answers += late
+    if len(answers) < len(messages):
+        error = f"No result within {settings.client_timeout:g} s; the request was withdrawn."
+        return Classification(request_id, 504, {"success": False, "error": error, "request_id": request_id})
+    ordered = tuple(sorted(answers, key=lambda answer: answer.index))
+    status, body = compose(ordered)
+    body["request_id"] = request_id
+    return Classification(request_id, status, body, ordered)
+
+
+def compose(answers: Sequence[Answer]) -> tuple[int, dict]:
+    """The status and body for a request's answers (in image order): one image answers as a
+    single result, several as a list; the first failed image fails the request."""
+    failed = next((answer for answer in answers if not answer.ok), None)
+    if failed:
+        error = failed.body.get("error", "The request failed.")
+        if len(answers) > 1:
+            error = f"Image {failed.index + 1} of {len(answers)}: {error}"
+        return failed.status, {"success": False, "error": error}
+    if len(answers) == 1:
+        return 200, {"success": True, **answers[0].body}
+    return 200, {"success": True, "results": [answer.body for answer in answers]}

@@ -1,0 +1,84 @@
+"""JSON responses and errors: every error the API answers is ``{"success": false, "error": "..."}``
+with the right status (the v2 protocol routes use their own shape, serving/v2.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import redis
+from flask import Flask, Response, current_app
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from helpers import ImageError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ApiError(Exception):
+    """An error answered as-is: a status and a plain sentence for the client."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class ServiceUnavailable(ApiError):
+    """Answered as 503 with Retry-After: Redis down, queue full, or no model worker."""
+
+    status = 503
+
+
+def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+def error_body(status: int, message: str) -> tuple[dict, int, dict | None]:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return {"success": False, "error": message}, status, headers
+
+
+def error_response(status: int, message: str) -> Response:
+    body, status, headers = error_body(status, message)
+    return json_response(body, status, headers)
+
+
+REDIS_DOWN = "The queue (Redis) is unreachable. Try again shortly."
+
+
+def describe_error(exc: Exception) -> tuple[int, str]:
+    """The status and sentence the API answers for an exception raised while serving a request."""
+    if isinstance(exc, ImageError):
+        return 400, str(exc)
+    if isinstance(exc, ApiError):
+        return exc.status, str(exc)
+    if isinstance(exc, redis.RedisError):
+        log.warning("Redis error: %s", exc)
+        return 503, REDIS_DOWN
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return 413, f"The upload is larger than the limit of {limit} bytes."
+    if isinstance(exc, HTTPException):
+        return exc.code or 500, exc.description or exc.name
+    log.exception("unhandled error", exc_info=exc)
+    return 500, "Internal server error."
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Exception)
+    def any_error(exc: Exception):
+        status, message = describe_error(exc)
+        response = error_response(status, message)
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:  # a 405 says which methods the path takes
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
