@@ -46,8 +46,9 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)sB %(M)sms pid=%(p)s request_id=%({
 def on_starting(server):
     """The app's own log lines (one per /predict with its batch id) go to stderr beside gunicorn's;
     counts left by an earlier run are wiped."""
-    logging.basicConfig(level=_settings.log_level,
-                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    logging.basicConfig(
+        level=_settings.log_level, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+    )
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()

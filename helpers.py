@@ -60,9 +60,7 @@ def open_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(
-                    f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels."
-                )
+                raise ImageError(f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels.")
             image.seek(0)
             if min_side and image.format == "JPEG":
                 image.draft(None, (min_side, min_side))  # square: the same after EXIF rotation

@@ -40,14 +40,19 @@ def create_worker(settings: Settings):
     started = time.perf_counter()
     classifier.warm_up((1, settings.batch_size))  # before the first heartbeat: ready means warm
     log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
-    queue = open_queue(settings.redis_url or DEFAULT_URL, settings.queue_name, call_timeout=settings.redis_timeout,
-                       longest_block=IDLE_TIMEOUT)
+    queue = open_queue(
+        settings.redis_url or DEFAULT_URL,
+        settings.queue_name,
+        call_timeout=settings.redis_timeout,
+        longest_block=IDLE_TIMEOUT,
+    )
     # Batch stats go to Redis, so /metrics on any web server reports every worker's.
     return ModelWorker(queue, classifier, settings, observer=RedisBatchStats(queue))
 
 
 def _on_stop_signals(stop) -> None:
     """SIGTERM or Ctrl-C: stop gracefully with ``stop``; a second one exits at once."""
+
     def handler(signum, frame):
         if handler.stopping:
             log.warning("received signal %d again: exiting now", signum)
@@ -67,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     embedded = None
     if settings.role == "all":  # one process on a laptop: find a Redis, or start one
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         http = HttpServer(create_app(settings), settings)
         # Stop listening, answer the requests in flight (the worker thread keeps running), exit.
         _on_stop_signals(http.request_stop)
-        worker_thread = threading.Thread(target=worker.run, name="model-worker", daemon=True) if worker else None
+        worker_thread = (
+            threading.Thread(target=worker.run, name="model-worker", daemon=True) if worker else None
+        )
         if worker_thread:
             worker_thread.start()
         http.run()

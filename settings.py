@@ -35,37 +35,72 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("role", str, "all", "what this process runs: web + worker thread, web only, worker only",
-           ("all", "web", "worker")),
+    Option(
+        "role",
+        str,
+        "all",
+        "what this process runs: web + worker thread, web only, worker only",
+        ("all", "web", "worker"),
+    ),
     Option("host", str, "127.0.0.1", "address the HTTP server binds to"),
     Option("port", int, 5000, "port the HTTP server listens on"),
     Option("web_threads", int, 32, "HTTP worker threads (handlers mostly wait on Redis)"),
-    Option("redis_url", str, None,
-           "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
-           "else an embedded redis-server"),
+    Option(
+        "redis_url",
+        str,
+        None,
+        "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
+        "else an embedded redis-server",
+    ),
     Option("queue_name", str, "image_queue", "Redis list of queued images; prefix of all keys"),
-    Option("batch_size", int, 8, "most images the worker runs in one model call "
-           "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)"),
-    Option("batch_wait_ms", float, 5.0,
-           "longest wait for more images once one has arrived; ends as soon as the batch is full"),
+    Option(
+        "batch_size",
+        int,
+        8,
+        "most images the worker runs in one model call "
+        "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)",
+    ),
+    Option(
+        "batch_wait_ms",
+        float,
+        5.0,
+        "longest wait for more images once one has arrived; ends as soon as the batch is full",
+    ),
     Option("client_timeout", float, 10.0, "seconds a request waits for its result before 504"),
-    Option("redis_timeout", float, 1.0,
-           "seconds any Redis call but the wait for a result may take before the request gets 503"),
+    Option(
+        "redis_timeout",
+        float,
+        1.0,
+        "seconds any Redis call but the wait for a result may take before the request gets 503",
+    ),
     Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
     Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
     Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
     Option("max_image_pixels", int, 40_000_000, "largest decoded image, width x height (400 above)"),
-    Option("model", str, "auto",
-           "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
-           "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0"),
+    Option(
+        "model",
+        str,
+        "auto",
+        "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
+        "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0",
+    ),
     Option("weights", str, "imagenet", "resnet50 weights: imagenet, none (random), or a .h5 path"),
     Option("labels", str, None, "labels file for a custom model (JSON list, JSON dict, .npy dict)"),
-    Option("preprocess", str, "caffe", "input scaling for a custom model",
-           ("caffe", "tf", "torch", "unit", "none")),
+    Option(
+        "preprocess",
+        str,
+        "caffe",
+        "input scaling for a custom model",
+        ("caffe", "tf", "torch", "unit", "none"),
+    ),
     Option("top_k", int, 5, "predictions returned per image"),
-    Option("tf_threads", int, 0,
-           "threads for one model call: TensorFlow's intra-op pool (its inter-op pool gets up to 2) "
-           "(0: one per core)"),
+    Option(
+        "tf_threads",
+        int,
+        0,
+        "threads for one model call: TensorFlow's intra-op pool (its inter-op pool gets up to 2) "
+        "(0: one per core)",
+    ),
     Option("heartbeat_ttl", float, 10.0, "seconds a silent worker counts as alive"),
     Option("log_level", str, "INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -117,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option in OPTIONS:
         parser.add_argument(
-            option.flag, dest=option.name, type=option.kind, default=None,
-            choices=option.choices, metavar=option.env_var,
+            option.flag,
+            dest=option.name,
+            type=option.kind,
+            default=None,
+            choices=option.choices,
+            metavar=option.env_var,
             help=f"{option.help} (default: {option.default})",
         )
     return parser
@@ -138,9 +177,19 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
 
 
 def _validate(settings: Settings) -> None:
-    positive = ("port", "web_threads", "batch_size", "client_timeout", "redis_timeout", "result_ttl",
-                "max_queue_length", "max_upload_bytes", "max_image_pixels", "top_k",
-                "heartbeat_ttl")
+    positive = (
+        "port",
+        "web_threads",
+        "batch_size",
+        "client_timeout",
+        "redis_timeout",
+        "result_ttl",
+        "max_queue_length",
+        "max_upload_bytes",
+        "max_image_pixels",
+        "top_k",
+        "heartbeat_ttl",
+    )
     for name in positive:
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name} must be positive, got {getattr(settings, name)}")
@@ -148,8 +197,7 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("batch_wait_ms and tf_threads cannot be negative")
 
 
-def load_settings(argv: Sequence[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve every option: CLI flag, then environment variable, then default."""
     environ = os.environ if environ is None else environ
     flags = vars(build_parser().parse_args([] if argv is None else list(argv)))

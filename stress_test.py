@@ -63,13 +63,24 @@ def _percentile_ms(sorted_seconds: list[float], percent: float) -> float | None:
 def multipart_body(image: bytes, filename: str) -> tuple[bytes, str]:
     """(body, content type) of a form with one file field named 'image'."""
     boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return head + image + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def run_load(url: str, image: bytes, requests: int, concurrency: int, *, filename: str = "image.jpg",
-             timeout: float = 60.0, progress: bool = True, path: str = "/predict") -> LoadResult:
+def run_load(
+    url: str,
+    image: bytes,
+    requests: int,
+    concurrency: int,
+    *,
+    filename: str = "image.jpg",
+    timeout: float = 60.0,
+    progress: bool = True,
+    path: str = "/predict",
+) -> LoadResult:
     """Send ``requests`` POSTs from ``concurrency`` threads; each thread sends one at a time."""
     from tqdm import tqdm
 
@@ -120,9 +131,11 @@ def run_load(url: str, image: bytes, requests: int, concurrency: int, *, filenam
 
 def format_summary(summary: dict) -> str:
     statuses = ", ".join(f"{k}: {v}" for k, v in summary["statuses"].items())
-    return (f"c={summary['concurrency']} requests={summary['requests']} in {summary['seconds']:.2f} s | "
-            f"{summary['throughput_rps']:.2f} req/s | p50 {summary['p50_ms']} ms, "
-            f"p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms | statuses {statuses}")
+    return (
+        f"c={summary['concurrency']} requests={summary['requests']} in {summary['seconds']:.2f} s | "
+        f"{summary['throughput_rps']:.2f} req/s | p50 {summary['p50_ms']} ms, "
+        f"p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms | statuses {statuses}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,13 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--requests", type=int, default=200, help="total requests")
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request socket timeout, seconds")
-    parser.add_argument("--allow-busy", action="store_true",
-                        help="count 503 (busy) and 504 (timed out) answers as expected, not failures")
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="count 503 (busy) and 504 (timed out) answers as expected, not failures",
+    )
     args = parser.parse_args(argv)
     if args.requests <= 0 or args.concurrency <= 0:
         parser.error("-n and -c must be positive")
-    result = run_load(args.url, args.image.read_bytes(), args.requests, args.concurrency,
-                      filename=args.image.name, timeout=args.timeout)
+    result = run_load(
+        args.url,
+        args.image.read_bytes(),
+        args.requests,
+        args.concurrency,
+        filename=args.image.name,
+        timeout=args.timeout,
+    )
     print(format_summary(result.summary()))
     failed = result.failures(args.allow_busy)
     if failed:

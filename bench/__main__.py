@@ -36,9 +36,21 @@ def requests_for(concurrency: int, rate: float, args) -> int:
 
 
 def measure_raw(args) -> dict:
-    command = [sys.executable, "-m", "bench.raw_model", "--model", args.model, "--weights", args.weights,
-               "--tf-threads", str(args.tf_threads), "--batch-sizes", args.raw_batch_sizes,
-               "--min-seconds", str(args.raw_seconds)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.raw_model",
+        "--model",
+        args.model,
+        "--weights",
+        args.weights,
+        "--tf-threads",
+        str(args.tf_threads),
+        "--batch-sizes",
+        args.raw_batch_sizes,
+        "--min-seconds",
+        str(args.raw_seconds),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return orjson.loads(out.strip().splitlines()[-1])
@@ -51,22 +63,41 @@ def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, w
         count = requests_for(concurrency, rate, args)
         result = run_load(url, image, count, concurrency, timeout=120, progress=sys.stderr.isatty())
         summary = result.summary()
-        print(f"  c={concurrency:<3} {summary['throughput_rps']:8.2f} req/s  p50 {summary['p50_ms']} ms  "
-              f"p99 {summary['p99_ms']} ms  {summary['statuses']}", flush=True)
+        print(
+            f"  c={concurrency:<3} {summary['throughput_rps']:8.2f} req/s  p50 {summary['p50_ms']} ms  "
+            f"p99 {summary['p99_ms']} ms  {summary['statuses']}",
+            flush=True,
+        )
         rows.append(summary)
     return rows
 
 
 def server_args(model: str, args, redis_url: str) -> list[str]:
-    return ["run_keras_server.py", "--model", model, "--weights", args.weights, "--redis-url", redis_url,
-            "--queue-name", f"bench_{model}", "--tf-threads", str(args.tf_threads),
-            "--log-level", "WARNING", *args.server_flag]
+    return [
+        "run_keras_server.py",
+        "--model",
+        model,
+        "--weights",
+        args.weights,
+        "--redis-url",
+        redis_url,
+        "--queue-name",
+        f"bench_{model}",
+        "--tf-threads",
+        str(args.tf_threads),
+        "--log-level",
+        "WARNING",
+        *args.server_flag,
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None,
-                        help="model the server and baseline run (resnet50; --quick: efficientnet_lite0)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model the server and baseline run (resnet50; --quick: efficientnet_lite0)",
+    )
     parser.add_argument("--weights", default="none", help="resnet50 weights (none: same compute, random)")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--concurrency", default="1,8,32,64")
@@ -77,12 +108,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tf-threads", type=int, default=0)
     parser.add_argument("--raw-batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--raw-seconds", type=float, default=3.0)
-    parser.add_argument("--server-flag", action="append", default=[],
-                        help="extra flag for run_keras_server.py, e.g. --server-flag=--batch-size=16")
+    parser.add_argument(
+        "--server-flag",
+        action="append",
+        default=[],
+        help="extra flag for run_keras_server.py, e.g. --server-flag=--batch-size=16",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--docs-plot", type=Path, default=None, help="also copy the plot here")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: efficientnet_lite0, c = 1 and 4, a handful of requests")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: efficientnet_lite0, c = 1 and 4, a handful of requests",
+    )
     args = parser.parse_args(argv)
     args.model = args.model or ("efficientnet_lite0" if args.quick else "resnet50")
     if args.quick:
@@ -97,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     image = load_image(args.image)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     started = time.monotonic()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "load_before": _load()},
-                     "config": {k: str(v) for k, v in vars(args).items()}}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "load_before": _load()},
+        "config": {k: str(v) for k, v in vars(args).items()},
+    }
 
     print(f"raw model rate ({args.model}, in-process)...", flush=True)
     raw = results["raw"] = measure_raw(args)
@@ -113,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     print("Redis memory per queued image...", flush=True)
     results["redis_memory"] = redis_memory.measure(image, logs)
 
-    results["goals"] = goals.evaluate(raw, results["server"], results["null_pipeline"],
-                                      results["redis_memory"])
+    results["goals"] = goals.evaluate(
+        raw, results["server"], results["null_pipeline"], results["redis_memory"]
+    )
     results["machine"]["load_after"] = _load()
     results["seconds"] = round(time.monotonic() - started, 1)
     write(results, args)
@@ -124,16 +165,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_servers(args, image: bytes, concurrencies: list[int], raw: dict, redis_url: str,
-                    results: dict) -> None:
+def measure_servers(
+    args, image: bytes, concurrencies: list[int], raw: dict, redis_url: str, results: dict
+) -> None:
     logs = args.out / "logs"
     print("server over HTTP...", flush=True)
     with python_server(server_args(args.model, args, redis_url), logs / "server.log") as server:
         results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
         results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
     print("naive baseline (predict per request, no queue)...", flush=True)
-    naive = ["-m", "bench.naive_server", "--model", args.model, "--weights", args.weights,
-             "--tf-threads", str(args.tf_threads)]
+    naive = [
+        "-m",
+        "bench.naive_server",
+        "--model",
+        args.model,
+        "--weights",
+        args.weights,
+        "--tf-threads",
+        str(args.tf_threads),
+    ]
     with python_server(naive, logs / "baseline.log") as server:
         results["baseline"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
     print("null-model pipeline (web + Redis + batching alone)...", flush=True)

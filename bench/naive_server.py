@@ -1,6 +1,6 @@
 """The seed design as a baseline: one model, ``predict`` per request, a threaded server, no queue.
 
-    python -m bench.naive_server --model resnet50 --weights none --port 5055
+python -m bench.naive_server --model resnet50 --weights none --port 5055
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def build_naive_app(classifier, top_k_count: int = 5) -> Flask:
                 raise ImageError("Send the image as a multipart/form-data file field named 'image'.")
             pixels = prepare_image(upload.read(), classifier.input_size, 40_000_000)
         except ImageError as exc:
-            return Response(orjson.dumps({"success": False, "error": str(exc)}), 400,
-                            mimetype="application/json")
+            return Response(
+                orjson.dumps({"success": False, "error": str(exc)}), 400, mimetype="application/json"
+            )
         probabilities = classifier.predict(pixels[None])
         body = {"success": True, "predictions": classifier.top_k(probabilities, top_k_count)[0]}
         return Response(orjson.dumps(body), mimetype="application/json")

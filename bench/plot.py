@@ -12,15 +12,18 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (speed, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label, style in (("server", "server (Redis queue + batching)", "o-"),
-                              ("baseline", "naive per-request predict", "s--")):
+    for key, label, style in (
+        ("server", "server (Redis queue + batching)", "o-"),
+        ("baseline", "naive per-request predict", "s--"),
+    ):
         rows = results.get(key, [])
         concurrency = [row["concurrency"] for row in rows]
         speed.plot(concurrency, [row["throughput_rps"] for row in rows], style, label=label)
         latency.plot(concurrency, [row["p99_ms"] or float("nan") for row in rows], style, label=label)
     raw = results["raw"]
-    speed.axhline(raw["best_rate"], color="grey", linestyle=":",
-                  label=f"raw model limit (batch {raw['best_batch']})")
+    speed.axhline(
+        raw["best_rate"], color="grey", linestyle=":", label=f"raw model limit (batch {raw['best_batch']})"
+    )
     speed.set(title=f"Throughput ({raw['model']})", xlabel="concurrent clients", ylabel="images/s")
     latency.set(title="p99 latency", xlabel="concurrent clients", ylabel="ms")
     ticks = sorted({row["concurrency"] for key in ("server", "baseline") for row in results.get(key, [])})

@@ -26,8 +26,9 @@ def time_calls(predict, batch: np.ndarray, min_seconds: float, min_calls: int) -
     return times
 
 
-def measure(model: str, weights: str, tf_threads: int, batch_sizes: list[int],
-            min_seconds: float, rounds: int = 3) -> dict:
+def measure(
+    model: str, weights: str, tf_threads: int, batch_sizes: list[int], min_seconds: float, rounds: int = 3
+) -> dict:
     """Seconds per call by batch size, over interleaved rounds so that a burst of load from
     elsewhere on a shared machine spreads over every size instead of hitting one."""
     from serving.models import configure_tensorflow, load_classifier
@@ -42,8 +43,9 @@ def measure(model: str, weights: str, tf_threads: int, batch_sizes: list[int],
         classifier.predict(batch)  # warm-up: first calls allocate
     for _ in range(rounds):
         for size, batch in batches.items():
-            times[size] += time_calls(classifier.predict, batch, min_seconds / rounds,
-                                      min_calls=2 if size > 1 else 5)
+            times[size] += time_calls(
+                classifier.predict, batch, min_seconds / rounds, min_calls=2 if size > 1 else 5
+            )
     rates = {size: size / statistics.median(spent) for size, spent in times.items()}
     best = max(rates, key=rates.get)
     return {

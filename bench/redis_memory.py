@@ -35,15 +35,27 @@ def measure(image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224))
         client = connect(redis_server.url, timeout=5)
         queue = RedisQueue(client, QUEUE)
         _fake_worker(queue, input_size)
-        args = ["run_keras_server.py", "--role", "web", "--redis-url", redis_server.url,
-                "--queue-name", QUEUE, "--client-timeout", str(wait_seconds), "--log-level", "WARNING"]
+        args = [
+            "run_keras_server.py",
+            "--role",
+            "web",
+            "--redis-url",
+            redis_server.url,
+            "--queue-name",
+            QUEUE,
+            "--client-timeout",
+            str(wait_seconds),
+            "--log-level",
+            "WARNING",
+        ]
         with python_server(args, log_dir / "redis_memory_web.log", ready_path="/healthz") as server:
             before = int(client.info("memory")["used_memory"])
             statuses: list[int] = []
 
             def upload() -> None:
-                response = requests.post(server.url + "/predict", files={"image": ("i.jpg", image)},
-                                         timeout=wait_seconds + 30)
+                response = requests.post(
+                    server.url + "/predict", files={"image": ("i.jpg", image)}, timeout=wait_seconds + 30
+                )
                 statuses.append(response.status_code)
 
             threads = [threading.Thread(target=upload) for _ in range(count)]

@@ -18,20 +18,27 @@ def table(results: dict) -> str:
         "",
         f"{'system':<26}{'c':>4}{'n':>6}{'req/s':>9}{'x raw':>7}{'p50 ms':>9}{'p99 ms':>9}  statuses",
     ]
-    for label, key, rate in (("server (queue+batching)", "server", raw["best_rate"]),
-                             ("naive baseline (seed)", "baseline", raw["best_rate"]),
-                             ("null-model pipeline", "null_pipeline", raw["best_rate"])):
+    for label, key, rate in (
+        ("server (queue+batching)", "server", raw["best_rate"]),
+        ("naive baseline (seed)", "baseline", raw["best_rate"]),
+        ("null-model pipeline", "null_pipeline", raw["best_rate"]),
+    ):
         for row in results.get(key, []):
             statuses = " ".join(f"{k}:{v}" for k, v in row["statuses"].items())
-            lines.append(f"{label:<26}{row['concurrency']:>4}{row['requests']:>6}"
-                         f"{row['throughput_rps']:>9.2f}{row['throughput_rps'] / rate:>7.2f}"
-                         f"{_cell(row['p50_ms'], '9.1f')}{_cell(row['p99_ms'], '9.1f')}  {statuses}")
+            lines.append(
+                f"{label:<26}{row['concurrency']:>4}{row['requests']:>6}"
+                f"{row['throughput_rps']:>9.2f}{row['throughput_rps'] / rate:>7.2f}"
+                f"{_cell(row['p50_ms'], '9.1f')}{_cell(row['p99_ms'], '9.1f')}  {statuses}"
+            )
     memory = results["redis_memory"]
     if "server_overhead_c1" in results:
         spent = results["server_overhead_c1"]
-        lines += ["", f"server at c=1, same requests: latency minus the model time it reports = "
-                      f"{spent['overhead_ms_p50']} ms p50 (max {spent['overhead_ms_max']}), "
-                      f"model {spent['model_ms_p50']} ms p50"]
+        lines += [
+            "",
+            f"server at c=1, same requests: latency minus the model time it reports = "
+            f"{spent['overhead_ms_p50']} ms p50 (max {spent['overhead_ms_max']}), "
+            f"model {spent['model_ms_p50']} ms p50",
+        ]
     lines += [
         "",
         f"Redis per queued image: {memory['bytes_per_image']} B (MEMORY USAGE of the list entry and "
@@ -43,6 +50,8 @@ def table(results: dict) -> str:
     ]
     for goal in results["goals"]:
         sign = ">=" if goal["higher_is_better"] else "<="
-        lines.append(f"{goal['goal']:<58}{goal['measured']:>26}{goal['ratio']:>9.3f}"
-                     f"{sign:>4}{goal['bound']:>4g}  {'yes' if goal['met'] else 'NO'}")
+        lines.append(
+            f"{goal['goal']:<58}{goal['measured']:>26}{goal['ratio']:>9.3f}"
+            f"{sign:>4}{goal['bound']:>4g}  {'yes' if goal['met'] else 'NO'}"
+        )
     return "\n".join(lines)

@@ -21,8 +21,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The web tier, configured from the environment when no settings are given (gunicorn)."""
     settings = settings or load_settings([])
     # Only the wait for a request's answers may block for long; every other call fails fast.
-    queue = open_queue(settings.redis_url or DEFAULT_URL, settings.queue_name,
-                       call_timeout=settings.redis_timeout, longest_block=settings.client_timeout)
+    queue = open_queue(
+        settings.redis_url or DEFAULT_URL,
+        settings.queue_name,
+        call_timeout=settings.redis_timeout,
+        longest_block=settings.client_timeout,
+    )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue))

@@ -53,13 +53,17 @@ def prepare_images(uploads: Sequence[bytes], model: ModelInfo, max_pixels: int) 
     return prepared
 
 
-def classify(queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int) -> Classification:
+def classify(
+    queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int
+) -> Classification:
     """Queue the images as one request and wait for all their answers, within the deadline."""
     request_id = new_request_id()
     now = time.time()
     deadline = now + settings.client_timeout
-    messages = [Request(request_id, index, pixels, top_k, now, deadline).to_bytes()
-                for index, pixels in enumerate(images)]
+    messages = [
+        Request(request_id, index, pixels, top_k, now, deadline).to_bytes()
+        for index, pixels in enumerate(images)
+    ]
     if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
         raise ServiceUnavailable(QUEUE_FULL)
     answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)

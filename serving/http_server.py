@@ -48,8 +48,13 @@ class HttpServer:
         # IPv6), client connections, and its wake-up pipe.
         self.sockets: dict = {}
         server = create_server(
-            app, map=self.sockets, host=settings.host, port=settings.port, threads=settings.web_threads,
-            max_request_body_size=settings.max_upload_bytes * 4, ident="keras-server",
+            app,
+            map=self.sockets,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.web_threads,
+            max_request_body_size=settings.max_upload_bytes * 4,
+            ident="keras-server",
         )
         self.adj, self.task_dispatcher = server.adj, server.task_dispatcher
         self.listeners = [item for item in self.sockets.values() if isinstance(item, BaseWSGIServer)]
@@ -73,13 +78,21 @@ class HttpServer:
         self._drain()
 
     def _turn_loop(self) -> None:
-        wasyncore.loop(timeout=self.adj.asyncore_loop_timeout, map=self.sockets,
-                       use_poll=self.adj.asyncore_use_poll, count=1)
+        wasyncore.loop(
+            timeout=self.adj.asyncore_loop_timeout,
+            map=self.sockets,
+            use_poll=self.adj.asyncore_use_poll,
+            count=1,
+        )
 
     def _in_flight(self) -> int:
         """Connections with a request being read, handled or sent; idle kept-alive ones don't count."""
-        return sum(1 for item in list(self.sockets.values()) if isinstance(item, HTTPChannel)
-                   and (item.requests or item.request is not None or item.total_outbufs_len))
+        return sum(
+            1
+            for item in list(self.sockets.values())
+            if isinstance(item, HTTPChannel)
+            and (item.requests or item.request is not None or item.total_outbufs_len)
+        )
 
     def _drain(self) -> None:
         for listener in self.listeners:  # the listeners only: the wake-up pipe must stay
@@ -91,7 +104,8 @@ class HttpServer:
             self._turn_loop()
             in_flight = self._in_flight()
         if in_flight:
-            log.warning("%d request(s) still in flight after %.0f s; closing them", in_flight,
-                        self.drain_seconds)
+            log.warning(
+                "%d request(s) still in flight after %.0f s; closing them", in_flight, self.drain_seconds
+            )
         self.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
         wasyncore.close_all(self.sockets)

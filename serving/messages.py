@@ -80,11 +80,18 @@ class Request:
 
     def to_bytes(self) -> bytes:
         pixels = np.ascontiguousarray(self.pixels, dtype=np.uint8)
-        return msgpack.packb({
-            "reply_to": self.reply_to, "index": self.index, "lane": self.lane,
-            "top_k": self.top_k, "queued_at": self.queued_at, "deadline": self.deadline,
-            "shape": list(pixels.shape), "pixels": pixels.tobytes(),
-        })
+        return msgpack.packb(
+            {
+                "reply_to": self.reply_to,
+                "index": self.index,
+                "lane": self.lane,
+                "top_k": self.top_k,
+                "queued_at": self.queued_at,
+                "deadline": self.deadline,
+                "shape": list(pixels.shape),
+                "pixels": pixels.tobytes(),
+            }
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Request:
@@ -93,13 +100,21 @@ class Request:
         lane = data.get("lane")
         if lane not in LANES:
             raise MessageError(f"lane must be one of {', '.join(LANES)}")
-        reply = (lane, _text(data.get("reply_to"), "reply_to"),
-                 _integer(data.get("index"), "index", 0, MAX_INDEX))
+        reply = (
+            lane,
+            _text(data.get("reply_to"), "reply_to"),
+            _integer(data.get("index"), "index", 0, MAX_INDEX),
+        )
         try:
-            return cls(reply_to=reply[1], index=reply[2], lane=lane, pixels=_pixels(data),
-                       top_k=_integer(data.get("top_k"), "top_k", 1, MAX_TOP_K),
-                       queued_at=_number(data.get("queued_at"), "queued_at"),
-                       deadline=_number(data.get("deadline"), "deadline"))
+            return cls(
+                reply_to=reply[1],
+                index=reply[2],
+                lane=lane,
+                pixels=_pixels(data),
+                top_k=_integer(data.get("top_k"), "top_k", 1, MAX_TOP_K),
+                queued_at=_number(data.get("queued_at"), "queued_at"),
+                deadline=_number(data.get("deadline"), "deadline"),
+            )
         except MessageError as exc:
             raise MessageError(str(exc), reply) from None
 
@@ -141,8 +156,13 @@ class Answer:
     def from_bytes(cls, raw: bytes, reply_to: str, lane: str = INTERACTIVE) -> Answer:
         try:
             data = orjson.loads(raw)
-            return cls(reply_to, _integer(data["index"], "index", 0, MAX_INDEX), lane,
-                       _integer(data["status"], "status", 100, 599), dict(data["body"]))
+            return cls(
+                reply_to,
+                _integer(data["index"], "index", 0, MAX_INDEX),
+                lane,
+                _integer(data["status"], "status", 100, 599),
+                dict(data["body"]),
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"not an answer record ({exc})") from None
 
@@ -160,8 +180,12 @@ class ModelInfo:
     note: str = ""  # a caveat, e.g. that the weights are random
 
     def as_dict(self) -> dict:
-        info: dict[str, Any] = {"name": self.name, "input_size": list(self.input_size),
-                                "classes": self.classes, "resize": self.resize}
+        info: dict[str, Any] = {
+            "name": self.name,
+            "input_size": list(self.input_size),
+            "classes": self.classes,
+            "resize": self.resize,
+        }
         if self.runtime:
             info["runtime"] = self.runtime
         if self.precision:
@@ -180,12 +204,15 @@ class ModelInfo:
         resize = data.get("resize", "squash")
         if resize not in ("crop", "squash"):
             raise MessageError("resize must be crop or squash")
-        return cls(name=_text(data.get("name"), "name", 200),
-                   input_size=(_integer(size[0], "width", 1, MAX_SIDE),
-                               _integer(size[1], "height", 1, MAX_SIDE)),
-                   classes=_integer(data.get("classes"), "classes", 1, MAX_TOP_K), resize=resize,
-                   runtime=str(data.get("runtime", "")), precision=str(data.get("precision", "")),
-                   note=str(data.get("note", "")))
+        return cls(
+            name=_text(data.get("name"), "name", 200),
+            input_size=(_integer(size[0], "width", 1, MAX_SIDE), _integer(size[1], "height", 1, MAX_SIDE)),
+            classes=_integer(data.get("classes"), "classes", 1, MAX_TOP_K),
+            resize=resize,
+            runtime=str(data.get("runtime", "")),
+            precision=str(data.get("precision", "")),
+            note=str(data.get("note", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -198,8 +225,9 @@ class Heartbeat:
     batch_size: int
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"model": self.model.as_dict(), "host": self.host, "pid": self.pid,
-                             "batch_size": self.batch_size})
+        return orjson.dumps(
+            {"model": self.model.as_dict(), "host": self.host, "pid": self.pid, "batch_size": self.batch_size}
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Heartbeat:
@@ -209,6 +237,9 @@ class Heartbeat:
             raise MessageError("a heartbeat must be JSON") from None
         if not isinstance(data, dict):
             raise MessageError("a heartbeat must be a JSON object")
-        return cls(model=ModelInfo.from_dict(data.get("model")), host=str(data.get("host", "")),
-                   pid=_integer(data.get("pid", 0), "pid", 0, 2**31),
-                   batch_size=_integer(data.get("batch_size", 1), "batch_size", 1, MAX_INDEX))
+        return cls(
+            model=ModelInfo.from_dict(data.get("model")),
+            host=str(data.get("host", "")),
+            pid=_integer(data.get("pid", 0), "pid", 0, 2**31),
+            batch_size=_integer(data.get("batch_size", 1), "batch_size", 1, MAX_INDEX),
+        )

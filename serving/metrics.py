@@ -46,11 +46,17 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-HTTP_REQUESTS = Counter("inference_http_requests", "HTTP requests answered, by route and status.",
-                        ["method", "endpoint", "status"])
-HTTP_LATENCY = Histogram("inference_http_request_duration_seconds",
-                         "Time from request received to response ready, by route.",
-                         ["method", "endpoint"], buckets=LATENCY_BUCKETS)
+HTTP_REQUESTS = Counter(
+    "inference_http_requests",
+    "HTTP requests answered, by route and status.",
+    ["method", "endpoint", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "inference_http_request_duration_seconds",
+    "Time from request received to response ready, by route.",
+    ["method", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 def _bucket_field(prefix: str, bounds: tuple, value: float) -> str:
@@ -77,9 +83,14 @@ class RedisBatchStats(BatchObserver):
         self._flusher: threading.Thread | None = None
 
     def batch_done(self, size: int, seconds: float) -> None:
-        self._add({_bucket_field("batch_size", BATCH_SIZE_BUCKETS, size): 1, "batch_size_sum": size,
-                   _bucket_field("model_seconds", MODEL_SECONDS_BUCKETS, seconds): 1,
-                   "model_seconds_sum": seconds})
+        self._add(
+            {
+                _bucket_field("batch_size", BATCH_SIZE_BUCKETS, size): 1,
+                "batch_size_sum": size,
+                _bucket_field("model_seconds", MODEL_SECONDS_BUCKETS, seconds): 1,
+                "model_seconds_sum": seconds,
+            }
+        )
 
     def dropped_expired(self, count: int) -> None:
         self._add({"dropped_expired": count})
@@ -152,22 +163,39 @@ class QueueCollector:
         yield up
         stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
         yield GaugeMetricFamily("inference_queue_depth", "Images waiting in the Redis queue.", value=depth)
-        yield GaugeMetricFamily("inference_queue_capacity", "Queue depth at which new requests get 503.",
-                                value=self.capacity)
-        yield GaugeMetricFamily("inference_workers_live", "Model workers with a live heartbeat.",
-                                value=len(workers))
-        info = GaugeMetricFamily("inference_worker_info", "One per live model worker (value 1).",
-                                 labels=["worker", "host", "model"])
+        yield GaugeMetricFamily(
+            "inference_queue_capacity", "Queue depth at which new requests get 503.", value=self.capacity
+        )
+        yield GaugeMetricFamily(
+            "inference_workers_live", "Model workers with a live heartbeat.", value=len(workers)
+        )
+        info = GaugeMetricFamily(
+            "inference_worker_info",
+            "One per live model worker (value 1).",
+            labels=["worker", "host", "model"],
+        )
         for worker_id, beat in sorted(workers.items()):
             info.add_metric([worker_id, beat.host, beat.model.name], 1)
         yield info
-        yield _histogram("inference_batch_size", "Images per model call, all workers.",
-                         stats, "batch_size", BATCH_SIZE_BUCKETS)
-        yield _histogram("inference_model_seconds", "Model time per batch, all workers.",
-                         stats, "model_seconds", MODEL_SECONDS_BUCKETS)
-        yield CounterMetricFamily("inference_dropped_expired",
-                                  "Queued images dropped unprocessed because their deadline had passed.",
-                                  value=int(stats.get("dropped_expired", 0)))
+        yield _histogram(
+            "inference_batch_size",
+            "Images per model call, all workers.",
+            stats,
+            "batch_size",
+            BATCH_SIZE_BUCKETS,
+        )
+        yield _histogram(
+            "inference_model_seconds",
+            "Model time per batch, all workers.",
+            stats,
+            "model_seconds",
+            MODEL_SECONDS_BUCKETS,
+        )
+        yield CounterMetricFamily(
+            "inference_dropped_expired",
+            "Queued images dropped unprocessed because their deadline had passed.",
+            value=int(stats.get("dropped_expired", 0)),
+        )
 
 
 class _Scrape:

@@ -14,8 +14,10 @@ def _ref(kind: str, name: str) -> dict:
 
 
 def _error(description: str, retry_after: bool = False) -> dict:
-    response = {"description": description,
-                "content": {"application/json": {"schema": _ref("schemas", "Error")}}}
+    response = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+    }
     if retry_after:
         response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
     return response
@@ -43,16 +45,23 @@ def _schemas() -> dict:
         "Prediction": {
             "type": "object",
             "required": ["label", "probability"],
-            "properties": {"label": {"type": "string"},
-                           "probability": {"type": "number", "minimum": 0, "maximum": 1}},
+            "properties": {
+                "label": {"type": "string"},
+                "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            },
         },
         "Model": {
             "type": "object",
             "required": ["name", "input_size", "classes"],
             "properties": {
                 "name": {"type": "string", "example": "resnet50"},
-                "input_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
-                               "description": "[width, height] the image is resized to."},
+                "input_size": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "description": "[width, height] the image is resized to.",
+                },
                 "classes": {"type": "integer", "minimum": 1},
                 "note": {"type": "string", "description": "A caveat, e.g. that the weights are random."},
             },
@@ -62,15 +71,21 @@ def _schemas() -> dict:
             "required": ["success", "predictions", "model", "batch", "timings_ms", "request_id"],
             "properties": {
                 "success": {"type": "boolean", "enum": [True]},
-                "predictions": {"type": "array", "items": _ref("schemas", "Prediction"),
-                                "description": "The top-k labels, most probable first."},
+                "predictions": {
+                    "type": "array",
+                    "items": _ref("schemas", "Prediction"),
+                    "description": "The top-k labels, most probable first.",
+                },
                 "model": _ref("schemas", "Model"),
                 "batch": {
                     "type": "object",
                     "required": ["id", "size", "worker"],
                     "description": "The model call this image shared with others.",
-                    "properties": {"id": {"type": "string"}, "size": {"type": "integer", "minimum": 1},
-                                   "worker": {"type": "string"}},
+                    "properties": {
+                        "id": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 1},
+                        "worker": {"type": "string"},
+                    },
                 },
                 "timings_ms": {
                     "type": "object",
@@ -91,11 +106,15 @@ def openapi_spec(settings: Settings) -> dict:
     method_not_allowed = _error("The path does not take this method; the Allow header lists those it takes.")
     method_not_allowed["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "e.g. POST"}}
     internal = _error("An unexpected failure (e.g. the model failed on this image's batch).")
-    unavailable = _error("Redis is unreachable, the queue is full, or no model worker is running.",
-                         retry_after=True)
-    request_id = {"X-Request-ID": {"schema": {"type": "string"},
-                                   "description": "The client's X-Request-ID if it sent one, "
-                                                  "else the server's request id."}}
+    unavailable = _error(
+        "Redis is unreachable, the queue is full, or no model worker is running.", retry_after=True
+    )
+    request_id = {
+        "X-Request-ID": {
+            "schema": {"type": "string"},
+            "description": "The client's X-Request-ID if it sent one, else the server's request id.",
+        }
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -103,75 +122,126 @@ def openapi_spec(settings: Settings) -> dict:
             "version": "1.0.0",
             "description": (
                 "Images are queued in Redis and classified in batches by model workers. Every error is "
-                "JSON `{\"success\": false, \"error\": \"...\"}`. A path called with a method it does not "
+                'JSON `{"success": false, "error": "..."}`. A path called with a method it does not '
                 "take answers 405 with an Allow header."
             ),
         },
         "paths": {
-            "/predict": {"post": {
-                "operationId": "predict",
-                "summary": "Classify one image",
-                "parameters": [{
-                    "name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string"},
-                    "description": "Your own id for this request; echoed back and written to the server log.",
-                }],
-                "requestBody": {"required": True, "content": {"multipart/form-data": {
-                    "schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "format": "binary",
-                                  "description": "JPEG, PNG, GIF (first frame), WebP, BMP or TIFF."}}},
-                    "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
-                }}},
-                "responses": {
-                    "200": _json("The top predictions.", _ref("schemas", "PredictionResult"), request_id),
-                    "400": _error("No multipart field 'image', or it is not an image this server can read, "
-                                  f"or it has more than {settings.max_image_pixels} pixels."),
-                    "405": method_not_allowed,
-                    "413": _error(f"The request body is larger than {settings.max_upload_bytes} bytes."),
-                    "500": internal,
-                    "503": unavailable,
-                    "504": _error(f"No result within {settings.client_timeout:g} s; "
-                                  "the request was withdrawn from the queue."),
-                },
-            }},
-            "/healthz": {"get": {
-                "operationId": "healthz",
-                "summary": "Liveness: the web process answers",
-                "responses": {
-                    "200": _json("Alive.", {"type": "object", "required": ["alive"],
-                                            "properties": {"alive": {"type": "boolean", "enum": [True]}}}),
-                    "405": method_not_allowed,
-                    "500": internal,
-                },
-            }},
-            "/readyz": {"get": {
-                "operationId": "readyz",
-                "summary": "Readiness: Redis answers and at least one model worker is alive",
-                "responses": {
-                    "200": _json("Ready to classify.", {
-                        "type": "object", "required": ["ready", "workers", "queue_depth"],
-                        "properties": {"ready": {"type": "boolean", "enum": [True]},
-                                       "workers": {"type": "integer", "minimum": 1},
-                                       "queue_depth": {"type": "integer", "minimum": 0}}}),
-                    "405": method_not_allowed,
-                    "500": internal,
-                    "503": _error("Redis is unreachable or no model worker has sent a heartbeat recently.",
-                                  retry_after=True),
-                },
-            }},
-            "/metrics": {"get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics (text exposition format)",
-                "responses": {
-                    "200": {"description": "Metrics; see README for their names and meaning.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "405": method_not_allowed,
-                    "500": internal,
-                },
-            }},
+            "/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "summary": "Classify one image",
+                    "parameters": [
+                        {
+                            "name": "X-Request-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "Your own id for this request; echoed back and logged.",
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {
+                                        "image": {
+                                            "type": "string",
+                                            "format": "binary",
+                                            "description": "JPEG, PNG, GIF (first frame), WebP, BMP or TIFF.",
+                                        }
+                                    },
+                                },
+                                "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("The top predictions.", _ref("schemas", "PredictionResult"), request_id),
+                        "400": _error(
+                            "No multipart field 'image', or it is not an image this server can read, "
+                            f"or it has more than {settings.max_image_pixels} pixels."
+                        ),
+                        "405": method_not_allowed,
+                        "413": _error(f"The request body is larger than {settings.max_upload_bytes} bytes."),
+                        "500": internal,
+                        "503": unavailable,
+                        "504": _error(
+                            f"No result within {settings.client_timeout:g} s; "
+                            "the request was withdrawn from the queue."
+                        ),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness: the web process answers",
+                    "responses": {
+                        "200": _json(
+                            "Alive.",
+                            {
+                                "type": "object",
+                                "required": ["alive"],
+                                "properties": {"alive": {"type": "boolean", "enum": [True]}},
+                            },
+                        ),
+                        "405": method_not_allowed,
+                        "500": internal,
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: Redis answers and at least one model worker is alive",
+                    "responses": {
+                        "200": _json(
+                            "Ready to classify.",
+                            {
+                                "type": "object",
+                                "required": ["ready", "workers", "queue_depth"],
+                                "properties": {
+                                    "ready": {"type": "boolean", "enum": [True]},
+                                    "workers": {"type": "integer", "minimum": 1},
+                                    "queue_depth": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                        ),
+                        "405": method_not_allowed,
+                        "500": internal,
+                        "503": _error(
+                            "Redis is unreachable or no model worker has sent a heartbeat recently.",
+                            retry_after=True,
+                        ),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text exposition format)",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics; see README for their names and meaning.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "405": method_not_allowed,
+                        "500": internal,
+                    },
+                }
+            },
         },
         "components": {
             "schemas": _schemas(),
-            "headers": {"RetryAfter": {"description": "Seconds to wait before trying again.",
-                                       "schema": {"type": "integer", "minimum": 0}}},
+            "headers": {
+                "RetryAfter": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
         },
     }

@@ -34,8 +34,13 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str,
-               check: Callable[[], None] | None = None, interval: float = 0.05) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    check: Callable[[], None] | None = None,
+    interval: float = 0.05,
+) -> T:
     """Poll ``condition`` until it returns something truthy, which is returned.
 
     Only for watching another process from the outside (it starting, exiting, writing a key);
@@ -56,8 +61,15 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str,
 class ChildProcess:
     """A child process whose output goes to a log file (or nowhere), stopped with SIGTERM."""
 
-    def __init__(self, args: Sequence[str], *, name: str = "", log_path: Path | None = None,
-                 env: dict[str, str] | None = None, cwd: Path = ROOT):
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        name: str = "",
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ):
         self.args = [str(arg) for arg in args]
         self.name = name or Path(self.args[0]).name
         self.log_path = log_path
@@ -71,8 +83,9 @@ class ChildProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(self.log_path, "wb")  # noqa: SIM115 - the child keeps it; closed below
         try:
-            self.popen = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=out,
-                                          stderr=subprocess.STDOUT)
+            self.popen = subprocess.Popen(
+                self.args, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         finally:
             if not isinstance(out, int):
                 out.close()
@@ -129,8 +142,15 @@ class ServerProcess(ChildProcess):
     """A child process that serves HTTP on ``port`` of loopback; ``start`` returns once
     ``ready_path`` answers 200 (or, with ``ready_path=None``, at once)."""
 
-    def __init__(self, args: Sequence[str], port: int, *, ready_path: str | None = "/readyz",
-                 ready_timeout: float = 120.0, **kwargs):
+    def __init__(
+        self,
+        args: Sequence[str],
+        port: int,
+        *,
+        ready_path: str | None = "/readyz",
+        ready_timeout: float = 120.0,
+        **kwargs,
+    ):
         super().__init__(args, **kwargs)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -142,8 +162,13 @@ class ServerProcess(ChildProcess):
         if self.ready_path:
             ready_url = self.url + self.ready_path
             try:
-                wait_until(lambda: http_status(ready_url) == 200, self.ready_timeout,
-                           f"{self.name} to answer {self.ready_path}", self.check_alive, interval=0.2)
+                wait_until(
+                    lambda: http_status(ready_url) == 200,
+                    self.ready_timeout,
+                    f"{self.name} to answer {self.ready_path}",
+                    self.check_alive,
+                    interval=0.2,
+                )
             except BaseException:
                 self.stop()
                 raise

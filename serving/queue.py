@@ -96,8 +96,9 @@ class RedisQueue:
         return self.keys.name
 
     # Web side ------------------------------------------------------------------
-    def enqueue(self, request_id: str, messages: Sequence[bytes], max_length: int,
-                keep_seconds: float) -> bool:
+    def enqueue(
+        self, request_id: str, messages: Sequence[bytes], max_length: int, keep_seconds: float
+    ) -> bool:
         """Queue a request's image messages (in image order) unless the interactive lane holds
         ``max_length`` or more. False means full. The request's waiting marker outlives the
         wait by ``keep_seconds`` at most, and so expires if its web server dies."""
@@ -125,8 +126,13 @@ class RedisQueue:
     def withdraw(self, request_id: str, unanswered: Sequence[bytes]) -> tuple[int, list[Answer]]:
         """Give up on a request: take back its unanswered messages still queued. Returns how many
         were taken back and the answers that landed meanwhile."""
-        keys = [self.keys.lane(INTERACTIVE), self.keys.waiting(request_id), self.keys.result(request_id),
-                self.keys.lane(BULK), self.keys.doorbell]
+        keys = [
+            self.keys.lane(INTERACTIVE),
+            self.keys.waiting(request_id),
+            self.keys.result(request_id),
+            self.keys.lane(BULK),
+            self.keys.doorbell,
+        ]
         removed, late = self._withdraw(keys=keys, args=list(unanswered))
         return int(removed), [Answer.from_bytes(raw, request_id) for raw in late]
 
@@ -138,8 +144,13 @@ class RedisQueue:
         """Take up to ``count`` messages, interactive first, into this worker's processing lists."""
         if count <= 0:
             return Batch([], [])
-        keys = [self.keys.lane(INTERACTIVE), self.keys.lane(BULK), self.keys.processing(worker_id),
-                self.keys.processing(worker_id, BULK), self.keys.doorbell]
+        keys = [
+            self.keys.lane(INTERACTIVE),
+            self.keys.lane(BULK),
+            self.keys.processing(worker_id),
+            self.keys.processing(worker_id, BULK),
+            self.keys.doorbell,
+        ]
         interactive, bulk = self._take(keys=keys, args=[count])
         return Batch(interactive, bulk)
 
@@ -195,7 +206,7 @@ class RedisQueue:
         for key, raw in zip(keys, self.redis.mget(keys)):
             if raw is None:
                 continue  # expired between SCAN and MGET
-            worker_id = key.decode(errors="replace")[len(prefix):]
+            worker_id = key.decode(errors="replace")[len(prefix) :]
             try:
                 workers[worker_id] = Heartbeat.from_bytes(cast(bytes, raw))
             except MessageError as exc:
@@ -207,12 +218,18 @@ class RedisQueue:
         workers = set()
         for lane in (INTERACTIVE, BULK):
             prefix = self.keys.processing("", lane)
-            workers |= {key.decode()[len(prefix):] for key in self.redis.scan_iter(match=prefix + "*",
-                                                                                  count=200)}
+            workers |= {
+                key.decode()[len(prefix) :] for key in self.redis.scan_iter(match=prefix + "*", count=200)
+            }
         moved = 0
         for worker_id in workers:
-            keys = [self.keys.processing(worker_id), self.keys.processing(worker_id, BULK),
-                    self.keys.heartbeat(worker_id), self.keys.lane(INTERACTIVE), self.keys.lane(BULK),
-                    self.keys.doorbell]
+            keys = [
+                self.keys.processing(worker_id),
+                self.keys.processing(worker_id, BULK),
+                self.keys.heartbeat(worker_id),
+                self.keys.lane(INTERACTIVE),
+                self.keys.lane(BULK),
+                self.keys.doorbell,
+            ]
             moved += int(self._requeue(keys=keys))
         return moved

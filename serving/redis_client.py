@@ -34,12 +34,16 @@ def connect(url: str, timeout: float | None) -> redis.Redis:
 
 def open_queue(url: str, name: str, *, call_timeout: float, longest_block: float) -> RedisQueue:
     """The queue over a short-call client and a blocking-call client to the same Redis."""
-    return RedisQueue(connect(url, call_timeout), name,
-                      blocking=connect(url, longest_block + BLOCKING_MARGIN_SECONDS))
+    return RedisQueue(
+        connect(url, call_timeout), name, blocking=connect(url, longest_block + BLOCKING_MARGIN_SECONDS)
+    )
 
 
 def patient_retry(seconds: float) -> Retry:
     """Retries with exponential backoff (capped at 1 s) for about ``seconds`` while Redis is away:
     a worker keeps trying to write answers its clients may still be waiting for."""
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=max(1, int(seconds) + 4),
-                 supported_errors=(redis.ConnectionError, redis.TimeoutError))
+    return Retry(
+        ExponentialBackoff(cap=1.0, base=0.05),
+        retries=max(1, int(seconds) + 4),
+        supported_errors=(redis.ConnectionError, redis.TimeoutError),
+    )

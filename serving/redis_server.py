@@ -42,12 +42,29 @@ class EmbeddedRedis:
         self.directory = Path(tempfile.mkdtemp(prefix="embedded-redis-"))
         self.port = port
         self.socket = self.directory / "redis.sock"
-        listen = ["--port", str(port), "--bind", "127.0.0.1"] if port else [
-            "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        listen = (
+            ["--port", str(port), "--bind", "127.0.0.1"]
+            if port
+            else ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        )
         self.process = ChildProcess(
-            [binary or redis_server_binary(), *listen, "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--loglevel", "warning", "--logfile", "redis.log"],
-            name="redis-server", cwd=self.directory)
+            [
+                binary or redis_server_binary(),
+                *listen,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--loglevel",
+                "warning",
+                "--logfile",
+                "redis.log",
+            ],
+            name="redis-server",
+            cwd=self.directory,
+        )
 
     @property
     def url(self) -> str:
@@ -58,8 +75,13 @@ class EmbeddedRedis:
     def start(self, ready_timeout: float = 10.0) -> EmbeddedRedis:
         self.process.start()
         try:
-            wait_until(lambda: answers(self.url), ready_timeout, "redis-server to answer",
-                       check=self._check_running, interval=0.02)
+            wait_until(
+                lambda: answers(self.url),
+                ready_timeout,
+                "redis-server to answer",
+                check=self._check_running,
+                interval=0.02,
+            )
         except BaseException:
             self.stop()
             raise
@@ -83,6 +105,10 @@ def resolve_redis(configured: str | None) -> tuple[str, EmbeddedRedis | None]:
     if answers(DEFAULT_URL):
         return DEFAULT_URL, None
     embedded = EmbeddedRedis().start()
-    log.info("No Redis configured or answering at %s: started an embedded redis-server at %s "
-             "(set --redis-url / REDIS_URL to use your own)", DEFAULT_URL, embedded.url)
+    log.info(
+        "No Redis configured or answering at %s: started an embedded redis-server at %s "
+        "(set --redis-url / REDIS_URL to use your own)",
+        DEFAULT_URL,
+        embedded.url,
+    )
     return embedded.url, embedded

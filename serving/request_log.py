@@ -52,8 +52,14 @@ def register_request_log(app: Flask) -> None:
         if client_id or request_id:
             response.headers["X-Request-ID"] = client_id or request_id
         if not request.path.startswith(QUIET_PATHS):
-            line = {"method": request.method, "path": request.path, "status": response.status_code,
-                    "ms": f"{elapsed_ms():.1f}", "id": request_id, "client_id": client_id,
-                    "batch": fields.get("batch")}
+            line = {
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "ms": f"{elapsed_ms():.1f}",
+                "id": request_id,
+                "client_id": client_id,
+                "batch": fields.get("batch"),
+            }
             log.info("request %s", " ".join(f"{key}={logfmt_value(value)}" for key, value in line.items()))
         return response

@@ -21,7 +21,9 @@ end
 # ARGV[1] the lane's bound, ARGV[2] waiting-hash TTL (ms), ARGV[3..] one message per image,
 #         in image order (message i is image i - 3)
 # Returns 1 when queued, 0 when the lane is full (nothing is written).
-ENQUEUE = _RING + """
+ENQUEUE = (
+    _RING
+    + """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 for index = 0, #ARGV - 3 do redis.call('HSET', KEYS[2], index, '1') end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -29,6 +31,7 @@ redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
 ring(KEYS[3])
 return 1
 """
+)
 
 # Take up to ARGV[1] messages into the worker's processing lists: interactive first, then bulk.
 # KEYS[1] interactive lane, KEYS[2] bulk lane, KEYS[3] interactive processing list,
@@ -36,7 +39,9 @@ return 1
 # ARGV[1] most messages to take
 # Returns {interactive messages, bulk messages}. Work left behind rings the doorbell, so an idle
 # worker wakes for it; empty lanes silence it.
-TAKE = _RING + """
+TAKE = (
+    _RING
+    + """
 local want = tonumber(ARGV[1])
 local taken = {}
 for lane = 1, 2 do
@@ -56,6 +61,7 @@ else
 end
 return taken
 """
+)
 
 # Answer interactive images: write each answer only while its image is still awaited, and stop
 # awaiting it, so an image computed twice (requeued from a worker that froze) is answered once.
@@ -94,7 +100,9 @@ return {removed, late}
 # KEYS[1] its interactive processing list, KEYS[2] its bulk processing list, KEYS[3] its
 # heartbeat, KEYS[4] interactive lane, KEYS[5] bulk lane, KEYS[6] doorbell
 # Returns how many messages moved (0 while the heartbeat lives: the worker is not dead).
-REQUEUE = _RING + """
+REQUEUE = (
+    _RING
+    + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local moved = 0
 for lane = 1, 2 do
@@ -106,3 +114,4 @@ end
 if moved > 0 then ring(KEYS[6]) end
 return moved
 """
+)

@@ -26,8 +26,10 @@ blueprint = Blueprint("ui", __name__)
 
 THUMBNAIL_SIZE = (320, 320)
 # Everything the page uses is served from here; the thumbnail is a data: or blob: URL.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def _human_bytes(count: float) -> str:
@@ -47,8 +49,9 @@ def _current_model() -> ModelInfo | None:
 
 def _page(status: int = 200, **context) -> Response:
     max_bytes = current_app.config["MAX_CONTENT_LENGTH"]
-    html = render_template("index.html", model=_current_model(), max_bytes=max_bytes,
-                           max_size=_human_bytes(max_bytes), **context)
+    html = render_template(
+        "index.html", model=_current_model(), max_bytes=max_bytes, max_size=_human_bytes(max_bytes), **context
+    )
     response = Response(html, status=status, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"

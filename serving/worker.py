@@ -66,10 +66,14 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
         if request.deadline < now:
             parsed.expired += 1
         elif request.pixels.shape != input_shape:
-            parsed.answers.append(Answer.error(
-                (request.lane, request.reply_to, request.index), 500,
-                f"The queued image is {list(request.pixels.shape)}; this worker's model takes "
-                f"{list(input_shape)}."))
+            parsed.answers.append(
+                Answer.error(
+                    (request.lane, request.reply_to, request.index),
+                    500,
+                    f"The queued image is {list(request.pixels.shape)}; this worker's model takes "
+                    f"{list(input_shape)}.",
+                )
+            )
         else:
             parsed.requests.append(request)
     return parsed
@@ -89,8 +93,14 @@ def error_for_each(messages: list[bytes], text: str) -> list[Answer]:
 
 
 class ModelWorker:
-    def __init__(self, queue: RedisQueue, classifier: Classifier, settings: Settings,
-                 worker_id: str | None = None, observer: BatchObserver | None = None):
+    def __init__(
+        self,
+        queue: RedisQueue,
+        classifier: Classifier,
+        settings: Settings,
+        worker_id: str | None = None,
+        observer: BatchObserver | None = None,
+    ):
         self.queue = queue
         self.classifier = classifier
         self.settings = settings
@@ -99,8 +109,12 @@ class ModelWorker:
         self.observer = observer or BatchObserver()
         self._input_shape = (classifier.input_size[1], classifier.input_size[0], 3)
         self._last_batch_size = settings.batch_size  # start as under load: wait the window
-        self._heartbeat = Heartbeat(model=classifier.info(), host=socket.gethostname(), pid=os.getpid(),
-                                    batch_size=settings.batch_size)
+        self._heartbeat = Heartbeat(
+            model=classifier.info(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            batch_size=settings.batch_size,
+        )
         self._model = classifier.info().as_dict()  # as every answer names it
         # Answers are worth writing while their clients may still wait: retry that long.
         self._answer_retry = patient_retry(settings.request_lifetime)
@@ -112,9 +126,15 @@ class ModelWorker:
 
     def run(self) -> None:
         info = self.classifier.info()
-        log.info("worker %s serving %s (runtime %s, precision %s, resize %s), batches of up to %d",
-                 self.worker_id, info.name, info.runtime or "-", info.precision or "-", info.resize,
-                 self.settings.batch_size)
+        log.info(
+            "worker %s serving %s (runtime %s, precision %s, resize %s), batches of up to %d",
+            self.worker_id,
+            info.name,
+            info.runtime or "-",
+            info.precision or "-",
+            info.resize,
+            self.settings.batch_size,
+        )
         try:  # alive before the first take, or another worker could requeue what this one holds
             self._beat()
         except redis.RedisError:
@@ -140,8 +160,9 @@ class ModelWorker:
     def step(self) -> int:
         """Take and answer one batch. Returns how many messages it took."""
         try:
-            batch = self.queue.take_batch(self.worker_id, self.settings.batch_size, self._batch_window(),
-                                          IDLE_TIMEOUT)
+            batch = self.queue.take_batch(
+                self.worker_id, self.settings.batch_size, self._batch_window(), IDLE_TIMEOUT
+            )
         except redis.RedisError as exc:
             log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
             self.stopping.wait(1.0)
@@ -214,22 +235,34 @@ class ModelWorker:
         log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_seconds * 1000)
         answers = parsed.answers
         for request, predictions in zip(requests, ranked):
-            answers.append(Answer(request.reply_to, request.index, request.lane, 200, {
-                "predictions": predictions[:request.top_k],
-                "model": self._model,
-                "batch": {"id": batch_id, "size": len(requests), "worker": self.worker_id},
-                "timings_ms": {"queued": round((started - request.queued_at) * 1000, 2),
-                               "model": round(model_seconds * 1000, 2)},
-            }))
+            answers.append(
+                Answer(
+                    request.reply_to,
+                    request.index,
+                    request.lane,
+                    200,
+                    {
+                        "predictions": predictions[: request.top_k],
+                        "model": self._model,
+                        "batch": {"id": batch_id, "size": len(requests), "worker": self.worker_id},
+                        "timings_ms": {
+                            "queued": round((started - request.queued_at) * 1000, 2),
+                            "model": round(model_seconds * 1000, 2),
+                        },
+                    },
+                )
+            )
         return answers, (parsed.expired, len(requests), model_seconds)
 
     def _write(self, answers: list[Answer]) -> None:
         """Write the answers, retrying while Redis is away: the clients may still be waiting."""
+
         def failed(exc: Exception) -> None:
             log.warning("writing %d answers failed (%s); retrying", len(answers), exc)
 
         try:
             self._answer_retry.call_with_retry(
-                lambda: self.queue.answer(self.worker_id, answers, self.settings.result_ttl), failed)
+                lambda: self.queue.answer(self.worker_id, answers, self.settings.result_ttl), failed
+            )
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(answers), exc)

@@ -42,11 +42,25 @@ class WebServer(ServerProcess):
 
     def __init__(self, name: str, redis_url: str, queue_name: str, log_dir: Path, **env: str):
         port = free_port()
-        settings = {"PORT": str(port), "REDIS_URL": redis_url, "QUEUE_NAME": queue_name,
-                    "WEB_CONCURRENCY": "1", "WEB_THREADS": "16", "LOG_LEVEL": "INFO", **env}
+        settings = {
+            "PORT": str(port),
+            "REDIS_URL": redis_url,
+            "QUEUE_NAME": queue_name,
+            "WEB_CONCURRENCY": "1",
+            "WEB_THREADS": "16",
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
         args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"]
-        super().__init__(args, port, ready_path="/healthz", ready_timeout=60, name=name,
-                         log_path=log_dir / f"{name}.log", env=settings)
+        super().__init__(
+            args,
+            port,
+            ready_path="/healthz",
+            ready_timeout=60,
+            name=name,
+            log_path=log_dir / f"{name}.log",
+            env=settings,
+        )
         self.start()
 
     def served_request_ids(self) -> set[str]:
@@ -57,12 +71,30 @@ class WebServer(ServerProcess):
 class Worker(ChildProcess):
     """python run_keras_server.py --role worker, serving the tiny colour model."""
 
-    def __init__(self, name: str, redis_url: str, queue_name: str, model: tuple[Path, Path],
-                 log_dir: Path, *extra: str):
-        args = [sys.executable, str(ROOT / "run_keras_server.py"), "--role", "worker",
-                "--redis-url", redis_url, "--queue-name", queue_name,
-                "--model", str(model[0]), "--labels", str(model[1]), "--preprocess", "unit",
-                "--top-k", "3", "--tf-threads", "1", *extra]
+    def __init__(
+        self, name: str, redis_url: str, queue_name: str, model: tuple[Path, Path], log_dir: Path, *extra: str
+    ):
+        args = [
+            sys.executable,
+            str(ROOT / "run_keras_server.py"),
+            "--role",
+            "worker",
+            "--redis-url",
+            redis_url,
+            "--queue-name",
+            queue_name,
+            "--model",
+            str(model[0]),
+            "--labels",
+            str(model[1]),
+            "--preprocess",
+            "unit",
+            "--top-k",
+            "3",
+            "--tf-threads",
+            "1",
+            *extra,
+        ]
         super().__init__(args, name=name, log_path=log_dir / f"{name}.log")
         self.start()
         self.redis_url = redis_url
@@ -96,42 +128,57 @@ class Nginx(ChildProcess):
         prefix.mkdir()
         self.access_log = prefix / "access.log"
         site = (ROOT / "deploy" / "nginx.conf").read_text()
-        upstreams = "".join(f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;\n"
-                            for port in web_ports)
+        upstreams = "".join(
+            f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;\n" for port in web_ports
+        )
         site, count = re.subn(r"(    server 127\.0\.0\.1:\d+ [^\n]*\n)+", upstreams, site)
         assert count == 1, "deploy/nginx.conf: expected one block of upstream server lines"
         site = site.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
         site = site.replace("/var/log/nginx/keras-server.access.log", str(self.access_log))
         (prefix / "keras-server.conf").write_text(site)
         user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""  # workers can read the tmp dir
-        temp_paths = "".join(f"{kind}_temp_path {prefix}/{kind};\n"
-                             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp_paths = "".join(
+            f"{kind}_temp_path {prefix}/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         (prefix / "nginx.conf").write_text(
             f"{user}\nworker_processes 1;\npid {prefix}/nginx.pid;\ndaemon off;\n"
             f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 512; }}\n"
-            f"http {{\n{temp_paths}include {prefix}/keras-server.conf;\n}}\n")
-        args = [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                "-e", str(prefix / "error.log")]
+            f"http {{\n{temp_paths}include {prefix}/keras-server.conf;\n}}\n"
+        )
+        args = [
+            nginx_binary(),
+            "-p",
+            str(prefix),
+            "-c",
+            str(prefix / "nginx.conf"),
+            "-e",
+            str(prefix / "error.log"),
+        ]
         super().__init__(args, name=name, log_path=log_dir / f"{name}.log")
         self.start()
-        wait_until(lambda: http_status(self.url + "/healthz") is not None, 20, "nginx to listen",
-                   self.check_alive)
+        wait_until(
+            lambda: http_status(self.url + "/healthz") is not None, 20, "nginx to listen", self.check_alive
+        )
 
     def upstreams_used(self) -> dict[str, int]:
         """Upstream address -> /predict requests nginx sent there, from its access log."""
         counts: dict[str, int] = {}
-        for upstream in re.findall(r'"POST /predict [^"]*" \d+ \d+ upstream=(\S+)',
-                                   self.access_log.read_text()):
+        for upstream in re.findall(
+            r'"POST /predict [^"]*" \d+ \d+ upstream=(\S+)', self.access_log.read_text()
+        ):
             counts[upstream] = counts.get(upstream, 0) + 1
         return counts
 
 
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next(
-        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None)
+        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None
+    )
 
 
 # Load with known answers ---------------------------------------------------------------
+
 
 def tinted(index: int) -> tuple[bytes, dict[str, float]]:
     """A uniform image, different for every index below 300, and the colour model's exact answer.
@@ -166,7 +213,8 @@ class Outcome:
             return False
         got = {p["label"]: p["probability"] for p in self.body["predictions"]}
         return got.keys() == expected.keys() and all(
-            abs(got[label] - expected[label]) < tolerance for label in expected)
+            abs(got[label] - expected[label]) < tolerance for label in expected
+        )
 
 
 def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Outcome:
@@ -174,8 +222,12 @@ def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Out
     outcome = Outcome(index, f"{tag}-{index}")
     started = time.monotonic()
     try:
-        response = requests.post(url + "/predict", files={"image": (f"{index}.png", image)},
-                                 headers={"X-Request-ID": outcome.client_id}, timeout=timeout)
+        response = requests.post(
+            url + "/predict",
+            files={"image": (f"{index}.png", image)},
+            headers={"X-Request-ID": outcome.client_id},
+            timeout=timeout,
+        )
         outcome.status = response.status_code
         outcome.headers = response.headers  # case-insensitive: waitress writes X-Request-Id
         outcome.body = orjson.loads(response.content)
@@ -185,9 +237,11 @@ def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Out
     return outcome
 
 
-def fire(url: str, indexes, concurrency: int, timeout: float = 30, tag: str = "t",
-         progress: list | None = None) -> list[Outcome]:
+def fire(
+    url: str, indexes, concurrency: int, timeout: float = 30, tag: str = "t", progress: list | None = None
+) -> list[Outcome]:
     """POST each image from ``concurrency`` clients at once; ``progress`` collects outcomes as they land."""
+
     def one(index: int) -> Outcome:
         outcome = post_image(url, index, timeout, tag)
         if progress is not None:
@@ -209,9 +263,11 @@ class Tally:
     mixed_up: int  # 200 carrying another request's answer, or another client's request id
 
     def __str__(self) -> str:
-        return (f"sent={self.sent} answered={self.answered} timed_out={self.timed_out} "
-                f"refused={self.refused} lost={self.lost} duplicated={self.duplicated} "
-                f"mixed_up={self.mixed_up}")
+        return (
+            f"sent={self.sent} answered={self.answered} timed_out={self.timed_out} "
+            f"refused={self.refused} lost={self.lost} duplicated={self.duplicated} "
+            f"mixed_up={self.mixed_up}"
+        )
 
 
 def tally(outcomes: list[Outcome]) -> Tally:
@@ -228,8 +284,11 @@ def tally(outcomes: list[Outcome]) -> Tally:
             mixed += 1
         elif outcome.status == 504 and outcome.body.get("success") is False:
             timed_out += 1
-        elif (outcome.status == 503 and outcome.body.get("success") is False
-              and outcome.headers.get("Retry-After")):
+        elif (
+            outcome.status == 503
+            and outcome.body.get("success") is False
+            and outcome.headers.get("Retry-After")
+        ):
             refused += 1
         else:
             lost += 1

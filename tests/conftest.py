@@ -55,13 +55,25 @@ def serve(redis_server, colour_model, tmp_path_factory):
     started: list[LiveServer] = []
     log_dir = tmp_path_factory.mktemp("servers")
 
-    def start(*flags: str, model: bool = True, queue: str | None = None, env: dict | None = None,
-              ready_path: str | None = "/readyz") -> LiveServer:
+    def start(
+        *flags: str,
+        model: bool = True,
+        queue: str | None = None,
+        env: dict | None = None,
+        ready_path: str | None = "/readyz",
+    ) -> LiveServer:
         queue = queue or f"q{next(_queue_numbers)}"
-        args = ["--redis-url", redis_server.url, "--queue-name", queue,
-                *(colour_model_args(colour_model) if model else ()), *flags]
-        server = LiveServer(*args, env=env, ready_path=ready_path,
-                            log_path=log_dir / f"server-{len(started) + 1}-{queue}.log")
+        args = [
+            "--redis-url",
+            redis_server.url,
+            "--queue-name",
+            queue,
+            *(colour_model_args(colour_model) if model else ()),
+            *flags,
+        ]
+        server = LiveServer(
+            *args, env=env, ready_path=ready_path, log_path=log_dir / f"server-{len(started) + 1}-{queue}.log"
+        )
         started.append(server)
         return server.start()
 

@@ -52,7 +52,8 @@ def build_colour_model(directory: Path, slow: bool = False) -> tuple[Path, Path]
         for i in range(3):
             busy = keras.layers.Conv2D(192, 3, padding="same", activation="relu", name=f"busy{i}")(busy)
         busy = keras.layers.Dense(3, kernel_initializer="zeros", use_bias=False, name="busy_out")(
-            keras.layers.GlobalAveragePooling2D()(busy))
+            keras.layers.GlobalAveragePooling2D()(busy)
+        )
         logits = keras.layers.Add()([logits, busy])
     model = keras.Model(inputs, keras.layers.Softmax()(logits))
     model.get_layer("colour").set_weights([np.eye(3, dtype=np.float32) * 20])
@@ -73,8 +74,9 @@ def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
 def leftover_keys(client, queue_name: str) -> list[str]:
     """Keys of a queue other than live worker heartbeats and the metrics hash: none after a run."""
     keys = [key.decode() for key in client.scan_iter(match=f"{queue_name}*")]
-    return sorted(key for key in keys
-                  if not key.startswith(f"{queue_name}:worker:") and key != f"{queue_name}:stats")
+    return sorted(
+        key for key in keys if not key.startswith(f"{queue_name}:worker:") and key != f"{queue_name}:stats"
+    )
 
 
 def make_settings(**overrides) -> Settings:
@@ -85,12 +87,24 @@ def make_settings(**overrides) -> Settings:
 class LiveServer(ServerProcess):
     """`python run_keras_server.py --port <free port> ...` in a child process."""
 
-    def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None,
-                 ready_path: str | None = "/readyz", ready_timeout: float = 120.0):
+    def __init__(
+        self,
+        *args: str,
+        env: dict | None = None,
+        log_path: Path | None = None,
+        ready_path: str | None = "/readyz",
+        ready_timeout: float = 120.0,
+    ):
         port = free_port()
-        super().__init__([sys.executable, str(ROOT / "run_keras_server.py"), "--port", str(port), *args],
-                         port, ready_path=ready_path, ready_timeout=ready_timeout, env=env,
-                         log_path=log_path, name="run_keras_server")
+        super().__init__(
+            [sys.executable, str(ROOT / "run_keras_server.py"), "--port", str(port), *args],
+            port,
+            ready_path=ready_path,
+            ready_timeout=ready_timeout,
+            env=env,
+            log_path=log_path,
+            name="run_keras_server",
+        )
         self.queue_name = args[args.index("--queue-name") + 1] if "--queue-name" in args else "image_queue"
 
     def predict(self, data: bytes, name: str = "image.png", **kwargs) -> requests.Response:

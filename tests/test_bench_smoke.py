@@ -18,8 +18,18 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
     image = tmp_path / "photo.jpg"
     image.write_bytes(colour_image("red", size=(300, 200), fmt="JPEG"))
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "bench", "--quick", "--model", "null", "--image", str(image),
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--model",
+        "null",
+        "--image",
+        str(image),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]

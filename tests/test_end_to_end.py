@@ -13,8 +13,16 @@ from .support import COLOURS, ROOT, colour_image, leftover_keys
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
-FORMATS = [("PNG", "RGB"), ("JPEG", "RGB"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("PNG", "RGBA"),
-           ("TIFF", "CMYK"), ("JPEG", "CMYK")]
+FORMATS = [
+    ("PNG", "RGB"),
+    ("JPEG", "RGB"),
+    ("GIF", "P"),
+    ("WEBP", "RGB"),
+    ("BMP", "RGB"),
+    ("PNG", "RGBA"),
+    ("TIFF", "CMYK"),
+    ("JPEG", "CMYK"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +49,11 @@ def test_concurrent_clients_each_get_their_own_answer(server, redis_server):
         results = list(pool.map(send, cases))
 
     assert [status for _, status, _ in results] == [200] * len(cases)
-    wrong = [(colour, body["predictions"][0]) for colour, _, body in results
-             if body["predictions"][0]["label"] != colour]
+    wrong = [
+        (colour, body["predictions"][0])
+        for colour, _, body in results
+        if body["predictions"][0]["label"] != colour
+    ]
     assert wrong == []
     request_ids = {body["request_id"] for _, _, body in results}
     assert len(request_ids) == len(cases)  # none duplicated
@@ -71,8 +82,12 @@ def test_bad_input_through_the_real_server(server):
 def test_simple_request_prints_ranked_labels(server, tmp_path):
     image = tmp_path / "green.png"
     image.write_bytes(colour_image("green"))
-    out = subprocess.run([sys.executable, str(ROOT / "simple_request.py"), str(image),
-                          "--url", server.url + "/predict"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "simple_request.py"), str(image), "--url", server.url + "/predict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "model: colour" and lines[1].startswith("1. green: ")
@@ -82,6 +97,10 @@ def test_simple_request_prints_ranked_labels(server, tmp_path):
 def test_simple_request_reports_server_errors(server, tmp_path):
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    out = subprocess.run([sys.executable, str(ROOT / "simple_request.py"), str(text),
-                          "--url", server.url + "/predict"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "simple_request.py"), str(text), "--url", server.url + "/predict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "error (400)" in out.stderr and "not an image" in out.stderr

@@ -23,22 +23,42 @@ IN_FLIGHT = 6
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_web_server_answers_requests_in_flight_after_a_stop_signal(stop_signal, redis_server, colour_model,
-                                                                   tmp_path):
+def test_web_server_answers_requests_in_flight_after_a_stop_signal(
+    stop_signal, redis_server, colour_model, tmp_path
+):
     client = redis.Redis.from_url(redis_server.url)
     client.delete(*client.keys(f"{QUEUE}*") or ["-"])
-    worker = LiveServer("--role", "worker", "--redis-url", redis_server.url, "--queue-name", QUEUE,
-                        *colour_model_args(colour_model), log_path=tmp_path / "worker.log", ready_path=None)
+    worker = LiveServer(
+        "--role",
+        "worker",
+        "--redis-url",
+        redis_server.url,
+        "--queue-name",
+        QUEUE,
+        *colour_model_args(colour_model),
+        log_path=tmp_path / "worker.log",
+        ready_path=None,
+    )
     worker.start()
-    web = LiveServer("--role", "web", "--redis-url", redis_server.url, "--queue-name", QUEUE,
-                     "--client-timeout", "30", log_path=tmp_path / "web.log")
+    web = LiveServer(
+        "--role",
+        "web",
+        "--redis-url",
+        redis_server.url,
+        "--queue-name",
+        QUEUE,
+        "--client-timeout",
+        "30",
+        log_path=tmp_path / "web.log",
+    )
     try:
         web.start()  # ready: the worker has loaded its model and sent a heartbeat
         os.kill(worker.pid, signal.SIGSTOP)  # requests now wait in Redis for the worker
         colours = [list(COLOURS)[i % len(COLOURS)] for i in range(IN_FLIGHT)]
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
-            answers = [pool.submit(web.predict, colour_image(colour, seed=i))
-                       for i, colour in enumerate(colours)]
+            answers = [
+                pool.submit(web.predict, colour_image(colour, seed=i)) for i, colour in enumerate(colours)
+            ]
             wait_until(lambda: len(client.keys(f"{QUEUE}:waiting:*")) == IN_FLIGHT, 20, "requests in flight")
 
             os.kill(web.pid, stop_signal)

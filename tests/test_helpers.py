@@ -66,10 +66,13 @@ def test_exif_orientation_is_applied():
     assert pixels[35, 10, 2] > 200
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty"),
-    (b"this is plain text, not a picture", "not an image"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"this is plain text, not a picture", "not an image"),
+    ],
+)
 def test_unreadable_uploads_are_refused(data, message):
     with pytest.raises(ImageError, match=message):
         prepare_image(data, SIZE, 10_000_000)

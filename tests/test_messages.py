@@ -9,8 +9,14 @@ from serving.messages import BULK, Answer, Heartbeat, MessageError, ModelInfo, R
 
 
 def request(**changes) -> Request:
-    fields = dict(reply_to="r1", index=2, pixels=np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3),
-                  top_k=3, queued_at=100.5, deadline=110.5)
+    fields = dict(
+        reply_to="r1",
+        index=2,
+        pixels=np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3),
+        top_k=3,
+        queued_at=100.5,
+        deadline=110.5,
+    )
     return Request(**{**fields, **changes})
 
 
@@ -24,8 +30,14 @@ def test_request_round_trip_keeps_every_field_and_the_pixels():
     for original in (request(), request(lane=BULK, index=0)):
         parsed = Request.from_bytes(original.to_bytes())
         np.testing.assert_array_equal(parsed.pixels, original.pixels)
-        assert (parsed.reply_to, parsed.index, parsed.top_k, parsed.queued_at, parsed.deadline,
-                parsed.lane) == (original.reply_to, original.index, 3, 100.5, 110.5, original.lane)
+        assert (
+            parsed.reply_to,
+            parsed.index,
+            parsed.top_k,
+            parsed.queued_at,
+            parsed.deadline,
+            parsed.lane,
+        ) == (original.reply_to, original.index, 3, 100.5, 110.5, original.lane)
 
 
 def test_request_pixels_travel_as_raw_bytes():
@@ -39,34 +51,40 @@ def test_non_contiguous_pixels_round_trip():
         np.testing.assert_array_equal(Request.from_bytes(request(pixels=view).to_bytes()).pixels, view)
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"shape": [1e20, 5, 3]}, "height"),
-    ({"shape": [4, 5]}, "shape"),
-    ({"shape": [4, 5, 4]}, "shape"),
-    ({"shape": [-4, 5, 3]}, "height"),
-    ({"shape": [4, 5, 3], "pixels": b"short"}, "bytes"),
-    ({"pixels": "text, not bytes"}, "bytes"),
-    ({"deadline": "soon"}, "deadline"),
-    ({"deadline": float("nan")}, "deadline"),
-    ({"queued_at": None}, "queued_at"),
-    ({"top_k": 0}, "top_k"),
-    ({"top_k": True}, "top_k"),
-])
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"shape": [1e20, 5, 3]}, "height"),
+        ({"shape": [4, 5]}, "shape"),
+        ({"shape": [4, 5, 4]}, "shape"),
+        ({"shape": [-4, 5, 3]}, "height"),
+        ({"shape": [4, 5, 3], "pixels": b"short"}, "bytes"),
+        ({"pixels": "text, not bytes"}, "bytes"),
+        ({"deadline": "soon"}, "deadline"),
+        ({"deadline": float("nan")}, "deadline"),
+        ({"queued_at": None}, "queued_at"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": True}, "top_k"),
+    ],
+)
 def test_a_bad_field_is_refused_with_the_reply_address_so_its_sender_is_answered(changes, reason):
     with pytest.raises(MessageError, match=reason) as caught:
         Request.from_bytes(packed(**changes))
     assert caught.value.reply == ("interactive", "r1", 2)
 
 
-@pytest.mark.parametrize("raw", [
-    b"not msgpack \xc1",
-    msgpack.packb([1, 2, 3]),
-    packed(reply_to=None),
-    packed(reply_to="x" * 1000),
-    packed(index=-1),
-    packed(lane="vip"),
-    orjson.dumps({"id": "old-format"}),
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not msgpack \xc1",
+        msgpack.packb([1, 2, 3]),
+        packed(reply_to=None),
+        packed(reply_to="x" * 1000),
+        packed(index=-1),
+        packed(lane="vip"),
+        orjson.dumps({"id": "old-format"}),
+    ],
+)
 def test_bytes_that_name_no_sender_are_refused_without_a_reply(raw):
     with pytest.raises(MessageError) as caught:
         Request.from_bytes(raw)
@@ -85,10 +103,20 @@ def test_heartbeat_round_trip_and_bad_heartbeats():
     model = ModelInfo("resnet50", (224, 224), 1000, resize="crop", runtime="openvino", precision="bf16")
     beat = Heartbeat(model, host="h", pid=7, batch_size=8)
     assert Heartbeat.from_bytes(beat.to_bytes()) == beat
-    assert model.as_dict() == {"name": "resnet50", "input_size": [224, 224], "classes": 1000,
-                               "resize": "crop", "runtime": "openvino", "precision": "bf16"}
-    for raw in (b"not json", b"[]", b"{}", orjson.dumps({"model": {"name": "m", "input_size": [0, 5],
-                                                                  "classes": 3}}),
-                orjson.dumps({"model": {"name": "m", "input_size": [5, 5], "classes": 3, "resize": "x"}})):
+    assert model.as_dict() == {
+        "name": "resnet50",
+        "input_size": [224, 224],
+        "classes": 1000,
+        "resize": "crop",
+        "runtime": "openvino",
+        "precision": "bf16",
+    }
+    for raw in (
+        b"not json",
+        b"[]",
+        b"{}",
+        orjson.dumps({"model": {"name": "m", "input_size": [0, 5], "classes": 3}}),
+        orjson.dumps({"model": {"name": "m", "input_size": [5, 5], "classes": 3, "resize": "x"}}),
+    ):
         with pytest.raises(MessageError):
             Heartbeat.from_bytes(raw)

@@ -34,8 +34,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     response = requests.get(url + "/metrics", timeout=10)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels) -> float:
@@ -44,9 +47,11 @@ def value(samples: dict, name: str, **labels) -> float:
 
 def scrape_until(url: str, condition) -> dict:
     """Scrape until ``condition(samples)`` holds: workers write their batch stats a moment later."""
+
     def attempt():
         samples = scrape(url)
         return samples if condition(samples) else None
+
     return wait_until(attempt, 15, "the scrape to show the batches")
 
 
@@ -84,15 +89,19 @@ def test_expired_requests_are_counted_as_dropped(server, redis_server):
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), server.queue_name)
     stale = Request("stale-1", 0, np.zeros((32, 32, 3), np.uint8), 3, time.time() - 60, time.time() - 30)
     assert queue.enqueue("stale-1", [stale.to_bytes()], max_length=100, keep_seconds=1)
-    wait_until(lambda: value(scrape(server.url), "inference_dropped_expired_total") == before + 1, 15,
-               "the expired request to be counted")
+    wait_until(
+        lambda: value(scrape(server.url), "inference_dropped_expired_total") == before + 1,
+        15,
+        "the expired request to be counted",
+    )
     queue.redis.delete(queue.keys.waiting("stale-1"))
 
 
 @pytest.mark.slow
 def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server, serve):
-    web = serve("--role", "web", "--max-queue-length", "50", model=False, queue="depthq",
-                ready_path="/healthz")
+    web = serve(
+        "--role", "web", "--max-queue-length", "50", model=False, queue="depthq", ready_path="/healthz"
+    )
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), "depthq")
     try:
         assert value(scrape(web.url), "inference_workers_live") == 0
@@ -104,16 +113,19 @@ def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server
         assert value(samples, "inference_queue_depth") == 3
         assert value(samples, "inference_queue_capacity") == 50
         assert value(samples, "inference_workers_live") == 1
-        assert value(samples, "inference_worker_info", worker="far-away-worker", host="gpu-7",
-                     model="resnet50") == 1
+        assert (
+            value(samples, "inference_worker_info", worker="far-away-worker", host="gpu-7", model="resnet50")
+            == 1
+        )
     finally:
         queue.redis.delete(*queue.redis.keys("depthq*"))
 
 
 @pytest.mark.slow
 def test_metrics_answer_while_redis_is_down(serve):
-    web = serve("--role", "web", "--redis-url", f"redis://127.0.0.1:{free_port()}", model=False,
-                ready_path="/healthz")
+    web = serve(
+        "--role", "web", "--redis-url", f"redis://127.0.0.1:{free_port()}", model=False, ready_path="/healthz"
+    )
     samples = scrape(web.url)
     assert value(samples, "inference_redis_up") == 0
     assert not any(name == "inference_queue_depth" for name, _ in samples)
@@ -127,28 +139,61 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
     port = free_port()
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
-    leave_stale_counts = ("from serving.metrics import HTTP_REQUESTS; "
-                          "HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)")
-    subprocess.run([sys.executable, "-c", leave_stale_counts], cwd=ROOT, check=True,
-                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)})
+    leave_stale_counts = (
+        "from serving.metrics import HTTP_REQUESTS; HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", leave_stale_counts],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)},
+    )
     assert list(multiproc_dir.glob("*.db"))
-    env = {"REDIS_URL": redis_server.url, "QUEUE_NAME": "gunq", "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
-           "PORT": str(port), "WEB_CONCURRENCY": "2", "WEB_THREADS": "8"}
-    web = ServerProcess([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                         "run_keras_server:create_app()"], port, ready_path=None, env=env,
-                        log_path=tmp_path / "web.log", name="gunicorn")
-    worker = ChildProcess([sys.executable, "run_keras_server.py", "--role", "worker", "--model", str(model_path),
-                           "--labels", str(labels_path), "--preprocess", "unit"], env=env,
-                          log_path=tmp_path / "worker.log", name="worker")
+    env = {
+        "REDIS_URL": redis_server.url,
+        "QUEUE_NAME": "gunq",
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "WEB_THREADS": "8",
+    }
+    web = ServerProcess(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"],
+        port,
+        ready_path=None,
+        env=env,
+        log_path=tmp_path / "web.log",
+        name="gunicorn",
+    )
+    worker = ChildProcess(
+        [
+            sys.executable,
+            "run_keras_server.py",
+            "--role",
+            "worker",
+            "--model",
+            str(model_path),
+            "--labels",
+            str(labels_path),
+            "--preprocess",
+            "unit",
+        ],
+        env=env,
+        log_path=tmp_path / "worker.log",
+        name="worker",
+    )
     url = web.url
     with web.start(), worker.start():
-        wait_until(lambda: http_status(url + "/readyz") == 200, 120, "the web server and worker", worker.check_alive)
+        wait_until(
+            lambda: http_status(url + "/readyz") == 200, 120, "the web server and worker", worker.check_alive
+        )
         image = colour_image("green")
 
         def predict(_):
             with requests.Session() as session:  # a new connection each: gunicorn spreads them
-                return session.post(url + "/predict", files={"image": ("g.png", image)},
-                                    timeout=30).status_code
+                return session.post(
+                    url + "/predict", files={"image": ("g.png", image)}, timeout=30
+                ).status_code
 
         with ThreadPoolExecutor(8) as pool:
             assert list(pool.map(predict, range(24))) == [200] * 24
@@ -157,8 +202,12 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
         scrape_until(url, lambda s: value(s, "inference_batch_size_sum") == 24)
         for _ in range(4):  # whichever process answers the scrape
             samples = scrape(url)
-            assert value(samples, "inference_http_requests_total", method="POST", endpoint="/predict",
-                         status="200") == 24
+            assert (
+                value(
+                    samples, "inference_http_requests_total", method="POST", endpoint="/predict", status="200"
+                )
+                == 24
+            )
             assert value(samples, "inference_batch_size_sum") == 24
     redis.Redis.from_url(redis_server.url).delete("gunq:stats")
 
@@ -174,24 +223,37 @@ def test_batch_stats_survive_a_redis_outage(redis_server):
     stats.flush()
     written = stats.redis.hgetall("outageq:stats")
     stats.redis.delete("outageq:stats")
-    assert {key.decode(): float(amount) for key, amount in written.items()} == pytest.approx({
-        "batch_size:4": 1, "batch_size:8": 1, "batch_size_sum": 8, "dropped_expired": 1,
-        "model_seconds:0.025": 1, "model_seconds:0.25": 1, "model_seconds_sum": 0.22})
+    assert {key.decode(): float(amount) for key, amount in written.items()} == pytest.approx(
+        {
+            "batch_size:4": 1,
+            "batch_size:8": 1,
+            "batch_size_sum": 8,
+            "dropped_expired": 1,
+            "model_seconds:0.025": 1,
+            "model_seconds:0.25": 1,
+            "model_seconds_sum": 0.22,
+        }
+    )
 
 
 def _log_fields(line: str) -> dict[str, str]:
     """Parse one key=value log line; quoted values are JSON strings."""
     message = line.split(": request ", 1)[1]
-    return {key: json.loads(raw) if raw.startswith('"') else raw
-            for key, raw in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', message)}
+    return {
+        key: json.loads(raw) if raw.startswith('"') else raw
+        for key, raw in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', message)
+    }
 
 
 @pytest.mark.slow
 def test_one_parseable_log_line_per_request(server):
     response = server.predict(colour_image("blue"), headers={"X-Request-ID": 'order 17 "rush"'})
     body = response.json()
-    lines = wait_until(lambda: [line for line in server.log().splitlines() if f"id={body['request_id']}" in line],
-                       10, "the request's log line")
+    lines = wait_until(
+        lambda: [line for line in server.log().splitlines() if f"id={body['request_id']}" in line],
+        10,
+        "the request's log line",
+    )
     assert len(lines) == 1
     fields = _log_fields(lines[0])
     assert fields["method"] == "POST" and fields["path"] == "/predict" and fields["status"] == "200"
@@ -211,16 +273,19 @@ def test_log_level_flag_controls_the_request_line(serve, level, logged):
 
 
 def test_gunicorn_conf_makes_a_private_metrics_directory_when_none_is_named():
-    probe = "\n".join([
-        "import os, pathlib, runpy",
-        "conf = runpy.run_path('gunicorn.conf.py')",
-        "directory = conf['METRICS_DIR']",
-        "print(directory == pathlib.Path(os.environ['PROMETHEUS_MULTIPROC_DIR']), directory.is_dir())",
-        "conf['on_exit'](None)",
-        "print(directory.exists())",
-    ])
+    probe = "\n".join(
+        [
+            "import os, pathlib, runpy",
+            "conf = runpy.run_path('gunicorn.conf.py')",
+            "directory = conf['METRICS_DIR']",
+            "print(directory == pathlib.Path(os.environ['PROMETHEUS_MULTIPROC_DIR']), directory.is_dir())",
+            "conf['on_exit'](None)",
+            "print(directory.exists())",
+        ]
+    )
     env = {key: val for key, val in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "False"]  # set for the app, made, removed on exit

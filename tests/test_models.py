@@ -16,11 +16,14 @@ def test_imagenet_labels_ship_with_the_repository():
     assert (labels[191], labels[812], labels[985]) == ("Airedale", "space shuttle", "daisy")
 
 
-@pytest.mark.parametrize("content", [
-    json.dumps(["cat", "dog", "fox"]),
-    json.dumps({"dog": 1, "cat": 0, "fox": 2}),  # Keras's class_indices
-    json.dumps({"1": "dog", "0": "cat", "2": "fox"}),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps(["cat", "dog", "fox"]),
+        json.dumps({"dog": 1, "cat": 0, "fox": 2}),  # Keras's class_indices
+        json.dumps({"1": "dog", "0": "cat", "2": "fox"}),
+    ],
+)
 def test_json_labels(tmp_path, content):
     path = tmp_path / "labels.json"
     path.write_text(content)
@@ -42,14 +45,21 @@ def test_labels_with_gaps_are_refused(tmp_path):
 
 def test_auto_tries_resnet50_then_the_bundled_model_unless_its_weights_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert [choice.model for choice in choose_models("auto", "imagenet")] == ["resnet50", "efficientnet_lite0"]
+    assert [choice.model for choice in choose_models("auto", "imagenet")] == [
+        "resnet50",
+        "efficientnet_lite0",
+    ]
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / WEIGHTS_FILE).write_bytes(b"stands in for the cached weights")
-    assert choose_models("auto", "imagenet") == [Choice("resnet50", "its ImageNet weights are in the Keras cache")]
+    assert choose_models("auto", "imagenet") == [
+        Choice("resnet50", "its ImageNet weights are in the Keras cache")
+    ]
 
 
 def test_explicit_models_are_taken_as_given():
-    assert choose_models("efficientnet_lite0", "imagenet") == [Choice("efficientnet_lite0", "chosen with --model")]
+    assert choose_models("efficientnet_lite0", "imagenet") == [
+        Choice("efficientnet_lite0", "chosen with --model")
+    ]
     assert [choice.model for choice in choose_models("auto", "none")] == ["resnet50"]
 
 

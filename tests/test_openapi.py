@@ -32,8 +32,17 @@ def server(serve):
 
 def _web_only(serve, queue_name: str):
     """A web server whose queue has no real model worker behind it."""
-    return serve("--role", "web", "--client-timeout", "1", "--max-upload-bytes", str(UPLOAD_LIMIT),
-                 model=False, queue=queue_name, ready_path="/healthz")
+    return serve(
+        "--role",
+        "web",
+        "--client-timeout",
+        "1",
+        "--max-upload-bytes",
+        str(UPLOAD_LIMIT),
+        model=False,
+        queue=queue_name,
+        ready_path="/healthz",
+    )
 
 
 def _check_against_spec(server, path: str, method: str, response: requests.Response) -> None:
@@ -51,10 +60,24 @@ def _check_against_spec(server, path: str, method: str, response: requests.Respo
 def test_schemathesis_finds_no_response_outside_the_spec(server, tmp_path):
     # positive_data_acceptance is left out: the spec cannot say "the bytes must be a real image",
     # so random bytes in a schema-valid request are rightly answered 400.
-    command = [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
-               "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-               "--max-examples", str(FUZZ_EXAMPLES), "--continue-on-failure",
-               "--request-timeout", "20", "--generation-database", ":memory:"]
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        server.url + "/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        str(FUZZ_EXAMPLES),
+        "--continue-on-failure",
+        "--request-timeout",
+        "20",
+        "--generation-database",
+        ":memory:",
+    ]
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "No issues found" in run.stdout

@@ -23,11 +23,24 @@ def test_resnet50_random_weights_end_to_end(tmp_path):
 
     image.write_bytes(colour_image("red", size=(300, 200)))
     log = tmp_path / "server.log"
-    server = LiveServer("--model", "resnet50", "--weights", "none", "--batch-size", "4",
-                        env={"REDIS_URL": ""}, log_path=log, ready_timeout=180).start()
+    server = LiveServer(
+        "--model",
+        "resnet50",
+        "--weights",
+        "none",
+        "--batch-size",
+        "4",
+        env={"REDIS_URL": ""},
+        log_path=log,
+        ready_timeout=180,
+    ).start()
     try:
-        out = subprocess.run([sys.executable, str(ROOT / "simple_request.py"), str(image),
-                              "--url", server.url + "/predict"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "simple_request.py"), str(image), "--url", server.url + "/predict"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.stop()
     assert out.returncode == 0, out.stderr
@@ -42,15 +55,22 @@ def test_resnet50_random_weights_end_to_end(tmp_path):
 @needs_photos
 def test_offline_default_serves_the_bundled_model_and_gets_real_photos_right(tmp_path, redis_server):
     log = tmp_path / "server.log"
-    server = LiveServer("--redis-url", redis_server.url, "--queue-name", "photos",
-                        env={"KERAS_HOME": str(tmp_path / "empty-keras-cache"), "MODEL": "", **OFFLINE},
-                        log_path=log, ready_timeout=180).start()
+    server = LiveServer(
+        "--redis-url",
+        redis_server.url,
+        "--queue-name",
+        "photos",
+        env={"KERAS_HOME": str(tmp_path / "empty-keras-cache"), "MODEL": "", **OFFLINE},
+        log_path=log,
+        ready_timeout=180,
+    ).start()
     try:
         top = {}
         for photo in ("shuttle.jpg", "flower.jpg", "airdale.jpg"):
             with open(TESTDATA / photo, "rb") as handle:
-                response = requests.post(server.url + "/predict", files={"image": (photo, handle)},
-                                         timeout=60)
+                response = requests.post(
+                    server.url + "/predict", files={"image": (photo, handle)}, timeout=60
+                )
             assert response.status_code == 200, response.text
             assert response.json()["model"]["name"] == "efficientnet_lite0"
             top[photo] = [p["label"] for p in response.json()["predictions"]]
@@ -63,10 +83,21 @@ def test_offline_default_serves_the_bundled_model_and_gets_real_photos_right(tmp
 
 
 def test_explicit_resnet50_fails_fast_offline(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "run_keras_server.py"), "--role", "worker",
-                          "--model", "resnet50", "--redis-url", "redis://127.0.0.1:9/0"],
-                         env={**OFFLINE, "KERAS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
-                              "TF_CPP_MIN_LOG_LEVEL": "2"},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_keras_server.py"),
+            "--role",
+            "worker",
+            "--model",
+            "resnet50",
+            "--redis-url",
+            "redis://127.0.0.1:9/0",
+        ],
+        env={**OFFLINE, "KERAS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1
     assert "use --model efficientnet_lite0 (bundled, offline)" in out.stderr

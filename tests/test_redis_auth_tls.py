@@ -25,8 +25,12 @@ def tls_capable_redis_server() -> str | None:
     for binary in (shutil.which("redis-server"), "/usr/bin/redis-server", redis_server_binary()):
         if not binary or not Path(binary).exists():
             continue
-        probe = subprocess.run([binary, "--port", "0", "--tls-port", "0"],  # listens nowhere: exits
-                               capture_output=True, text=True, timeout=10)
+        probe = subprocess.run(
+            [binary, "--port", "0", "--tls-port", "0"],  # listens nowhere: exits
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if "Bad directive" not in probe.stdout + probe.stderr:
             return binary
     return None
@@ -35,16 +39,48 @@ def tls_capable_redis_server() -> str | None:
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, which the client trusts as its CA."""
     cert, key = directory / "redis.crt", directory / "redis.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 class RedisProcess(ChildProcess):
     def __init__(self, binary: str, *args: str):
-        super().__init__([binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--requirepass", PASSWORD, *args], name="redis-server")
+        super().__init__(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                PASSWORD,
+                *args,
+            ],
+            name="redis-server",
+        )
         self.start()
 
     def wait_until_answering(self, client: redis.Redis) -> None:
@@ -59,8 +95,16 @@ class RedisProcess(ChildProcess):
 
 def serve_and_classify(redis_url: str, colour_model, log_path: Path) -> dict:
     model, labels = colour_model
-    server = LiveServer("--model", str(model), "--labels", str(labels), "--preprocess", "none",
-                        env={"REDIS_URL": redis_url}, log_path=log_path).start()
+    server = LiveServer(
+        "--model",
+        str(model),
+        "--labels",
+        str(labels),
+        "--preprocess",
+        "none",
+        env={"REDIS_URL": redis_url},
+        log_path=log_path,
+    ).start()
     try:
         response = server.predict(colour_image("green"))
         scrape = requests.get(server.url + "/metrics", timeout=10).text
@@ -79,8 +123,9 @@ def test_password_protected_redis(tmp_path, colour_model):
         server.wait_until_answering(redis.Redis(host="127.0.0.1", port=port, password=PASSWORD))
         with pytest.raises(redis.AuthenticationError):  # the password is really required
             redis.Redis(port=port).ping()
-        answer = serve_and_classify(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", colour_model,
-                                    tmp_path / "server.log")
+        answer = serve_and_classify(
+            f"redis://:{PASSWORD}@127.0.0.1:{port}/0", colour_model, tmp_path / "server.log"
+        )
     finally:
         server.stop()
     assert answer["predictions"][0]["label"] == "green"
@@ -94,17 +139,33 @@ def test_tls_redis_with_password(tmp_path, colour_model):
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = make_certificate(tmp_path)
     port = free_port()
-    server = RedisProcess(binary, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-                          "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-                          "--tls-auth-clients", "no")
+    server = RedisProcess(
+        binary,
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(cert),
+        "--tls-auth-clients",
+        "no",
+    )
     try:
-        tls_client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD,
-                                 ssl=True, ssl_ca_certs=str(cert))
+        tls_client = redis.Redis(
+            host="127.0.0.1", port=port, password=PASSWORD, ssl=True, ssl_ca_certs=str(cert)
+        )
         server.wait_until_answering(tls_client)
         with pytest.raises(redis.ConnectionError):  # plain TCP is refused: TLS is really on
             redis.Redis(host="127.0.0.1", port=port, password=PASSWORD, socket_timeout=2).ping()
-        answer = serve_and_classify(f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={cert}",
-                                    colour_model, tmp_path / "server.log")
+        answer = serve_and_classify(
+            f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={cert}",
+            colour_model,
+            tmp_path / "server.log",
+        )
     finally:
         server.stop()
     assert answer["predictions"][0]["label"] == "green"

@@ -70,8 +70,16 @@ class Cluster:
 
     def worker(self, name: str, *extra: str, slow: bool = False) -> Worker:
         """A worker process; ``slow`` ones spend long enough on each batch to be caught mid-batch."""
-        worker = Worker(name, self.redis_url, QUEUE, self.slow_model if slow else self.model, self.log_dir,
-                        "--heartbeat-ttl", HEARTBEAT_TTL, *extra)
+        worker = Worker(
+            name,
+            self.redis_url,
+            QUEUE,
+            self.slow_model if slow else self.model,
+            self.log_dir,
+            "--heartbeat-ttl",
+            HEARTBEAT_TTL,
+            *extra,
+        )
         self.workers.append(worker)
         return worker
 
@@ -113,8 +121,11 @@ def assert_no_leftovers(cluster: Cluster) -> None:
     """Once every worker has stopped (signed off or expired), the queue leaves no key at all."""
     client = cluster.client()
     assert leftover_keys(client, QUEUE) == []
-    wait_until(lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")), 10,
-               "dead workers' heartbeats to expire")
+    wait_until(
+        lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")),
+        10,
+        "dead workers' heartbeats to expire",
+    )
 
 
 def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
@@ -182,8 +193,9 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
     requeued and answered by another. When it wakes it computes the batch again: that second
     result must reach no client and leave no key behind."""
     survivor = fresh.worker("survivor", "--batch-size", "16", "--batch-wait-ms", "500")
-    sleeper = fresh.worker("sleeper", "--batch-size", "16", "--batch-wait-ms", "2000", "--log-level", "DEBUG",
-                           slow=True)
+    sleeper = fresh.worker(
+        "sleeper", "--batch-size", "16", "--batch-wait-ms", "2000", "--log-level", "DEBUG", slow=True
+    )
     start_workers(survivor, sleeper)
 
     progress: list = []
@@ -192,8 +204,11 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
         wait_until(lambda: len(held_request_ids(fresh, sleeper)) >= 4, 30, "the sleeper to take a batch")
         sleeper.signal(signal.SIGSTOP)
         held = held_request_ids(fresh, sleeper)
-        wait_until(lambda: held <= {o.body.get("request_id") for o in list(progress)}, 30,
-                   "the frozen worker's requests to be answered by the survivor")
+        wait_until(
+            lambda: held <= {o.body.get("request_id") for o in list(progress)},
+            30,
+            "the frozen worker's requests to be answered by the survivor",
+        )
         batches_before = len(BATCH_LINE.findall(sleeper.log()))
         sleeper.signal(signal.SIGCONT)  # wakes while the load goes on, its batch long since answered
         sleeper.signal(signal.SIGTERM)  # it finishes (and tries to answer) the batch it held, then exits
@@ -233,10 +248,15 @@ def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(
     successor = fresh.worker("successor", "--log-level", "DEBUG")
     start_workers(successor)
     client = fresh.client()
-    wait_until(lambda: not list(client.scan_iter(match=f"{QUEUE}:processing:*")) and not client.llen(QUEUE),
-               20, "the dead worker's messages to be requeued and taken")
-    print(f"\nexpired in a dead worker's hands ({len(held)} held): {counts}; recomputed: "
-          f"{len(BATCH_LINE.findall(successor.log()))} batches")
+    wait_until(
+        lambda: not list(client.scan_iter(match=f"{QUEUE}:processing:*")) and not client.llen(QUEUE),
+        20,
+        "the dead worker's messages to be requeued and taken",
+    )
+    print(
+        f"\nexpired in a dead worker's hands ({len(held)} held): {counts}; recomputed: "
+        f"{len(BATCH_LINE.findall(successor.log()))} batches"
+    )
     assert f"returned {len(held)} messages of dead workers" in successor.log()
     assert not BATCH_LINE.findall(successor.log())
     fresh.stop_workers()
@@ -252,8 +272,11 @@ def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(fire, web.url, range(6), 6, 30, "drain")
             client = fresh.client()
-            wait_until(lambda: len(list(client.scan_iter(match=f"{QUEUE}:waiting:*"))) == 6, 20,
-                       "all six requests to be queued")
+            wait_until(
+                lambda: len(list(client.scan_iter(match=f"{QUEUE}:waiting:*"))) == 6,
+                20,
+                "all six requests to be queued",
+            )
             wait_until(lambda: held_request_ids(fresh, worker), 20, "the worker to take a batch")
             worker.signal(signal.SIGTERM)
             web.signal(signal.SIGTERM)
@@ -289,8 +312,10 @@ def test_web_server_stopped_behind_nginx_under_load_fails_no_request(fresh):
         nginx.stop()
         leaving.stop()
     counts = tally(outcomes)
-    print(f"\nweb server stopped behind nginx under load: {counts}; "
-          f"nginx upstreams used: {sorted(nginx.upstreams_used().values())}")
+    print(
+        f"\nweb server stopped behind nginx under load: {counts}; "
+        f"nginx upstreams used: {sorted(nginx.upstreams_used().values())}"
+    )
     assert counts.answered == counts.sent, [o for o in outcomes if o.status != 200][:3]
     fresh.stop_workers()
     assert_no_leftovers(fresh)
@@ -299,8 +324,15 @@ def test_web_server_stopped_behind_nginx_under_load_fails_no_request(fresh):
 def test_redis_outage_gives_fast_503s_and_service_resumes(fresh):
     start_workers(fresh.worker("steady", "--batch-wait-ms", "300"))  # requests wait while Redis stops
     # `python run_keras_server.py --role web` (waitress) beside the gunicorn web servers.
-    role_web = LiveServer("--role", "web", "--redis-url", fresh.redis_url, "--queue-name", QUEUE,
-                          log_path=fresh.log_dir / "role-web.log").start()
+    role_web = LiveServer(
+        "--role",
+        "web",
+        "--redis-url",
+        fresh.redis_url,
+        "--queue-name",
+        QUEUE,
+        log_path=fresh.log_dir / "role-web.log",
+    ).start()
     try:
         check_outage_and_recovery(fresh, [fresh.entry, role_web.url])
     finally:
@@ -316,8 +348,11 @@ def check_outage_and_recovery(fresh: Cluster, entries: list[str]) -> None:
     try:
         with ThreadPoolExecutor(len(entries)) as pool:
             loads = [pool.submit(fire, url, range(20, 140), 8, 10, "outage", progress) for url in entries]
-            wait_until(lambda: len(progress) >= 20 and len(list(client.scan_iter(match=f"{QUEUE}:waiting:*")))
-                       >= 4, 20, "some answers, and requests waiting on theirs")
+            wait_until(
+                lambda: len(progress) >= 20 and len(list(client.scan_iter(match=f"{QUEUE}:waiting:*"))) >= 4,
+                20,
+                "some answers, and requests waiting on theirs",
+            )
             fresh.redis_server.stop()
             during = [o for load in loads for o in load.result()]
         counts = tally(during)
@@ -331,8 +366,11 @@ def check_outage_and_recovery(fresh: Cluster, entries: list[str]) -> None:
         fresh.restart_redis()
 
     # The same processes serve again once Redis is back on its port; no restart.
-    wait_until(lambda: requests.get(fresh.entry + "/readyz", timeout=5).status_code == 200, 20,
-               "the worker's heartbeat to reach the new Redis")
+    wait_until(
+        lambda: requests.get(fresh.entry + "/readyz", timeout=5).status_code == 200,
+        20,
+        "the worker's heartbeat to reach the new Redis",
+    )
     after = [o for url in entries for o in fire(url, range(80, 140), 8)]
     counts = tally(after)
     print(f"after Redis came back: {counts}")

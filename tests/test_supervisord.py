@@ -23,10 +23,13 @@ from serving.redis_server import redis_server_binary
 from .cluster import ChildProcess, http_ok, post_image, tally, tinted, wait_until
 from .support import ROOT, free_port
 
-SUPERVISORD = shutil.which("supervisord", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                                 os.environ["PATH"]]))
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(SUPERVISORD is None,
-                                                   reason="supervisor is not installed (requirements-dev.txt)")]
+SUPERVISORD = shutil.which(
+    "supervisord", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(SUPERVISORD is None, reason="supervisor is not installed (requirements-dev.txt)"),
+]
 
 
 def free_port_pair() -> int:
@@ -76,17 +79,26 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
     redis_port, web_base = free_port(), free_port_pair()
     config = render_config(tmp_path, redis_port, web_base)
     tool_dirs = [str(Path(redis_server_binary()).parent), str(Path(sys.executable).parent)]
-    env = {"PATH": os.pathsep.join([*tool_dirs, os.environ["PATH"]]),
-           "MODEL": str(colour_model[0]), "LABELS": str(colour_model[1]), "PREPROCESS": "unit",
-           "TOP_K": "3", "TF_THREADS": "1", "HEARTBEAT_TTL": "1", "WEB_THREADS": "8"}
+    env = {
+        "PATH": os.pathsep.join([*tool_dirs, os.environ["PATH"]]),
+        "MODEL": str(colour_model[0]),
+        "LABELS": str(colour_model[1]),
+        "PREPROCESS": "unit",
+        "TOP_K": "3",
+        "TF_THREADS": "1",
+        "HEARTBEAT_TTL": "1",
+        "WEB_THREADS": "8",
+    }
     webs = [f"http://127.0.0.1:{web_base}{i}" for i in (1, 2)]
     queue = RedisQueue(redis.Redis.from_url(f"redis://127.0.0.1:{redis_port}/0"), "image_queue")
-    supervisor = ChildProcess([SUPERVISORD, "-c", str(config)], name="supervisord", env=env,
-                              log_path=tmp_path / "supervisord.log").start()
+    supervisor = ChildProcess(
+        [SUPERVISORD, "-c", str(config)], name="supervisord", env=env, log_path=tmp_path / "supervisord.log"
+    ).start()
     try:
         for web in webs:
-            wait_until(lambda web=web: http_ok(web + "/readyz"), 120, f"{web} to be ready",
-                       supervisor.check_alive)
+            wait_until(
+                lambda web=web: http_ok(web + "/readyz"), 120, f"{web} to be ready", supervisor.check_alive
+            )
         assert tally([post_image(web, i) for i, web in enumerate(webs)]).answered == 2
 
         # kill -9 the worker: supervisord starts a new one, which serves.
@@ -125,8 +137,12 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
 def _listener_pid(directory: Path, number: int) -> int | None:
     """The gunicorn master pid of web-<number>, from supervisorctl."""
     ctl = Path(SUPERVISORD).with_name("supervisorctl")
-    result = subprocess.run([str(ctl), "-c", str(directory / "supervisord.conf"), "pid",
-                             f"web:web-{number}"], capture_output=True, text=True, timeout=10)
+    result = subprocess.run(
+        [str(ctl), "-c", str(directory / "supervisord.conf"), "pid", f"web:web-{number}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     text = result.stdout.strip()
     return int(text) if text.isdigit() and text != "0" else None
 

@@ -31,16 +31,27 @@ def server(serve):
 
 def _chromium(profile: Path, javascript: bool = True):
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip("needs Debian packages chromium and chromium-driver "
-                    f"({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
+        pytest.skip(
+            "needs Debian packages chromium and chromium-driver "
+            f"({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=900,640"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=900,640",
+    ):
         options.add_argument(flag)
     if not javascript:
         options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
@@ -72,7 +83,8 @@ def _upload(driver, server, path: Path, wait_for: str):
     driver.find_element(By.ID, "submit").click()
     # Without JavaScript the click loads a new page: elements of the old one go stale meanwhile.
     WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: d.find_element(By.ID, wait_for).is_displayed())
+        lambda d: d.find_element(By.ID, wait_for).is_displayed()
+    )
 
 
 def _shown_predictions(driver) -> list[tuple[str, float, float]]:
@@ -133,7 +145,8 @@ def test_a_too_large_upload_gets_the_limit_in_words(browser, server, tmp_path):
     big.write_bytes(b"\0" * (UPLOAD_LIMIT + 1000))
     _upload(browser, server, big, wait_for="error")
     assert browser.find_element(By.ID, "error").text == (
-        f"The upload is larger than the limit of {UPLOAD_LIMIT} bytes.")
+        f"The upload is larger than the limit of {UPLOAD_LIMIT} bytes."
+    )
 
 
 def test_without_javascript_the_form_still_answers(browser_without_js, server, tmp_path):
@@ -154,6 +167,7 @@ def test_without_javascript_the_form_still_answers(browser_without_js, server, t
 
 
 # The same form post without a browser: runs where Chromium is absent too.
+
 
 def test_form_post_answers_html_and_predict_stays_json(server):
     page = requests.post(server.url + "/", files={"image": ("a.png", colour_image("red"))}, timeout=30)

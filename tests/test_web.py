@@ -21,9 +21,22 @@ STALLED_WORKER = Heartbeat(ModelInfo("colour", (32, 32), 3), host="h", pid=1, ba
 
 
 def _app(redis_url, *flags):
-    settings = load_settings(["--redis-url", redis_url, "--queue-name", Q, "--client-timeout", "0.5",
-                              "--max-upload-bytes", "200000", "--max-image-pixels", "1000000", *flags],
-                             environ={})
+    settings = load_settings(
+        [
+            "--redis-url",
+            redis_url,
+            "--queue-name",
+            Q,
+            "--client-timeout",
+            "0.5",
+            "--max-upload-bytes",
+            "200000",
+            "--max-image-pixels",
+            "1000000",
+            *flags,
+        ],
+        environ={},
+    )
     return create_app(settings)
 
 
@@ -40,8 +53,9 @@ def client(redis_server, stalled):
 
 
 def _post(client, data, name="image.png"):
-    return client.post("/predict", data={"image": (io.BytesIO(data), name)},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/predict", data={"image": (io.BytesIO(data), name)}, content_type="multipart/form-data"
+    )
 
 
 def _png(size):
@@ -56,13 +70,16 @@ def _truncated_jpeg():
     return buffer.getvalue()[:1500]
 
 
-@pytest.mark.parametrize("data, name, message", [
-    (b"", "empty.png", "empty"),
-    (b"GIF89a? not really", "fake.gif", "not an image"),
-    (b"plain text renamed", "notes.jpg", "not an image"),
-    (_truncated_jpeg(), "cut.jpg", "could not be decoded"),
-    (_png((3000, 2000)), "bomb.png", "3000x2000 pixels"),
-])
+@pytest.mark.parametrize(
+    "data, name, message",
+    [
+        (b"", "empty.png", "empty"),
+        (b"GIF89a? not really", "fake.gif", "not an image"),
+        (b"plain text renamed", "notes.jpg", "not an image"),
+        (_truncated_jpeg(), "cut.jpg", "could not be decoded"),
+        (_png((3000, 2000)), "bomb.png", "3000x2000 pixels"),
+    ],
+)
 def test_bad_images_get_400_and_leave_nothing_behind(client, stalled, data, name, message):
     response = _post(client, data, name)
     assert response.status_code == 400
@@ -71,8 +88,9 @@ def test_bad_images_get_400_and_leave_nothing_behind(client, stalled, data, name
 
 
 def test_missing_field_is_400(client):
-    response = client.post("/predict", data={"file": (io.BytesIO(b"x"), "x.png")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/predict", data={"file": (io.BytesIO(b"x"), "x.png")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 400 and "'image'" in response.json["error"]
     assert client.post("/predict").status_code == 400
 
@@ -100,7 +118,9 @@ def test_no_result_before_the_deadline_is_504_and_the_message_is_withdrawn(clien
 
 def test_full_queue_is_503_with_retry_after(redis_server, stalled):
     client = _app(redis_server.url, "--max-queue-length", "2").test_client()
-    queued = [Request(f"queued-{i}", 0, np.zeros((32, 32, 3), np.uint8), 1, 0, 1e12).to_bytes() for i in (1, 2)]
+    queued = [
+        Request(f"queued-{i}", 0, np.zeros((32, 32, 3), np.uint8), 1, 0, 1e12).to_bytes() for i in (1, 2)
+    ]
     stalled.rpush(Q, *queued)
     response = _post(client, colour_image("red"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
@@ -134,9 +154,17 @@ def test_redis_down_is_503_at_once():
 
 def test_web_tier_never_imports_tensorflow():
     """Web hosts need no TensorFlow: only model workers load models."""
-    probe = ("import sys, run_keras_server; run_keras_server.create_app(); "
-             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PATH": "", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    probe = (
+        "import sys, run_keras_server; run_keras_server.create_app(); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

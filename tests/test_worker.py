@@ -79,8 +79,12 @@ def test_each_request_gets_its_own_top_k_within_one_batch(redis_client, redis_se
 def test_one_bad_message_fails_alone(redis_client, redis_server, classifier):
     worker = _worker(redis_server, classifier)
     _send(worker.queue, "good", _pixels("blue"))
-    for request_id, fields in (("huge-shape", {"shape": [1e20, 3, 3]}), ("bad-data", {"pixels": b"!!"}),
-                               ("text-deadline", {"deadline": "soon"}), ("null-deadline", {"deadline": None})):
+    for request_id, fields in (
+        ("huge-shape", {"shape": [1e20, 3, 3]}),
+        ("bad-data", {"pixels": b"!!"}),
+        ("text-deadline", {"deadline": "soon"}),
+        ("null-deadline", {"deadline": None}),
+    ):
         _send(worker.queue, request_id, raw=_bad(reply_to=request_id, **fields))
     _send(worker.queue, "bad-shape", np.zeros((5, 5, 3), np.uint8))
     _send(worker.queue, "garbage", raw=b"not a message at all")
@@ -128,7 +132,8 @@ def test_a_failing_model_answers_every_request_with_an_error(redis_client, redis
 
 
 def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
-        redis_client, redis_server, classifier, monkeypatch):
+    redis_client, redis_server, classifier, monkeypatch
+):
     worker = _worker(redis_server, classifier)
     for i in range(3):
         _send(worker.queue, f"r{i}", _pixels("blue"))
@@ -175,8 +180,9 @@ def test_two_workers_on_one_queue_never_process_the_same_message(redis_client, r
             thread.join()
     for i in range(200):
         assert results[f"r{i}"].body["predictions"][0]["label"] == colours[i % 3]
-    by_worker = {w.worker_id: sum(r.body["batch"]["worker"] == w.worker_id for r in results.values())
-                 for w in workers}
+    by_worker = {
+        w.worker_id: sum(r.body["batch"]["worker"] == w.worker_id for r in results.values()) for w in workers
+    }
     assert sum(by_worker.values()) == 200, by_worker
     assert leftover_keys(redis_client, Q) == []
     assert not redis_client.keys(f"{Q}:worker:*")  # both signed off
@@ -200,8 +206,10 @@ def test_whether_outputs_need_a_softmax_is_decided_once_from_the_model(tmp_path)
     inputs = keras.Input((8, 8, 3))
     flat = keras.layers.Flatten()(inputs)
     (tmp_path / "labels.json").write_text('{"cat": 0, "dog": 1}')
-    for name, outputs, probabilities in (("logits", keras.layers.Dense(2)(flat), False),
-                                         ("softmax", keras.layers.Dense(2, activation="softmax")(flat), True)):
+    for name, outputs, probabilities in (
+        ("logits", keras.layers.Dense(2)(flat), False),
+        ("softmax", keras.layers.Dense(2, activation="softmax")(flat), True),
+    ):
         path = tmp_path / f"{name}.keras"
         keras.Model(inputs, outputs).save(path)
         loaded = load_classifier(str(path), labels=str(tmp_path / "labels.json"), preprocess="tf")

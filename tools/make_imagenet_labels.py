@@ -18,10 +18,7 @@ def main() -> None:
     names = json.loads((SOURCE / "imagenet1k_label_to_names.json").read_text())
     wnid_to_index = json.loads((SOURCE / "imagenet21k_to_1k.json").read_text())
     index_to_wnid = {index: wnid for wnid, index in wnid_to_index.items()}
-    labels = [
-        {"wnid": index_to_wnid[i], "label": names[str(i)].split(",")[0].strip()}
-        for i in range(1000)
-    ]
+    labels = [{"wnid": index_to_wnid[i], "label": names[str(i)].split(",")[0].strip()} for i in range(1000)]
     TARGET.write_text(json.dumps(labels, indent=0) + "\n")
     print(f"wrote {len(labels)} labels to {TARGET}")
 

@@ -13,8 +13,14 @@ from .resnet50 import imagenet_weights_cached, load_resnet50
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Choice", "Classifier", "ModelUnavailable", "choose_models", "configure_tensorflow",
-           "load_classifier"]
+__all__ = [
+    "Choice",
+    "Classifier",
+    "ModelUnavailable",
+    "choose_models",
+    "configure_tensorflow",
+    "load_classifier",
+]
 
 BUILT_IN = ("resnet50", "efficientnet_lite0", "null")
 
@@ -42,17 +48,27 @@ def choose_models(model: str, weights: str) -> list[Choice]:
         return [Choice("resnet50", f"--weights {weights} applies to resnet50")]
     if imagenet_weights_cached():
         return [Choice("resnet50", "its ImageNet weights are in the Keras cache")]
-    return [Choice("resnet50", "its ImageNet weights were downloaded to the Keras cache"),
-            Choice("efficientnet_lite0", "the bundled ImageNet model (offline), because ResNet50's "
-                                         "ImageNet weights are not cached and could not be downloaded")]
+    return [
+        Choice("resnet50", "its ImageNet weights were downloaded to the Keras cache"),
+        Choice(
+            "efficientnet_lite0",
+            "the bundled ImageNet model (offline), because ResNet50's "
+            "ImageNet weights are not cached and could not be downloaded",
+        ),
+    ]
 
 
 def _load_efficientnet_lite0() -> Classifier:
     from .efficientnet_lite0 import build_efficientnet_lite0
     from .keras_classifier import KerasClassifier
 
-    return KerasClassifier(build_efficientnet_lite0(), "efficientnet_lite0", imagenet_labels(),
-                           PREPROCESSORS["none"], wnids=imagenet_wnids())
+    return KerasClassifier(
+        build_efficientnet_lite0(),
+        "efficientnet_lite0",
+        imagenet_labels(),
+        PREPROCESSORS["none"],
+        wnids=imagenet_wnids(),
+    )
 
 
 def _load_custom(path: str, labels_path: str | None, preprocess: str) -> Classifier:
@@ -78,12 +94,12 @@ def _load(model: str, weights: str, labels: str | None, preprocess: str) -> Clas
         return load_resnet50(weights)
     if model.endswith((".keras", ".h5")) or Path(model).exists():
         return _load_custom(model, labels, preprocess)
-    raise ModelUnavailable(
-        f"Unknown model {model!r}: use {', '.join(BUILT_IN)}, or a .keras/.h5 path.")
+    raise ModelUnavailable(f"Unknown model {model!r}: use {', '.join(BUILT_IN)}, or a .keras/.h5 path.")
 
 
-def load_classifier(model: str, weights: str = "imagenet", labels: str | None = None,
-                    preprocess: str = "caffe") -> Classifier:
+def load_classifier(
+    model: str, weights: str = "imagenet", labels: str | None = None, preprocess: str = "caffe"
+) -> Classifier:
     """Load the model to serve, logging one line that says which and why."""
     choices = choose_models(model, weights)
     for position, choice in enumerate(choices, start=1):

@@ -30,8 +30,15 @@ def look_like_probabilities(outputs: np.ndarray) -> bool:
 class Classifier:
     """A loaded model ready to serve. Subclasses implement ``predict``."""
 
-    def __init__(self, name: str, input_size: tuple[int, int], labels: Sequence[str], note: str = "",
-                 wnids: Sequence[str] | None = None, resize: str = "squash"):
+    def __init__(
+        self,
+        name: str,
+        input_size: tuple[int, int],
+        labels: Sequence[str],
+        note: str = "",
+        wnids: Sequence[str] | None = None,
+        resize: str = "squash",
+    ):
         self.name = name
         self.input_size = input_size  # (width, height), as Pillow counts
         self.labels = tuple(labels)
@@ -63,8 +70,11 @@ class Classifier:
         for row, indexes in enumerate(best.tolist()):
             predictions = []
             for index in indexes:
-                prediction = {"label": self.labels[index], "probability": float(probabilities[row, index]),
-                              "class_id": index}
+                prediction = {
+                    "label": self.labels[index],
+                    "probability": float(probabilities[row, index]),
+                    "class_id": index,
+                }
                 if self.wnids:
                     prediction["wnid"] = self.wnids[index]
                 predictions.append(prediction)
@@ -72,17 +82,29 @@ class Classifier:
         return ranked
 
     def info(self) -> ModelInfo:
-        return ModelInfo(name=self.name, input_size=self.input_size, classes=len(self.labels),
-                         resize=self.resize, runtime=self.runtime, precision=self.precision, note=self.note)
+        return ModelInfo(
+            name=self.name,
+            input_size=self.input_size,
+            classes=len(self.labels),
+            resize=self.resize,
+            runtime=self.runtime,
+            precision=self.precision,
+            note=self.note,
+        )
 
 
 class NullClassifier(Classifier):
     """Constant answers with no compute: measures the web + Redis + batching pipeline alone."""
 
-    def __init__(self, labels: Sequence[str], input_size: tuple[int, int] = (224, 224),
-                 wnids: Sequence[str] | None = None):
-        super().__init__("null", input_size, labels, note="null model: constant output, no inference",
-                         wnids=wnids)
+    def __init__(
+        self,
+        labels: Sequence[str],
+        input_size: tuple[int, int] = (224, 224),
+        wnids: Sequence[str] | None = None,
+    ):
+        super().__init__(
+            "null", input_size, labels, note="null model: constant output, no inference", wnids=wnids
+        )
         self.runtime = "none"
         ranks = np.arange(len(self.labels), 0, -1, dtype=np.float32)
         self._row = ranks / ranks.sum()

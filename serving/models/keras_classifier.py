@@ -19,8 +19,16 @@ def ends_in_softmax(model) -> bool:
 
 
 class KerasClassifier(Classifier):
-    def __init__(self, model, name: str, labels: Sequence[str], preprocess: Preprocess, note: str = "",
-                 wnids: Sequence[str] | None = None, resize: str = "squash"):
+    def __init__(
+        self,
+        model,
+        name: str,
+        labels: Sequence[str],
+        preprocess: Preprocess,
+        note: str = "",
+        wnids: Sequence[str] | None = None,
+        resize: str = "squash",
+    ):
         import tensorflow as tf
 
         _, height, width, channels = model.input_shape

@@ -37,5 +37,9 @@ def none(batch: np.ndarray) -> np.ndarray:
 
 
 PREPROCESSORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "caffe": caffe, "tf": tf, "torch": torch, "unit": unit, "none": none,
+    "caffe": caffe,
+    "tf": tf,
+    "torch": torch,
+    "unit": unit,
+    "none": none,
 }
