@@ -6,10 +6,14 @@ Web servers run this before queueing; workers only ever see pixels (serving/mess
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESIZE_MODES = ("crop", "squash")
+CROP_FRACTION = 0.875  # the centre crop keeps 224 of 256: the standard ImageNet evaluation
 
 
 class ImageError(ValueError):
@@ -87,14 +91,37 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image
         raise ImageError(f"Images in mode {image.mode} are not supported ({exc}).") from None
 
 
-def fit_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+def decoded_side(size: tuple[int, int], resize: str) -> int:
+    """The shorter side a decoded image needs for a model of input ``size`` not to be upsampled."""
+    return math.ceil(max(size) / CROP_FRACTION) if resize == "crop" else max(size)
+
+
+def centre_crop_box(source: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The region of ``source`` that "resize the shorter side to size / 0.875, then centre-crop
+    ``size``" keeps, in source pixels: how ImageNet models are evaluated."""
+    width, height = source
+    scale = max(size[0] / CROP_FRACTION / width, size[1] / CROP_FRACTION / height)
+    half_width, half_height = size[0] / scale / 2, size[1] / scale / 2
+    return (
+        width / 2 - half_width,
+        height / 2 - half_height,
+        width / 2 + half_width,
+        height / 2 + half_height,
+    )
+
+
+def fit_image(image: Image.Image, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
     """An RGB image as uint8 pixels of shape (height, width, 3) for a model of input ``size``
-    ((width, height), as Pillow counts)."""
-    if image.size != size:
+    ((width, height), as Pillow counts), bilinear: ``squash`` stretches the whole image to ``size``
+    (how Keras's image_dataset_from_directory trains); ``crop`` keeps the centre, as ImageNet
+    models were evaluated. Either way one resampling pass, with no intermediate image."""
+    if resize == "crop":
+        image = image.resize(size, Image.Resampling.BILINEAR, box=centre_crop_box(image.size, size))
+    elif image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
-def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int, resize: str = "squash") -> np.ndarray:
     """Upload bytes to the uint8 pixels a model of input ``size`` takes."""
-    return fit_image(decode_image(data, max_pixels, min_side=max(size)), size)
+    return fit_image(decode_image(data, max_pixels, min_side=decoded_side(size, resize)), size, resize)

@@ -27,18 +27,31 @@ log = logging.getLogger("run_keras_server")
 
 
 def create_worker(settings: Settings):
-    """Load the model (warmed up: ready means warm) and connect a worker to the queue."""
+    """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the queue."""
+    from pathlib import Path
+
     from serving.metrics import RedisBatchStats
-    from serving.models import configure_tensorflow, load_classifier
+    from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
+    from serving.models.runtimes import default_cache_dir
     from serving.redis_client import open_queue
     from serving.worker import IDLE_TIMEOUT, ModelWorker
 
-    configure_tensorflow(settings.tf_threads)
-    classifier = load_classifier(settings.model, settings.weights, settings.labels, settings.preprocess)
+    configure_tensorflow(settings.model_threads)
+    options = RuntimeOptions(
+        settings.runtime,
+        settings.precision,
+        settings.model_threads,
+        Path(settings.model_cache) if settings.model_cache else default_cache_dir(),
+    )
+    classifier = load_classifier(
+        settings.model, settings.weights, settings.labels, settings.preprocess, settings.resize, options
+    )
     if classifier.note:
         log.warning("%s", classifier.note)
     started = time.perf_counter()
-    classifier.warm_up((1, settings.batch_size))  # before the first heartbeat: ready means warm
+    # Every batch size once, before the first heartbeat: ready means warm (OpenVINO prepares
+    # each new input shape on its first call, TensorFlow traces its graph once).
+    classifier.warm_up(range(1, settings.batch_size + 1))
     log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
     queue = open_queue(
         settings.redis_url or DEFAULT_URL,

@@ -34,76 +34,57 @@ class Option:
         return self.name.upper()
 
 
+# fmt: off
 OPTIONS: tuple[Option, ...] = (
-    Option(
-        "role",
-        str,
-        "all",
-        "what this process runs: web + worker thread, web only, worker only",
-        ("all", "web", "worker"),
-    ),
+    Option("role", str, "all", "what this process runs: web + worker thread, web only, worker only",
+           ("all", "web", "worker")),
     Option("host", str, "127.0.0.1", "address the HTTP server binds to"),
     Option("port", int, 5000, "port the HTTP server listens on"),
     Option("web_threads", int, 32, "HTTP worker threads (handlers mostly wait on Redis)"),
-    Option(
-        "redis_url",
-        str,
-        None,
-        "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
-        "else an embedded redis-server",
-    ),
+    Option("redis_url", str, None,
+           "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
+           "else an embedded redis-server"),
     Option("queue_name", str, "image_queue", "Redis list of queued images; prefix of all keys"),
-    Option(
-        "batch_size",
-        int,
-        8,
-        "most images the worker runs in one model call "
-        "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)",
-    ),
-    Option(
-        "batch_wait_ms",
-        float,
-        5.0,
-        "longest wait for more images once one has arrived; ends as soon as the batch is full",
-    ),
+    Option("batch_size", int, 8, "most images the worker runs in one model call "
+           "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)"),
+    Option("batch_wait_ms", float, 5.0,
+           "longest wait for more images once one has arrived; ends as soon as the batch is full"),
     Option("client_timeout", float, 10.0, "seconds a request waits for its result before 504"),
-    Option(
-        "redis_timeout",
-        float,
-        1.0,
-        "seconds any Redis call but the wait for a result may take before the request gets 503",
-    ),
+    Option("redis_timeout", float, 1.0,
+           "seconds any Redis call but the wait for a result may take before the request gets 503"),
     Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
     Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
     Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
     Option("max_image_pixels", int, 40_000_000, "largest decoded image, width x height (400 above)"),
-    Option(
-        "model",
-        str,
-        "auto",
-        "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
-        "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0",
-    ),
+    Option("model", str, "auto",
+           "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
+           "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0"),
     Option("weights", str, "imagenet", "resnet50 weights: imagenet, none (random), or a .h5 path"),
     Option("labels", str, None, "labels file for a custom model (JSON list, JSON dict, .npy dict)"),
-    Option(
-        "preprocess",
-        str,
-        "caffe",
-        "input scaling for a custom model",
-        ("caffe", "tf", "torch", "unit", "none"),
-    ),
+    Option("preprocess", str, "caffe", "input scaling for a custom model",
+           ("caffe", "tf", "torch", "unit", "none")),
+    Option("resize", str, "auto",
+           "how an upload is fitted to the model input: crop (shorter side to input/0.875, centre "
+           "crop, as ImageNet models are evaluated) or squash (the whole image stretched, as Keras "
+           "trains from directories); auto: crop for the bundled ImageNet models, squash for yours",
+           ("auto", "crop", "squash")),
+    Option("runtime", str, "auto",
+           "what runs the Keras model: auto (OpenVINO when TensorFlow sees no GPU and OpenVINO "
+           "imports, else TensorFlow), tensorflow, openvino", ("auto", "tensorflow", "openvino")),
+    Option("precision", str, "auto",
+           "OpenVINO inference precision; auto: bf16 where the CPU supports it, else f32",
+           ("auto", "f32", "bf16")),
+    Option("model_cache", str, None,
+           "folder for converted (OpenVINO) models, so a restart does not convert again; "
+           "unset: $XDG_CACHE_HOME/keras-redis-server or ~/.cache/keras-redis-server"),
     Option("top_k", int, 5, "predictions returned per image"),
-    Option(
-        "tf_threads",
-        int,
-        0,
-        "threads for one model call: TensorFlow's intra-op pool (its inter-op pool gets up to 2) "
-        "(0: one per core)",
-    ),
+    Option("model_threads", int, 0,
+           "threads for one model call (TensorFlow's intra-op pool, which also caps its inter-op "
+           "pool at 2; OpenVINO's inference threads); 0: one per core"),
     Option("heartbeat_ttl", float, 10.0, "seconds a silent worker counts as alive"),
     Option("log_level", str, "INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR")),
 )
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +107,12 @@ class Settings:
     weights: str
     labels: str | None
     preprocess: str
+    resize: str
+    runtime: str
+    precision: str
+    model_cache: str | None
     top_k: int
-    tf_threads: int
+    model_threads: int
     heartbeat_ttl: float
     log_level: str
 
@@ -193,8 +178,8 @@ def _validate(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name} must be positive, got {getattr(settings, name)}")
-    if settings.batch_wait_ms < 0 or settings.tf_threads < 0:
-        raise SettingsError("batch_wait_ms and tf_threads cannot be negative")
+    if settings.batch_wait_ms < 0 or settings.model_threads < 0:
+        raise SettingsError("batch_wait_ms and model_threads cannot be negative")
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

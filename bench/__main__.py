@@ -1,7 +1,8 @@
-"""python -m bench: the server against the raw model, the naive baseline and its own pipeline.
+"""python -m bench: the server against the raw model on each runtime, the naive baseline and its
+own pipeline, all measured in one run on one machine.
 
-    python -m bench                 # ResNet50 (--weights none), c = 1, 8, 32, 64; a few minutes
-    python -m bench --quick         # smoke run: small model, few requests, under a minute
+    python -m bench                 # ResNet50 (--weights none), c = 1, 8, 32, 64; several minutes
+    python -m bench --quick         # smoke run: small model, few requests, about a minute
 
 Prints a table of ratios and the goals, writes bench/results/benchmark.json and .png.
 """
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import orjson
+import requests
 
 from serving.redis_server import EmbeddedRedis
 from stress_test import run_load
@@ -27,6 +29,7 @@ from .report import table
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_IMAGE = ROOT.parent / "shared" / "testdata" / "shuttle.jpg"
+RAW_RUNTIMES = (("tensorflow", "f32"), ("openvino", "f32"), ("openvino", "bf16"))
 
 
 def requests_for(concurrency: int, rate: float, args) -> int:
@@ -35,7 +38,7 @@ def requests_for(concurrency: int, rate: float, args) -> int:
     return min(count, args.max_requests) if args.max_requests else count
 
 
-def measure_raw(args) -> dict:
+def measure_raw(args, runtime: str, precision: str) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -44,8 +47,12 @@ def measure_raw(args) -> dict:
         args.model,
         "--weights",
         args.weights,
-        "--tf-threads",
-        str(args.tf_threads),
+        "--runtime",
+        runtime,
+        "--precision",
+        precision,
+        "--model-threads",
+        str(args.model_threads),
         "--batch-sizes",
         args.raw_batch_sizes,
         "--min-seconds",
@@ -57,7 +64,7 @@ def measure_raw(args) -> dict:
 
 
 def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, warmup: int) -> list[dict]:
-    run_load(url, image, warmup, min(warmup, 4), progress=False)  # first calls build graphs
+    run_load(url, image, warmup, min(warmup, 4), progress=False)  # first calls allocate
     rows = []
     for concurrency in concurrencies:
         count = requests_for(concurrency, rate, args)
@@ -72,7 +79,7 @@ def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, w
     return rows
 
 
-def server_args(model: str, args, redis_url: str) -> list[str]:
+def server_args(model: str, args, redis_url: str, *flags: str) -> list[str]:
     return [
         "run_keras_server.py",
         "--model",
@@ -83,11 +90,12 @@ def server_args(model: str, args, redis_url: str) -> list[str]:
         redis_url,
         "--queue-name",
         f"bench_{model}",
-        "--tf-threads",
-        str(args.tf_threads),
+        "--model-threads",
+        str(args.model_threads),
         "--log-level",
         "WARNING",
         *args.server_flag,
+        *flags,
     ]
 
 
@@ -96,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=None,
-        help="model the server and baseline run (resnet50; --quick: efficientnet_lite0)",
+        help="model the servers and baseline run (resnet50; --quick: efficientnet_lite0)",
     )
     parser.add_argument("--weights", default="none", help="resnet50 weights (none: same compute, random)")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
@@ -105,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=12.0, help="target seconds per load level")
     parser.add_argument("--min-requests", type=int, default=16)
     parser.add_argument("--max-requests", type=int, default=0, help="cap per load level (0: none)")
-    parser.add_argument("--tf-threads", type=int, default=0)
+    parser.add_argument("--model-threads", type=int, default=0)
     parser.add_argument("--raw-batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument(
@@ -133,29 +141,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     image = load_image(args.image)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     started = time.monotonic()
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "load_before": _load()},
         "config": {k: str(v) for k, v in vars(args).items()},
     }
 
-    print(f"raw model rate ({args.model}, in-process)...", flush=True)
-    raw = results["raw"] = measure_raw(args)
-    print(f"  best batch {raw['best_batch']}: {raw['best_rate']} img/s; single {raw['single_ms']} ms")
+    results["raw_runtimes"] = []
+    for runtime, precision in RAW_RUNTIMES:
+        print(f"raw model rate ({args.model}, {runtime} {precision}, in-process)...", flush=True)
+        raw = measure_raw(args, runtime, precision)
+        results["raw_runtimes"].append(raw)
+        print(
+            f"  ran {raw['runtime']} {raw['precision']}: best batch {raw['best_batch']}: "
+            f"{raw['best_rate']} img/s; single {raw['single_ms']} ms"
+        )
 
-    logs = args.out / "logs"
     redis_server = EmbeddedRedis().start()  # private: nobody else's keys or load in the figures
     try:
-        measure_servers(args, image, concurrencies, raw, redis_server.url, results)
+        measure_servers(args, image, redis_server.url, results)
     finally:
         redis_server.stop()
     print("Redis memory per queued image...", flush=True)
-    results["redis_memory"] = redis_memory.measure(image, logs)
+    results["redis_memory"] = redis_memory.measure(image, args.out / "logs")
 
-    results["goals"] = goals.evaluate(
-        raw, results["server"], results["null_pipeline"], results["redis_memory"]
-    )
+    results["goals"] = goals.evaluate(results)
     results["machine"]["load_after"] = _load()
     results["seconds"] = round(time.monotonic() - started, 1)
     write(results, args)
@@ -165,15 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_servers(
-    args, image: bytes, concurrencies: list[int], raw: dict, redis_url: str, results: dict
-) -> None:
+def served_model(url: str) -> dict:
+    """The model, runtime and precision the server's workers report."""
+    return requests.get(url + "/readyz", timeout=10).json()["model"]
+
+
+def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
     logs = args.out / "logs"
-    print("server over HTTP...", flush=True)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    best_raw = max(raw["best_rate"] for raw in results["raw_runtimes"])
+    print("server over HTTP, default runtime...", flush=True)
     with python_server(server_args(args.model, args, redis_url), logs / "server.log") as server:
-        results["server"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+        results["server_model"] = served_model(server.url)
+        model = results["server_model"]
+        print(f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}")
+        results["server"] = sweep(server.url, image, concurrencies, best_raw, args, warmup=8)
         results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
-    print("naive baseline (predict per request, no queue)...", flush=True)
+    print("server over HTTP, --runtime tensorflow...", flush=True)
+    tensorflow_server = server_args(args.model, args, redis_url, "--runtime", "tensorflow")
+    with python_server(tensorflow_server, logs / "server_tensorflow.log") as server:
+        results["server_tensorflow"] = sweep(server.url, image, concurrencies, best_raw, args, warmup=8)
+    print("naive baseline (TensorFlow predict per request, no queue)...", flush=True)
     naive = [
         "-m",
         "bench.naive_server",
@@ -181,13 +203,13 @@ def measure_servers(
         args.model,
         "--weights",
         args.weights,
-        "--tf-threads",
-        str(args.tf_threads),
+        "--model-threads",
+        str(args.model_threads),
     ]
     with python_server(naive, logs / "baseline.log") as server:
-        results["baseline"] = sweep(server.url, image, concurrencies, raw["best_rate"], args, warmup=4)
+        results["baseline"] = sweep(server.url, image, concurrencies, best_raw, args, warmup=4)
     print("null-model pipeline (web + Redis + batching alone)...", flush=True)
-    null_rate = 20 * raw["best_rate"]  # sizes the run; the pipeline should manage 10x the model
+    null_rate = 20 * best_raw  # sizes the run; the pipeline should manage 10x the model
     with python_server(server_args("null", args, redis_url), logs / "null_server.log") as server:
         null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
         results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)

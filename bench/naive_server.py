@@ -43,17 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--weights", default="none")
-    parser.add_argument("--tf-threads", type=int, default=0)
+    parser.add_argument("--model-threads", type=int, default=0)
     parser.add_argument("--threads", type=int, default=32, help="HTTP threads, as the server has")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
 
     from waitress import serve
 
-    from serving.models import configure_tensorflow, load_classifier
+    from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
 
-    configure_tensorflow(args.tf_threads)
-    classifier = load_classifier(args.model, args.weights)
+    configure_tensorflow(args.model_threads)
+    # The seed design: TensorFlow, the whole image squashed to the input size.
+    classifier = load_classifier(
+        args.model,
+        args.weights,
+        resize="squash",
+        options=RuntimeOptions(runtime="tensorflow", threads=args.model_threads),
+    )
     serve(build_naive_app(classifier), host="127.0.0.1", port=args.port, threads=args.threads)
     return 0
 

@@ -1,4 +1,5 @@
-"""Throughput and p99 latency against concurrency: server vs naive baseline vs the raw limit."""
+"""Throughput and p99 latency against concurrency: the server on its default runtime and on
+TensorFlow, the naive baseline, and the raw limit of each runtime."""
 
 from __future__ import annotations
 
@@ -12,21 +13,28 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (speed, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label, style in (
-        ("server", "server (Redis queue + batching)", "o-"),
-        ("baseline", "naive per-request predict", "s--"),
-    ):
+    model = results.get("server_model", {})
+    systems = (
+        ("server", f"server ({model.get('runtime', '?')} {model.get('precision', '')})", "o-"),
+        ("server_tensorflow", "server (--runtime tensorflow)", "^-"),
+        ("baseline", "naive per-request predict (TensorFlow)", "s--"),
+    )
+    for key, label, style in systems:
         rows = results.get(key, [])
         concurrency = [row["concurrency"] for row in rows]
         speed.plot(concurrency, [row["throughput_rps"] for row in rows], style, label=label)
         latency.plot(concurrency, [row["p99_ms"] or float("nan") for row in rows], style, label=label)
-    raw = results["raw"]
-    speed.axhline(
-        raw["best_rate"], color="grey", linestyle=":", label=f"raw model limit (batch {raw['best_batch']})"
-    )
-    speed.set(title=f"Throughput ({raw['model']})", xlabel="concurrent clients", ylabel="images/s")
+    for raw, colour in zip(results["raw_runtimes"], ("grey", "tab:green", "tab:purple")):
+        speed.axhline(
+            raw["best_rate"],
+            color=colour,
+            linestyle=":",
+            label=f"raw {raw['runtime']} {raw['precision']} (batch {raw['best_batch']})",
+        )
+    name = results["raw_runtimes"][0]["model"]
+    speed.set(title=f"Throughput ({name})", xlabel="concurrent clients", ylabel="images/s")
     latency.set(title="p99 latency", xlabel="concurrent clients", ylabel="ms")
-    ticks = sorted({row["concurrency"] for key in ("server", "baseline") for row in results.get(key, [])})
+    ticks = sorted({row["concurrency"] for key, _, _ in systems for row in results.get(key, [])})
     for axes in (speed, latency):
         axes.set_xscale("log", base=2)
         axes.set_xticks(ticks, [str(t) for t in ticks])

@@ -1,7 +1,8 @@
-"""The physical limit: the served model's compiled call in-process, no HTTP, no Redis.
+"""The physical limit: the served model's call in-process on one runtime, no HTTP, no Redis.
 
-Run as ``python -m bench.raw_model --model resnet50`` (a child process, so its TensorFlow
-threads are gone before the servers are measured); prints one JSON line.
+Run as ``python -m bench.raw_model --model resnet50 --runtime openvino --precision bf16`` (a child
+process, so its threads are gone before the servers are measured); prints one JSON line. The
+precision in it is the one the runtime really used (a CPU without BF16 runs f32).
 """
 
 from __future__ import annotations
@@ -27,14 +28,23 @@ def time_calls(predict, batch: np.ndarray, min_seconds: float, min_calls: int) -
 
 
 def measure(
-    model: str, weights: str, tf_threads: int, batch_sizes: list[int], min_seconds: float, rounds: int = 3
+    model: str,
+    weights: str,
+    runtime: str,
+    precision: str,
+    threads: int,
+    batch_sizes: list[int],
+    min_seconds: float,
+    rounds: int = 3,
 ) -> dict:
     """Seconds per call by batch size, over interleaved rounds so that a burst of load from
     elsewhere on a shared machine spreads over every size instead of hitting one."""
-    from serving.models import configure_tensorflow, load_classifier
+    from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
 
-    configure_tensorflow(tf_threads)
-    classifier = load_classifier(model, weights)
+    configure_tensorflow(threads)
+    # Uncached: the conversion is not what is measured, and random weights are never cached.
+    options = RuntimeOptions(runtime=runtime, precision=precision, threads=threads)
+    classifier = load_classifier(model, weights, options=options)
     width, height = classifier.input_size
     rng = np.random.default_rng(0)
     batches = {size: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8) for size in batch_sizes}
@@ -47,9 +57,12 @@ def measure(
                 classifier.predict, batch, min_seconds / rounds, min_calls=2 if size > 1 else 5
             )
     rates = {size: size / statistics.median(spent) for size, spent in times.items()}
-    best = max(rates, key=rates.get)
+    best = max(rates, key=lambda size: rates[size])
     return {
         "model": classifier.name,
+        "runtime": classifier.runtime,
+        "precision": classifier.precision,
+        "asked": f"{runtime} {precision}",
         "rate_by_batch": {str(k): round(v, 2) for k, v in rates.items()},
         "best_batch": best,
         "best_rate": round(rates[best], 2),
@@ -61,12 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--weights", default="none")
-    parser.add_argument("--tf-threads", type=int, default=0)
+    parser.add_argument("--runtime", default="tensorflow", choices=("tensorflow", "openvino"))
+    parser.add_argument("--precision", default="f32", choices=("f32", "bf16"))
+    parser.add_argument("--model-threads", type=int, default=0)
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time spent per batch size")
     args = parser.parse_args(argv)
     sizes = sorted({int(s) for s in args.batch_sizes.split(",")} | {1})
-    print(orjson.dumps(measure(args.model, args.weights, args.tf_threads, sizes, args.min_seconds)).decode())
+    result = measure(
+        args.model, args.weights, args.runtime, args.precision, args.model_threads, sizes, args.min_seconds
+    )
+    print(orjson.dumps(result).decode())
     return 0
 
 

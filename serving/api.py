@@ -58,7 +58,10 @@ def readyz():
         return error_response(503, "Redis is unreachable.")
     if not workers:
         return error_response(503, "No model worker has sent a heartbeat recently.")
-    return json_response({"ready": True, "workers": len(workers), "queue_depth": depth})
+    model = next(iter(workers.values())).model  # one model per queue; its runtime and precision
+    return json_response(
+        {"ready": True, "workers": len(workers), "queue_depth": depth, "model": model.as_dict()}
+    )
 
 
 @blueprint.get("/openapi.json")

@@ -45,7 +45,7 @@ def prepare_images(uploads: Sequence[bytes], model: ModelInfo, max_pixels: int) 
     prepared = []
     for number, data in enumerate(uploads, start=1):
         try:
-            prepared.append(prepare_image(data, model.input_size, max_pixels))
+            prepared.append(prepare_image(data, model.input_size, max_pixels, model.resize))
         except ImageError as exc:
             if len(uploads) == 1:
                 raise

@@ -44,10 +44,12 @@ def _schemas() -> dict:
         },
         "Prediction": {
             "type": "object",
-            "required": ["label", "probability"],
+            "required": ["label", "probability", "class_id"],
             "properties": {
                 "label": {"type": "string"},
                 "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                "class_id": {"type": "integer", "minimum": 0, "description": "The model's output index."},
+                "wnid": {"type": "string", "description": "WordNet id, for ImageNet models."},
             },
         },
         "Model": {
@@ -63,6 +65,13 @@ def _schemas() -> dict:
                     "description": "[width, height] the image is resized to.",
                 },
                 "classes": {"type": "integer", "minimum": 1},
+                "resize": {
+                    "type": "string",
+                    "enum": ["crop", "squash"],
+                    "description": "How uploads are fitted to input_size.",
+                },
+                "runtime": {"type": "string", "enum": ["tensorflow", "openvino", "none"]},
+                "precision": {"type": "string", "enum": ["f32", "bf16"]},
                 "note": {"type": "string", "description": "A caveat, e.g. that the weights are random."},
             },
         },
@@ -203,11 +212,12 @@ def openapi_spec(settings: Settings) -> dict:
                             "Ready to classify.",
                             {
                                 "type": "object",
-                                "required": ["ready", "workers", "queue_depth"],
+                                "required": ["ready", "workers", "queue_depth", "model"],
                                 "properties": {
                                     "ready": {"type": "boolean", "enum": [True]},
                                     "workers": {"type": "integer", "minimum": 1},
                                     "queue_depth": {"type": "integer", "minimum": 0},
+                                    "model": _ref("schemas", "Model"),
                                 },
                             },
                         ),

@@ -14,7 +14,7 @@ import redis
 from flask import Blueprint, Response, current_app, render_template
 from PIL import Image
 
-from helpers import decode_image, fit_image
+from helpers import decode_image, decoded_side, fit_image
 
 from . import request_log
 from .api import run_classification, uploaded_images
@@ -81,8 +81,9 @@ def classify_form():
     try:
         upload = uploaded_images()[0]
         model = serving.workers.model()
-        image = decode_image(upload, serving.settings.max_image_pixels, min_side=max(model.input_size))
-        result = run_classification([fit_image(image, model.input_size)], serving.settings.top_k)
+        size = model.input_size
+        image = decode_image(upload, serving.settings.max_image_pixels, decoded_side(size, model.resize))
+        result = run_classification([fit_image(image, size, model.resize)], serving.settings.top_k)
     except Exception as exc:  # the same status and sentence /predict would answer
         status, message = describe_error(exc)
         return _page(status, error=message)

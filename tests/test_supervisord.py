@@ -85,7 +85,7 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
         "LABELS": str(colour_model[1]),
         "PREPROCESS": "unit",
         "TOP_K": "3",
-        "TF_THREADS": "1",
+        "MODEL_THREADS": "1",
         "HEARTBEAT_TTL": "1",
         "WEB_THREADS": "8",
     }

@@ -195,7 +195,8 @@ def test_heartbeat_describes_the_model(redis_client, redis_server, classifier):
     try:
         wait_until(worker.queue.live_workers, 5, "the worker's heartbeat")
         beat = worker.queue.live_workers()[worker.worker_id]
-        assert beat.model.input_size == (TINY_INPUT, TINY_INPUT) and beat.model.runtime == "tensorflow"
+        assert beat.model.input_size == (TINY_INPUT, TINY_INPUT)
+        assert (beat.model.runtime, beat.model.precision) == (classifier.runtime, classifier.precision)
         assert 0 < redis_client.pttl(worker.queue.keys.heartbeat(worker.worker_id)) <= 3000
     finally:
         worker.stop()

@@ -1,4 +1,5 @@
-"""A Keras model as a Classifier: preprocessing once per batch, one compiled call, probabilities."""
+"""A Keras model as a Classifier: preprocessing once per batch, one call on the chosen runtime,
+probabilities."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .classifier import Classifier, Preprocess, look_like_probabilities, softmax
+from .runtimes import DEFAULT_OPTIONS, RuntimeOptions, compile_model
 
 
 def ends_in_softmax(model) -> bool:
@@ -28,9 +30,9 @@ class KerasClassifier(Classifier):
         note: str = "",
         wnids: Sequence[str] | None = None,
         resize: str = "squash",
+        options: RuntimeOptions = DEFAULT_OPTIONS,
+        cacheable: bool = True,
     ):
-        import tensorflow as tf
-
         _, height, width, channels = model.input_shape
         if channels != 3 or not height or not width:
             raise ValueError(f"{name}: expected input (height, width, 3), got {model.input_shape}")
@@ -40,11 +42,11 @@ class KerasClassifier(Classifier):
         super().__init__(name, (width, height), labels, note, wnids=wnids, resize=resize)
         self.model = model
         self.preprocess = preprocess
-        self.runtime, self.precision = "tensorflow", "f32"
-        # One traced graph for every batch size: no per-call overhead of model.predict.
-        self._call = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
+        self.compiled = compile_model(model, options, cacheable)
+        self._call, self.runtime, self.precision = (
+            self.compiled.call,
+            self.compiled.runtime,
+            self.compiled.precision,
         )
         # Decided once, from the model: a last layer that is not a softmax means logits, unless
         # its outputs are probabilities anyway (e.g. a softmax written as a Lambda).
@@ -56,7 +58,7 @@ class KerasClassifier(Classifier):
         return look_like_probabilities(self._outputs(probe))
 
     def _outputs(self, batch: np.ndarray) -> np.ndarray:
-        return self._call(self.preprocess(batch)).numpy().astype(np.float32, copy=False)
+        return self._call(self.preprocess(batch)).astype(np.float32, copy=False)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         outputs = self._outputs(batch)

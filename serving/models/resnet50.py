@@ -12,6 +12,7 @@ from .classifier import ModelUnavailable
 from .keras_classifier import KerasClassifier
 from .labels import imagenet_labels, imagenet_wnids
 from .preprocessing import caffe
+from .runtimes import DEFAULT_OPTIONS, RuntimeOptions
 
 WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 RANDOM_WEIGHTS_NOTE = "resnet50 with random weights (--weights none): predictions are meaningless"
@@ -41,7 +42,9 @@ def _download_stall_limit(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def load_resnet50(weights: str) -> KerasClassifier:
+def load_resnet50(
+    weights: str, resize: str = "crop", options: RuntimeOptions = DEFAULT_OPTIONS
+) -> KerasClassifier:
     import keras
 
     note = ""
@@ -69,4 +72,15 @@ def load_resnet50(weights: str) -> KerasClassifier:
                 "with the ImageNet top, as model.save_weights() or keras.applications writes them.",
                 cause=str(exc),
             ) from None
-    return KerasClassifier(model, "resnet50", imagenet_labels(), caffe, note, wnids=imagenet_wnids())
+    # Random weights are new at every start: a converted copy would never be used again.
+    return KerasClassifier(
+        model,
+        "resnet50",
+        imagenet_labels(),
+        caffe,
+        note,
+        wnids=imagenet_wnids(),
+        resize=resize,
+        options=options,
+        cacheable=weights != "none",
+    )
