@@ -7,12 +7,11 @@ import keras
 import msgpack
 import numpy as np
 import pytest
-import redis
 
 from serving.messages import Request
 from serving.models import load_classifier
 from serving.models.classifier import Classifier
-from serving.queue import RedisQueue
+from serving.redis_client import open_queue
 from serving.worker import BatchObserver, ModelWorker
 
 from .support import COLOURS, TINY_INPUT, leftover_keys, make_settings, wait_until
@@ -42,7 +41,7 @@ def _result(queue, request_id, timeout=5.0):
 
 
 def _worker(redis_server, classifier, **settings):
-    queue = RedisQueue(redis.Redis.from_url(redis_server.url), Q)
+    queue = open_queue(redis_server.url, Q, call_timeout=5, longest_block=30)
     return ModelWorker(queue, classifier, make_settings(**{"batch_wait_ms": 0, **settings}))
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -140,9 +141,12 @@ def openvino_model(model, options: RuntimeOptions, cacheable: bool) -> CompiledM
     used = "bf16" if compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "f32"
     if used != precision:
         log.warning("OpenVINO runs %s in %s: this CPU does not support %s", model.name, used, precision)
-    request = compiled.create_infer_request()
+    requests = threading.local()  # an infer request serves one call at a time: one per thread
 
     def call(batch: np.ndarray) -> np.ndarray:
+        request = getattr(requests, "request", None)
+        if request is None:
+            request = requests.request = compiled.create_infer_request()
         return request.infer([batch], share_inputs=True)[0].copy()  # the next call reuses the buffer
 
     log.info("Running %s with OpenVINO %s on the CPU in %s", model.name, ov.get_version().split("-")[0], used)
