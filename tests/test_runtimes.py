@@ -186,3 +186,26 @@ def test_the_bundled_model_on_openvino_matches_tensorflow(tmp_path):
         f"bf16 asked; the CPU runs {on_bf16.precision} "
         f"(capabilities {ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')})"
     )
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+def test_every_preprocessing_runs_inside_the_runtime_as_numpy_defines_it(runtime, tmp_path):
+    import keras
+
+    from serving.models.keras_classifier import KerasClassifier
+    from serving.models.preprocessing import PREPROCESSORS
+
+    inputs = keras.Input((6, 5, 3))  # per-channel means: the output shows the scaled input
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    batch = np.random.default_rng(1).integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
+    for name, preprocessing in PREPROCESSORS.items():
+        classifier = KerasClassifier(
+            model,
+            name,
+            ["a", "b", "c"],
+            preprocessing,
+            options=RuntimeOptions(runtime=runtime, cache_dir=tmp_path),
+        )
+        assert classifier.runtime == runtime
+        expected = model(preprocessing(batch)).numpy()
+        np.testing.assert_allclose(classifier.compiled.call(batch), expected, rtol=1e-5, atol=1e-4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -111,6 +111,3 @@ class NullClassifier(Classifier):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self._row, (len(batch), len(self._row)))
-
-
-Preprocess = Callable[[np.ndarray], np.ndarray]

@@ -1,5 +1,5 @@
-"""A Keras model as a Classifier: preprocessing once per batch, one call on the chosen runtime,
-probabilities."""
+"""A Keras model as a Classifier: one call per batch on the chosen runtime (input scaling
+included), probabilities."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .classifier import Classifier, Preprocess, look_like_probabilities, softmax
+from .classifier import Classifier, look_like_probabilities, softmax
+from .preprocessing import Preprocessing
 from .runtimes import DEFAULT_OPTIONS, RuntimeOptions, compile_model
 
 
@@ -26,7 +27,7 @@ class KerasClassifier(Classifier):
         model,
         name: str,
         labels: Sequence[str],
-        preprocess: Preprocess,
+        preprocess: Preprocessing,
         note: str = "",
         wnids: Sequence[str] | None = None,
         resize: str = "squash",
@@ -42,7 +43,7 @@ class KerasClassifier(Classifier):
         super().__init__(name, (width, height), labels, note, wnids=wnids, resize=resize)
         self.model = model
         self.preprocess = preprocess
-        self.compiled = compile_model(model, options, cacheable)
+        self.compiled = compile_model(model, preprocess, options, cacheable)
         self._call, self.runtime, self.precision = (
             self.compiled.call,
             self.compiled.runtime,
@@ -58,7 +59,7 @@ class KerasClassifier(Classifier):
         return look_like_probabilities(self._outputs(probe))
 
     def _outputs(self, batch: np.ndarray) -> np.ndarray:
-        return self._call(self.preprocess(batch)).astype(np.float32, copy=False)
+        return self._call(batch).astype(np.float32, copy=False)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         outputs = self._outputs(batch)

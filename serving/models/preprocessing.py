@@ -1,45 +1,43 @@
-"""Input scaling, applied once per batch in the worker (float32, vectorised)."""
+"""Input scaling, as data: each preprocessing is an optional RGB-to-BGR flip and a per-channel
+(x - mean) / scale, which every runtime runs inside its compiled model (TensorFlow ops, an
+OpenVINO PrePostProcessor) on the uint8 batch, so the worker's Python thread does none of it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+@dataclass(frozen=True)
+class Preprocessing:
+    name: str
+    reverse_channels: bool = False  # RGB to BGR, before mean and scale
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in the channel order after any flip
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.reverse_channels and self.mean == (0.0,) * 3 and self.scale == (1.0,) * 3
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (n, h, w, 3) -> float32, in numpy: the reference the runtimes are tested against."""
+        pixels = batch[..., ::-1] if self.reverse_channels else batch
+        mean, scale = np.array(self.mean, np.float32), np.array(self.scale, np.float32)
+        return (pixels.astype(np.float32) - mean) / scale
 
 
-def caffe(batch: np.ndarray) -> np.ndarray:
-    """RGB to BGR, minus the ImageNet mean (Keras ResNet50, VGG)."""
-    return batch[..., ::-1].astype(np.float32) - _CAFFE_BGR_MEAN
-
-
-def tf(batch: np.ndarray) -> np.ndarray:
-    """Scale to -1..1 (Keras MobileNet, Inception)."""
-    return batch.astype(np.float32) / 127.5 - 1.0
-
-
-def torch(batch: np.ndarray) -> np.ndarray:
-    """Scale to 0..1, then ImageNet mean and std per channel (DenseNet, ported torch models)."""
-    return (batch.astype(np.float32) / 255.0 - _TORCH_MEAN) / _TORCH_STD
-
-
-def unit(batch: np.ndarray) -> np.ndarray:
-    """Scale to 0..1."""
-    return batch.astype(np.float32) / 255.0
-
-
-def none(batch: np.ndarray) -> np.ndarray:
-    """Raw 0..255 pixels, for models that scale their own input."""
-    return batch.astype(np.float32)
-
-
-PREPROCESSORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "caffe": caffe,
-    "tf": tf,
-    "torch": torch,
-    "unit": unit,
-    "none": none,
+PREPROCESSORS: dict[str, Preprocessing] = {
+    # RGB to BGR, minus the ImageNet mean (Keras ResNet50, VGG)
+    "caffe": Preprocessing("caffe", reverse_channels=True, mean=(103.939, 116.779, 123.68)),
+    # -1..1 (Keras MobileNet, Inception)
+    "tf": Preprocessing("tf", mean=(127.5,) * 3, scale=(127.5,) * 3),
+    # 0..1, then the ImageNet mean and std per channel (DenseNet, ported torch models)
+    "torch": Preprocessing(
+        "torch", mean=(255 * 0.485, 255 * 0.456, 255 * 0.406), scale=(255 * 0.229, 255 * 0.224, 255 * 0.225)
+    ),
+    "unit": Preprocessing("unit", scale=(255.0,) * 3),  # 0..1
+    "none": Preprocessing("none"),  # raw 0..255, for models that scale their own input
 }
+caffe = PREPROCESSORS["caffe"]

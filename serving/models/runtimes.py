@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .preprocessing import Preprocessing
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "tensorflow", "openvino")
@@ -46,7 +48,8 @@ DEFAULT_OPTIONS = RuntimeOptions()
 
 @dataclass(frozen=True)
 class CompiledModel:
-    """A model ready to call: float32 batch (n, h, w, 3) -> outputs (n, classes)."""
+    """A model ready to call: uint8 batch (n, h, w, 3) -> outputs (n, classes), its input scaling
+    done inside."""
 
     call: Callable[[np.ndarray], np.ndarray]
     runtime: str
@@ -73,13 +76,15 @@ def silence_openvino_telemetry() -> None:
     convert_impl.tm = telemetry_utils.tm = stub
 
 
-def compile_model(model, options: RuntimeOptions, cacheable: bool = True) -> CompiledModel:
-    """The model on the runtime ``options`` ask for; auto: OpenVINO on a CPU-only host when it
-    imports, else TensorFlow. Any OpenVINO failure falls back to TensorFlow."""
+def compile_model(
+    model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool = True
+) -> CompiledModel:
+    """The model, behind its preprocessing, on the runtime ``options`` ask for; auto: OpenVINO on
+    a CPU-only host when it imports, else TensorFlow. Any OpenVINO failure falls back to TensorFlow."""
     runtime, reason = choose_runtime(options.runtime)
     if runtime == "openvino":
         try:
-            return openvino_model(model, options, cacheable)
+            return openvino_model(model, preprocessing, options, cacheable)
         except Exception as exc:  # whatever the converter raises, the worker serves on
             log.warning(
                 "OpenVINO could not run %s (%s: %s); serving it with TensorFlow",
@@ -87,10 +92,10 @@ def compile_model(model, options: RuntimeOptions, cacheable: bool = True) -> Com
                 type(exc).__name__,
                 exc,
             )
-            return tensorflow_model(model)
+            return tensorflow_model(model, preprocessing)
     if options.runtime == "auto":
         log.info("Running %s with TensorFlow: %s", model.name, reason)
-    return tensorflow_model(model)
+    return tensorflow_model(model, preprocessing)
 
 
 def choose_runtime(requested: str) -> tuple[str, str]:
@@ -109,19 +114,29 @@ def choose_runtime(requested: str) -> tuple[str, str]:
     return "openvino", "no GPU, and OpenVINO is installed"
 
 
-def tensorflow_model(model) -> CompiledModel:
+def tensorflow_model(model, preprocessing: Preprocessing) -> CompiledModel:
     import tensorflow as tf
 
     _, height, width, channels = model.input_shape
+    mean = tf.constant(preprocessing.mean, tf.float32)
+    scale = tf.constant(preprocessing.scale, tf.float32)
+
+    def run(pixels):
+        x = tf.cast(pixels, tf.float32)
+        if preprocessing.reverse_channels:
+            x = tf.reverse(x, axis=[-1])
+        if not preprocessing.is_identity:
+            x = (x - mean) / scale
+        return model(x, training=False)
+
     # One traced graph for every batch size: no per-call overhead of model.predict.
-    traced = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)],
-    )
+    traced = tf.function(run, input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8)])
     return CompiledModel(lambda batch: traced(batch).numpy(), "tensorflow", "f32", traced)
 
 
-def openvino_model(model, options: RuntimeOptions, cacheable: bool) -> CompiledModel:
+def openvino_model(
+    model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool
+) -> CompiledModel:
     silence_openvino_telemetry()
     import openvino as ov
 
@@ -129,7 +144,11 @@ def openvino_model(model, options: RuntimeOptions, cacheable: bool) -> CompiledM
     why_not_cached = "no cache folder was given"
     if not cacheable:
         why_not_cached = "its weights are random, new at every start"
-    ir = _converted(model, ov, core, options.cache_dir if cacheable else None, why_not_cached)
+    ir = _with_preprocessing(
+        ov,
+        _converted(model, ov, core, options.cache_dir if cacheable else None, why_not_cached),
+        preprocessing,
+    )
     precision = options.precision
     if precision == "auto":
         precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
@@ -151,6 +170,23 @@ def openvino_model(model, options: RuntimeOptions, cacheable: bool) -> CompiledM
 
     log.info("Running %s with OpenVINO %s on the CPU in %s", model.name, ov.get_version().split("-")[0], used)
     return CompiledModel(call, "openvino", used)
+
+
+def _with_preprocessing(ov, ir, preprocessing: Preprocessing):
+    """The converted model taking uint8 NHWC pixels, its input scaling run by OpenVINO."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(ir)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NHWC"))
+    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    if preprocessing.reverse_channels:
+        steps.reverse_channels()
+    if preprocessing.mean != (0.0,) * 3:
+        steps.mean(list(preprocessing.mean))
+    if preprocessing.scale != (1.0,) * 3:
+        steps.scale(list(preprocessing.scale))
+    return ppp.build()
 
 
 def cache_key(model, ov_version: str) -> str:
