@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from serving.memory import return_freed_memory
 from settings import load_settings
 
 _settings = load_settings([])
@@ -26,16 +27,18 @@ if _own_metrics_dir:
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 bind = f"{_settings.host}:{_settings.port}"
-# Handlers spend their time blocked on Redis, not on the CPU: threads, not processes, carry the load.
-worker_class = "gthread"
+# Handlers spend their time blocked on Redis, not on the CPU: threads, not processes, carry the
+# load. gthread, guarded against idle and slow connections (serving/gunicorn_worker.py).
+worker_class = "serving.gunicorn_worker.GuardedThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = _settings.web_threads
+worker_connections = _settings.max_connections  # at the limit the longest-idle one makes way
+keepalive = _settings.idle_timeout  # idle seconds, before a first request or between requests
 # A gthread worker keeps pinging the arbiter while its threads wait, so this only catches a hung
 # process: one silent for longer than any request can take, twice over.
 timeout = int(2 * _settings.request_lifetime)
 # On SIGTERM, requests in flight get their full client_timeout to be answered (or 504) before exit.
 graceful_timeout = int(_settings.request_lifetime)
-keepalive = 5  # behind nginx's upstream keepalive pool
 loglevel = _settings.log_level.lower()
 accesslog = "-"
 errorlog = "-"
@@ -52,6 +55,11 @@ def on_starting(server):
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
+
+
+def post_fork(server, worker):
+    """Freed memory goes back to the system (serving/memory.py): set in each web process."""
+    return_freed_memory()
 
 
 def on_exit(server):

@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from PIL import Image
+
 # A request's keys and its handler outlive its deadline (--client-timeout) by this much: time to
 # send the answer. Drains, waiting markers and answer retries all count from it.
 ANSWER_GRACE_SECONDS = 5.0
@@ -55,7 +57,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
     Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
     Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
-    Option("max_image_pixels", int, 40_000_000, "largest decoded image, width x height (400 above)"),
+    Option("max_image_pixels", int, 25_000_000,
+           "largest image, width x height, refused (400) before it is decoded: a classifier sees "
+           "224-600 pixels a side, and 25 MP takes a 6000x4000 camera photo"),
+    Option("decode_memory_mb", int, 400,
+           "decoded pixels one web process holds at once, shared by its threads; a large PNG "
+           "waits for room (503 after 5 s)"),
+    Option("max_connections", int, 1000,
+           "open client connections one web process keeps; at the limit the longest-idle one is "
+           "closed for a new one"),
+    Option("idle_timeout", float, 5.0, "seconds an idle (kept-alive) client connection stays open"),
+    Option("read_timeout", float, 30.0,
+           "seconds a request's headers and body may take to arrive (slow clients are cut off; "
+           "put nginx in front for slow uploads)"),
     Option("model", str, "auto",
            "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
            "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0"),
@@ -103,6 +117,10 @@ class Settings:
     max_queue_length: int
     max_upload_bytes: int
     max_image_pixels: int
+    decode_memory_mb: int
+    max_connections: int
+    idle_timeout: float
+    read_timeout: float
     model: str
     weights: str
     labels: str | None
@@ -161,25 +179,22 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
     return value
 
 
+ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads"})  # 0 means none / the default
+
+
 def _validate(settings: Settings) -> None:
-    positive = (
-        "port",
-        "web_threads",
-        "batch_size",
-        "client_timeout",
-        "redis_timeout",
-        "result_ttl",
-        "max_queue_length",
-        "max_upload_bytes",
-        "max_image_pixels",
-        "top_k",
-        "heartbeat_ttl",
-    )
-    for name in positive:
-        if getattr(settings, name) <= 0:
-            raise SettingsError(f"{name} must be positive, got {getattr(settings, name)}")
-    if settings.batch_wait_ms < 0 or settings.model_threads < 0:
-        raise SettingsError("batch_wait_ms and model_threads cannot be negative")
+    for option in OPTIONS:
+        value = getattr(settings, option.name)
+        if option.kind in (int, float) and (value < 0 or (value == 0 and option.name not in ZERO_ALLOWED)):
+            raise SettingsError(f"{option.name} must be positive, got {value}")
+    # Pillow refuses images beyond twice its own MAX_IMAGE_PIXELS whatever we allow: a higher
+    # limit would be a promise the decoder breaks.
+    decoder_cap = 2 * (Image.MAX_IMAGE_PIXELS or 0) or settings.max_image_pixels
+    if settings.max_image_pixels > decoder_cap:
+        raise SettingsError(
+            f"max_image_pixels is {settings.max_image_pixels}; the image decoder refuses "
+            f"more than {decoder_cap}"
+        )
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

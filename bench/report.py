@@ -31,8 +31,10 @@ def table(results: dict) -> str:
         )
     if "server_model" in results:
         model = results["server_model"]
-        lines.append(f"the default server ran {model['name']} on {model.get('runtime', '-')} "
-                     f"{model.get('precision', '-')}")
+        lines.append(
+            f"the default server ran {model['name']} on {model.get('runtime', '-')} "
+            f"{model.get('precision', '-')}"
+        )
     lines += [
         "",
         f"{'system':<30}{'c':>4}{'n':>6}{'req/s':>9}{'x best raw':>11}{'p50 ms':>9}{'p99 ms':>9}  statuses",

@@ -35,7 +35,9 @@ def run_classification(images: list[np.ndarray], top_k: int) -> Classification:
 @blueprint.post("/predict")
 def predict():
     serving = services()
-    images = prepare_images(uploaded_images(), serving.workers.model(), serving.settings.max_image_pixels)
+    images = prepare_images(
+        uploaded_images(), serving.workers.model(), serving.settings.max_image_pixels, serving.decode_budget
+    )
     result = run_classification(images, serving.settings.top_k)
     body = result.body
     if result.status == 200:

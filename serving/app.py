@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from helpers import MemoryBudget
 from settings import Settings, load_settings
 
 from . import api, metrics, request_log, responses, ui
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue))
+    budget = MemoryBudget(settings.decode_memory_mb * 2**20)
+    app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue), budget)
     request_log.register_request_log(app)
     metrics.register_metrics(app)
     responses.register_error_handlers(app)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helpers import ImageError, prepare_image
+from helpers import ImageError, MemoryBudget, prepare_image
 from settings import Settings
 
 from .messages import Answer, ModelInfo, Request
@@ -40,12 +40,14 @@ class Classification:
         return sorted({answer.body["batch"]["id"] for answer in self.answers if answer.ok})
 
 
-def prepare_images(uploads: Sequence[bytes], model: ModelInfo, max_pixels: int) -> list[np.ndarray]:
+def prepare_images(
+    uploads: Sequence[bytes], model: ModelInfo, max_pixels: int, budget: MemoryBudget | None = None
+) -> list[np.ndarray]:
     """Every upload as the model's input; one that cannot be read fails them all, by its number."""
     prepared = []
     for number, data in enumerate(uploads, start=1):
         try:
-            prepared.append(prepare_image(data, model.input_size, max_pixels, model.resize))
+            prepared.append(prepare_image(data, model.input_size, max_pixels, model.resize, budget))
         except ImageError as exc:
             if len(uploads) == 1:
                 raise

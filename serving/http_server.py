@@ -1,5 +1,5 @@
-"""The HTTP server for `python run_keras_server.py`: waitress, with JSON errors of its own
-and a graceful stop.
+"""The HTTP server for `python run_keras_server.py`: waitress, with JSON errors of its own,
+guarded against idle and slow connections (serving/connection_guard.py), and a graceful stop.
 
 Waitress buffers a whole request body (spooling large ones to disk) before the app runs,
 so the app answers oversized uploads with a JSON 413. Bodies far beyond the limit are
@@ -15,31 +15,16 @@ from __future__ import annotations
 import logging
 import time
 
-import orjson
 from flask import Flask
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
-from waitress.task import ErrorTask
 
 from settings import Settings
 
+from .connection_guard import guard
+
 log = logging.getLogger(__name__)
-
-
-class JsonErrorTask(ErrorTask):
-    def execute(self):
-        error = self.request.error
-        body = orjson.dumps({"success": False, "error": f"{error.reason}: {error.body}."})
-        self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
-
-
-class JsonErrorChannel(HTTPChannel):
-    error_task_class = JsonErrorTask
 
 
 class HttpServer:
@@ -54,12 +39,16 @@ class HttpServer:
             port=settings.port,
             threads=settings.web_threads,
             max_request_body_size=settings.max_upload_bytes * 4,
+            connection_limit=settings.max_connections,
+            channel_timeout=settings.idle_timeout,
+            cleanup_interval=1,  # idle and slow connections are looked at every second
+            asyncore_use_poll=True,  # select() stops at 1024 sockets
             ident="keras-server",
         )
         self.adj, self.task_dispatcher = server.adj, server.task_dispatcher
         self.listeners = [item for item in self.sockets.values() if isinstance(item, BaseWSGIServer)]
         for listener in self.listeners:
-            listener.channel_class = JsonErrorChannel
+            guard(listener, settings.read_timeout)
         self.drain_seconds = settings.request_lifetime  # the longest a request in flight can take
         self._stop_requested = False
 

@@ -10,7 +10,7 @@ import redis
 from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from helpers import ImageError
+from helpers import DecodeBusy, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def describe_error(exc: Exception) -> tuple[int, str]:
     """The status and sentence the API answers for an exception raised while serving a request."""
     if isinstance(exc, ImageError):
         return 400, str(exc)
+    if isinstance(exc, DecodeBusy):
+        return 503, str(exc)
     if isinstance(exc, ApiError):
         return exc.status, str(exc)
     if isinstance(exc, redis.RedisError):
@@ -69,6 +71,8 @@ def describe_error(exc: Exception) -> tuple[int, str]:
         return 413, f"The upload is larger than the limit of {limit} bytes."
     if isinstance(exc, HTTPException):
         return exc.code or 500, exc.description or exc.name
+    if isinstance(exc, TimeoutError):  # the socket timed out while the body was read (gunicorn)
+        return 408, "The request did not arrive in time."
     log.exception("unhandled error", exc_info=exc)
     return 500, "Internal server error."
 

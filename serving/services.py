@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from helpers import MemoryBudget
 from settings import Settings
 
 from .queue import RedisQueue
@@ -19,6 +20,7 @@ class Services:
     settings: Settings
     queue: RedisQueue
     workers: WorkerDirectory
+    decode_budget: MemoryBudget  # decoded pixels this process holds at once
 
 
 def services() -> Services:

@@ -82,7 +82,9 @@ def classify_form():
         upload = uploaded_images()[0]
         model = serving.workers.model()
         size = model.input_size
-        image = decode_image(upload, serving.settings.max_image_pixels, decoded_side(size, model.resize))
+        image = decode_image(
+            upload, serving.settings.max_image_pixels, decoded_side(size, model.resize), serving.decode_budget
+        )
         result = run_classification([fit_image(image, size, model.resize)], serving.settings.top_k)
     except Exception as exc:  # the same status and sentence /predict would answer
         status, message = describe_error(exc)

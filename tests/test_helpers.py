@@ -1,10 +1,12 @@
 import io
+import struct
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ImageError, prepare_image
+from helpers import ACCEPTED_FORMATS, DecodeBusy, ImageError, MemoryBudget, prepare_image
 
 SIZE = (32, 24)  # (width, height)
 
@@ -92,3 +94,82 @@ def test_decompression_bomb_is_refused_before_decoding():
     medium = _encoded(Image.new("1", (3000, 2000)))
     with pytest.raises(ImageError, match="3000x2000 pixels; the limit is 1000000"):
         prepare_image(medium, SIZE, max_pixels=1_000_000)
+
+
+def _ico_wrapping(png: bytes) -> bytes:
+    """An .ico file whose one entry is a PNG (as Windows icons may be), whatever its size."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_only_the_accepted_formats_are_read_and_others_are_refused_unread():
+    huge = _encoded(Image.new("1", (8000, 8000)))  # 64 MP, a few KB as a PNG
+    started = time.perf_counter()
+    for data in (
+        _ico_wrapping(huge),
+        _encoded(Image.new("RGB", (8, 8)), "ICO"),
+        _encoded(Image.new("RGB", (8, 8)), "DDS"),
+        _encoded(Image.new("RGB", (8, 8)), "TGA"),
+    ):
+        with pytest.raises(ImageError, match=r"not an image this server reads \(JPEG, PNG"):
+            prepare_image(data, SIZE, max_pixels=100_000_000)
+    assert time.perf_counter() - started < 5  # nothing was decoded (a hang guard, not a benchmark)
+
+
+@pytest.mark.parametrize(
+    "fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"] + (["AVIF"] if "AVIF" in ACCEPTED_FORMATS else [])
+)
+def test_every_accepted_format_decodes(fmt):
+    image = Image.new("RGB", (40, 30), RED)
+    np.testing.assert_allclose(_prepared(_encoded(image, fmt)).mean(axis=(0, 1)), RED, atol=12)
+
+
+def _raises(data: bytes) -> type | None:
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except Exception as exc:
+        return type(exc)
+    return None
+
+
+@pytest.mark.skipif("AVIF" not in ACCEPTED_FORMATS, reason="this Pillow reads no AVIF")
+def test_a_decoder_that_raises_anything_is_a_400():
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _encoded(Image.fromarray(noise), "AVIF")
+    # One flipped byte makes Pillow's AVIF decoder raise RuntimeError, which is not an OSError.
+    flipped = (data[:n] + bytes([data[n] ^ 0xFF]) + data[n + 1 :] for n in range(16, len(data)))
+    broken = next((d for d in flipped if _raises(d) is RuntimeError), None)
+    assert broken is not None, "no flipped byte made the AVIF decoder raise RuntimeError"
+    with pytest.raises(ImageError, match="could not be decoded .RuntimeError"):
+        prepare_image(broken, SIZE, max_pixels=10_000_000)
+
+
+def test_a_large_png_is_reduced_right_after_decoding_and_keeps_its_colours():
+    image = Image.new("P", (3000, 2000), 1)
+    image.putpalette([0, 0, 0, 200, 20, 20] + [0] * 762)
+    pixels = prepare_image(_encoded(image), (224, 224), max_pixels=10_000_000)
+    assert pixels.shape == (224, 224, 3)
+    np.testing.assert_allclose(pixels.mean(axis=(0, 1)), RED, atol=1)
+
+
+def test_exif_orientation_survives_the_reduced_decode():
+    image = Image.new("RGB", (4000, 2000), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 2000, 2000))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pixels = prepare_image(_encoded(image, "JPEG", exif=exif, quality=90), (100, 200), 10_000_000)
+    assert pixels[10, 50, 0] > 200 and pixels[190, 50, 2] > 200  # red on top once turned
+
+
+def test_the_memory_budget_refuses_what_can_never_fit_and_makes_the_rest_wait():
+    budget = MemoryBudget(max_bytes=30 * 2**20, wait_seconds=0.2)
+    big = _encoded(Image.new("RGB", (3000, 3000)))  # 36 MB decoded
+    with pytest.raises(ImageError, match="decode budget of 30 MB"):
+        prepare_image(big, SIZE, max_pixels=100_000_000, budget=budget)
+    fits = _encoded(Image.new("RGB", (2000, 2000)))  # 16 MB decoded
+    with budget.reserve(20 * 2**20):  # another request holds most of the budget
+        with pytest.raises(DecodeBusy):
+            prepare_image(fits, SIZE, max_pixels=100_000_000, budget=budget)
+    assert prepare_image(fits, SIZE, max_pixels=100_000_000, budget=budget).shape == (24, 32, 3)
+    assert budget.in_use == 0
