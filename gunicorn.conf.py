@@ -33,7 +33,7 @@ worker_class = "serving.gunicorn_worker.GuardedThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = _settings.web_threads
 worker_connections = _settings.max_connections  # at the limit the longest-idle one makes way
-keepalive = _settings.idle_timeout  # idle seconds, before a first request or between requests
+keepalive = max(1, round(_settings.idle_timeout))  # idle seconds (whole), before or between requests
 # A gthread worker keeps pinging the arbiter while its threads wait, so this only catches a hung
 # process: one silent for longer than any request can take, twice over.
 timeout = int(2 * _settings.request_lifetime)

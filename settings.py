@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             choices=option.choices,
             metavar=option.env_var,
-            help=f"{option.help} (default: {option.default})",
+            help=f"{option.help} (default: {'unset' if option.default is None else option.default})",
         )
     return parser
 

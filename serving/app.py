@@ -17,6 +17,8 @@ from .redis_server import DEFAULT_URL
 from .services import EXTENSION, Services
 from .workers import WorkerDirectory
 
+FORM_PARTS = 64  # multipart parts a request may have
+
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The web tier, configured from the environment when no settings are given (gunicorn)."""
@@ -30,6 +32,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    # An image sent as a plain form field (curl -F image=<file) counts as form memory: allow up
+    # to the body limit. Parts: a few more than images, for top_k and the like.
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes
+    app.config["MAX_FORM_PARTS"] = FORM_PARTS
     budget = MemoryBudget(settings.decode_memory_mb * 2**20)
     app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue), budget)
     request_log.register_request_log(app)

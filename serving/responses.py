@@ -7,7 +7,7 @@ import logging
 
 import orjson
 import redis
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from helpers import DecodeBusy, ImageError
@@ -67,14 +67,24 @@ def describe_error(exc: Exception) -> tuple[int, str]:
         log.warning("Redis error: %s", exc)
         return 503, REDIS_DOWN
     if isinstance(exc, RequestEntityTooLarge):
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return 413, f"The upload is larger than the limit of {limit} bytes."
+        return 413, _too_large()
     if isinstance(exc, HTTPException):
         return exc.code or 500, exc.description or exc.name
     if isinstance(exc, TimeoutError):  # the socket timed out while the body was read (gunicorn)
         return 408, "The request did not arrive in time."
     log.exception("unhandled error", exc_info=exc)
     return 500, "Internal server error."
+
+
+def _too_large() -> str:
+    """Which of werkzeug's limits a 413 hit: the body's size, or the form's shape."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None or request.content_length > limit:
+        return f"The upload is larger than the limit of {limit} bytes."
+    return (
+        f"The form has more than {current_app.config['MAX_FORM_PARTS']} parts, or a form field larger than "
+        f"{current_app.config['MAX_FORM_MEMORY_SIZE']} bytes."
+    )
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -168,3 +168,23 @@ def test_web_tier_never_imports_tensorflow():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_form_of_too_many_parts_is_413_naming_that_limit(client):
+    fields = {f"field{i}": "x" for i in range(100)}  # a small body of many parts
+    response = client.post("/predict", data=fields, content_type="multipart/form-data")
+    assert response.status_code == 413
+    assert "The form has more than 64 parts" in response.json["error"]
+
+
+def test_help_reads_cleanly():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "run_keras_server.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0
+    for leftover in ("%(", "{'", "(default: None)"):
+        assert leftover not in out.stdout
+    assert "--batch-size BATCH_SIZE" in out.stdout and "under 5 percent" in out.stdout
