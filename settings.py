@@ -57,6 +57,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
     Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
     Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
+    Option("max_images_per_request", int, 32,
+           "images one request may carry (400 above); each is its own queue message"),
     Option("max_image_pixels", int, 25_000_000,
            "largest image, width x height, refused (400) before it is decoded: a classifier sees "
            "224-600 pixels a side, and 25 MP takes a 6000x4000 camera photo"),
@@ -116,6 +118,7 @@ class Settings:
     result_ttl: int
     max_queue_length: int
     max_upload_bytes: int
+    max_images_per_request: int
     max_image_pixels: int
     decode_memory_mb: int
     max_connections: int

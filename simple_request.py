@@ -1,14 +1,16 @@
-"""Classify one image with a running server and print the ranked labels.
+"""Classify images with a running server and print the ranked labels.
 
-    python simple_request.py IMAGE [--url http://127.0.0.1:5000/predict]
+    python simple_request.py IMAGE [IMAGE ...] [--top-k K] [--url http://127.0.0.1:5000/predict]
 
-Exits 0 on success; on an error prints the server's message and exits 1.
+Several images go in one request (each is batched on its own in the server). Exits 0 on success;
+on an error prints the server's message and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import requests
@@ -16,37 +18,51 @@ import requests
 DEFAULT_URL = "http://127.0.0.1:5000/predict"
 
 
-def classify(image: Path, url: str, timeout: float) -> tuple[int, dict]:
-    with image.open("rb") as handle:
-        response = requests.post(url, files={"image": (image.name, handle)}, timeout=timeout)
+def classify(images: list[Path], url: str, timeout: float, top_k: int | None = None) -> tuple[int, dict]:
+    with ExitStack() as files:
+        fields = [("image", (image.name, files.enter_context(image.open("rb")))) for image in images]
+        params = {"top_k": top_k} if top_k else None
+        response = requests.post(url, files=fields, params=params, timeout=timeout)
     try:
         return response.status_code, response.json()
     except ValueError:
         return response.status_code, {"success": False, "error": response.text.strip()[:200]}
 
 
+def print_result(body: dict, name: str | None = None) -> None:
+    model = body.get("model", {})
+    heading = f"{name}: " if name else ""
+    note = f" ({model['note']})" if model.get("note") else ""
+    print(f"{heading}model: {model.get('name', '?')}{note}")
+    for rank, prediction in enumerate(body["predictions"], start=1):
+        print(f"{rank}. {prediction['label']}: {prediction['probability']:.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", type=Path, help="image file to classify")
+    parser.add_argument("images", type=Path, nargs="+", help="image files to classify")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"predict endpoint (default: {DEFAULT_URL})")
+    parser.add_argument("--top-k", type=int, default=None, help="predictions per image (default: server's)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default: 30)")
     args = parser.parse_args(argv)
 
-    if not args.image.is_file():
-        print(f"error: {args.image} is not a file", file=sys.stderr)
+    missing = [str(image) for image in args.images if not image.is_file()]
+    if missing:
+        print(f"error: not a file: {', '.join(missing)}", file=sys.stderr)
         return 1
     try:
-        status, body = classify(args.image, args.url, args.timeout)
+        status, body = classify(args.images, args.url, args.timeout, args.top_k)
     except requests.RequestException as exc:
         print(f"error: could not reach {args.url}: {exc}", file=sys.stderr)
         return 1
     if not body.get("success"):
         print(f"error ({status}): {body.get('error', 'unknown error')}", file=sys.stderr)
         return 1
-    model = body.get("model", {})
-    print(f"model: {model.get('name', '?')}" + (f" ({model['note']})" if model.get("note") else ""))
-    for rank, prediction in enumerate(body["predictions"], start=1):
-        print(f"{rank}. {prediction['label']}: {prediction['probability']:.4f}")
+    if "results" in body:
+        for image, result in zip(args.images, body["results"]):
+            print_result(result, image.name)
+    else:
+        print_result(body)
     return 0
 
 

@@ -60,14 +60,15 @@ def _percentile_ms(sorted_seconds: list[float], percent: float) -> float | None:
     return round(sorted_seconds[int(rank) - 1] * 1000, 1)
 
 
-def multipart_body(image: bytes, filename: str) -> tuple[bytes, str]:
-    """(body, content type) of a form with one file field named 'image'."""
+def multipart_body(image: bytes, filename: str, copies: int = 1) -> tuple[bytes, str]:
+    """(body, content type) of a form with ``copies`` file fields named 'image'."""
     boundary = uuid.uuid4().hex
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
-    return head + image + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    parts = b"\r\n".join(head + image for _ in range(copies))
+    return parts + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def run_load(
@@ -80,12 +81,14 @@ def run_load(
     timeout: float = 60.0,
     progress: bool = True,
     path: str = "/predict",
+    images_per_request: int = 1,
 ) -> LoadResult:
-    """Send ``requests`` POSTs from ``concurrency`` threads; each thread sends one at a time."""
+    """Send ``requests`` POSTs (of ``images_per_request`` images each) from ``concurrency``
+    threads; each thread sends one at a time."""
     from tqdm import tqdm
 
     parts = urlsplit(url)
-    body, content_type = multipart_body(image, filename)
+    body, content_type = multipart_body(image, filename, images_per_request)
     headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
     tickets = itertools.count()
     lock = threading.Lock()
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", required=True, type=Path, help="image file to send")
     parser.add_argument("-n", "--requests", type=int, default=200, help="total requests")
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--images-per-request", type=int, default=1, help="image fields in each request")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request socket timeout, seconds")
     parser.add_argument(
         "--allow-busy",
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency,
         filename=args.image.name,
         timeout=args.timeout,
+        images_per_request=args.images_per_request,
     )
     print(format_summary(result.summary()))
     failed = result.failures(args.allow_busy)

@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_server.stop()
     print("Redis memory per queued image...", flush=True)
     results["redis_memory"] = redis_memory.measure(image, args.out / "logs")
+    results["redis_memory_multi"] = redis_memory.measure(image, args.out / "logs", images_per_request=8)
 
     results["goals"] = goals.evaluate(results)
     results["machine"]["load_after"] = _load()
@@ -213,6 +214,27 @@ def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
     with python_server(server_args("null", args, redis_url), logs / "null_server.log") as server:
         null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
         results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
+        results["multi_image"] = multi_image(server.url, image, null_rate, args)
+
+
+def multi_image(url: str, image: bytes, rate: float, args) -> dict:
+    """The web tier's work per image: 64 images in flight as 64 single-image requests, then as 8
+    requests of 8 images (the null model, so the pipeline is all that is measured)."""
+    rows = {}
+    for per_request, clients in ((1, 64), (8, 8)):
+        count = max(2 * clients, int(rate * args.seconds / per_request))
+        if args.max_requests:
+            count = min(count, args.max_requests)
+        summary = run_load(
+            url, image, count, clients, timeout=120, progress=False, images_per_request=per_request
+        ).summary()
+        summary["images_per_second"] = round(summary["throughput_rps"] * per_request, 1)
+        print(
+            f"  {clients} clients x {per_request} image(s) per request: {summary['images_per_second']} img/s",
+            flush=True,
+        )
+        rows[str(per_request)] = summary
+    return rows
 
 
 def load_image(path: Path) -> bytes:

@@ -72,6 +72,18 @@ def evaluate(results: dict) -> list[dict]:
             True,
         )
     )
+    multi = results.get("multi_image")
+    if multi:
+        single, several = multi["1"]["images_per_second"], multi["8"]["images_per_second"]
+        goals.append(
+            _goal(
+                "8-image requests >= 1.2 x single-image images/s (null model, 64 in flight)",
+                f"{several:.0f} / {single:.0f} img/s",
+                several / single,
+                1.2,
+                True,
+            )
+        )
     memory = results["redis_memory"]
     goals.append(
         _goal(

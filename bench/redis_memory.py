@@ -28,7 +28,10 @@ def _fake_worker(queue: RedisQueue, input_size: tuple[int, int]) -> None:
     queue.beat("benchmark-placeholder", Heartbeat(model, host="", pid=0, batch_size=8), ttl=120)
 
 
-def measure(image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224)) -> dict:
+def measure(
+    image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224), images_per_request: int = 1
+) -> dict:
+    """Bytes Redis keeps per queued image, for ``count`` images sent ``images_per_request`` at a time."""
     wait_seconds = 5.0
     redis_server = EmbeddedRedis().start()
     try:
@@ -53,12 +56,11 @@ def measure(image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224))
             statuses: list[int] = []
 
             def upload() -> None:
-                response = requests.post(
-                    server.url + "/predict", files={"image": ("i.jpg", image)}, timeout=wait_seconds + 30
-                )
+                files = [("image", (f"{i}.jpg", image)) for i in range(images_per_request)]
+                response = requests.post(server.url + "/predict", files=files, timeout=wait_seconds + 30)
                 statuses.append(response.status_code)
 
-            threads = [threading.Thread(target=upload) for _ in range(count)]
+            threads = [threading.Thread(target=upload) for _ in range(count // images_per_request)]
             for thread in threads:
                 thread.start()
             give_up = time.monotonic() + wait_seconds - 1
@@ -81,6 +83,7 @@ def measure(image: bytes, log_dir: Path, count: int = 16, input_size=(224, 224))
     # also counts the uploads' connection buffers, which Redis frees once the clients go idle.
     per_image = (list_bytes + marker_bytes) / queued
     return {
+        "images_per_request": images_per_request,
         "queued": queued,
         "message_bytes": len(sample),
         "bytes_per_image": round(per_image),

@@ -11,13 +11,13 @@ from flask import Flask
 from helpers import MemoryBudget
 from settings import Settings, load_settings
 
-from . import api, metrics, request_log, responses, ui
+from . import api, metrics, request_log, responses, ui, v2
 from .redis_client import open_queue
 from .redis_server import DEFAULT_URL
 from .services import EXTENSION, Services
 from .workers import WorkerDirectory
 
-FORM_PARTS = 64  # multipart parts a request may have
+FORM_PARTS = 64  # multipart parts a request may have: images, top_k, and room to spare
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -32,9 +32,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    # An image sent as a plain form field (curl -F image=<file) counts as form memory: allow up
-    # to the body limit. Parts: a few more than images, for top_k and the like.
-    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
     budget = MemoryBudget(settings.decode_memory_mb * 2**20)
     app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue), budget)
@@ -43,4 +40,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     responses.register_error_handlers(app)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(ui.blueprint)
+    app.register_blueprint(v2.blueprint)
     return app

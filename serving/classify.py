@@ -56,9 +56,10 @@ def prepare_images(
 
 
 def classify(
-    queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int
+    queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int, as_list: bool = False
 ) -> Classification:
-    """Queue the images as one request and wait for all their answers, within the deadline."""
+    """Queue the images as one request and wait for all their answers, within the deadline;
+    ``as_list`` answers with a list of results even for one image."""
     request_id = new_request_id()
     now = time.time()
     deadline = now + settings.client_timeout
@@ -77,20 +78,20 @@ def classify(
         error = f"No result within {settings.client_timeout:g} s; the request was withdrawn."
         return Classification(request_id, 504, {"success": False, "error": error, "request_id": request_id})
     ordered = tuple(sorted(answers, key=lambda answer: answer.index))
-    status, body = compose(ordered)
+    status, body = compose(ordered, as_list or len(ordered) > 1)
     body["request_id"] = request_id
     return Classification(request_id, status, body, ordered)
 
 
-def compose(answers: Sequence[Answer]) -> tuple[int, dict]:
-    """The status and body for a request's answers (in image order): one image answers as a
-    single result, several as a list; the first failed image fails the request."""
+def compose(answers: Sequence[Answer], as_list: bool) -> tuple[int, dict]:
+    """The status and body for a request's answers (in image order): a single result, or a list
+    of them; the first failed image fails the request."""
     failed = next((answer for answer in answers if not answer.ok), None)
     if failed:
         error = failed.body.get("error", "The request failed.")
         if len(answers) > 1:
             error = f"Image {failed.index + 1} of {len(answers)}: {error}"
         return failed.status, {"success": False, "error": error}
-    if len(answers) == 1:
-        return 200, {"success": True, **answers[0].body}
-    return 200, {"success": True, "results": [answer.body for answer in answers]}
+    if as_list:
+        return 200, {"success": True, "results": [answer.body for answer in answers]}
+    return 200, {"success": True, **answers[0].body}

@@ -1,252 +1,259 @@
 """The OpenAPI 3 description of the HTTP API, served at /openapi.json.
 
-Built from the running settings, so the limits it states (upload size, deadline) are the real ones.
-tests/test_openapi.py fuzzes the live server against it.
+Built from the running settings, so the limits it states (upload size, images, deadline) are the
+real ones. tests/test_openapi.py fuzzes the live server against it with schemathesis.
 """
 
 from __future__ import annotations
 
 from settings import Settings
 
-
-def _ref(kind: str, name: str) -> dict:
-    return {"$ref": f"#/components/{kind}/{name}"}
-
-
-def _error(description: str, retry_after: bool = False) -> dict:
-    response = {
-        "description": description,
-        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
-    }
-    if retry_after:
-        response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
-    return response
+from .openapi_schemas import SCHEMAS, TOP_K, ref
 
 
 def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
-    response = {"description": description, "content": {"application/json": {"schema": schema}}}
+    response: dict = {"description": description, "content": {"application/json": {"schema": schema}}}
     if headers:
         response["headers"] = headers
     return response
 
 
-def _schemas() -> dict:
-    number = {"type": "number", "minimum": 0}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["success", "error"],
-            "properties": {
-                "success": {"type": "boolean", "enum": [False]},
-                "error": {"type": "string", "description": "A plain sentence saying what went wrong."},
-                "request_id": {"type": "string", "description": "Present once the image was queued."},
-            },
-        },
-        "Prediction": {
-            "type": "object",
-            "required": ["label", "probability", "class_id"],
-            "properties": {
-                "label": {"type": "string"},
-                "probability": {"type": "number", "minimum": 0, "maximum": 1},
-                "class_id": {"type": "integer", "minimum": 0, "description": "The model's output index."},
-                "wnid": {"type": "string", "description": "WordNet id, for ImageNet models."},
-            },
-        },
-        "Model": {
-            "type": "object",
-            "required": ["name", "input_size", "classes"],
-            "properties": {
-                "name": {"type": "string", "example": "resnet50"},
-                "input_size": {
-                    "type": "array",
-                    "items": {"type": "integer"},
-                    "minItems": 2,
-                    "maxItems": 2,
-                    "description": "[width, height] the image is resized to.",
-                },
-                "classes": {"type": "integer", "minimum": 1},
-                "resize": {
-                    "type": "string",
-                    "enum": ["crop", "squash"],
-                    "description": "How uploads are fitted to input_size.",
-                },
-                "runtime": {"type": "string", "enum": ["tensorflow", "openvino", "none"]},
-                "precision": {"type": "string", "enum": ["f32", "bf16"]},
-                "note": {"type": "string", "description": "A caveat, e.g. that the weights are random."},
-            },
-        },
-        "PredictionResult": {
-            "type": "object",
-            "required": ["success", "predictions", "model", "batch", "timings_ms", "request_id"],
-            "properties": {
-                "success": {"type": "boolean", "enum": [True]},
-                "predictions": {
-                    "type": "array",
-                    "items": _ref("schemas", "Prediction"),
-                    "description": "The top-k labels, most probable first.",
-                },
-                "model": _ref("schemas", "Model"),
-                "batch": {
-                    "type": "object",
-                    "required": ["id", "size", "worker"],
-                    "description": "The model call this image shared with others.",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "size": {"type": "integer", "minimum": 1},
-                        "worker": {"type": "string"},
-                    },
-                },
-                "timings_ms": {
-                    "type": "object",
-                    "required": ["queued", "model", "total"],
-                    "properties": {
-                        "queued": {**number, "description": "Waiting in the queue for a worker."},
-                        "model": {**number, "description": "The batch's model call."},
-                        "total": {**number, "description": "Request received to response ready."},
-                    },
-                },
-                "request_id": {"type": "string"},
-            },
-        },
+def _errors(settings: Settings, shape: str = "Error", **statuses: str) -> dict:
+    """The error responses of an operation: those every route has, and ``statuses``."""
+    retry_after = {"Retry-After": ref("RetryAfter", "headers")}
+    descriptions = {
+        "405": "The path does not take this method; the Allow header lists those it takes.",
+        "500": "An unexpected failure (e.g. the model failed on this image's batch).",
+        **{code.removeprefix("s"): text for code, text in statuses.items()},
     }
+    responses = {code: _json(text, ref(shape)) for code, text in descriptions.items()}
+    responses["405"]["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "e.g. POST"}}
+    if "503" in responses:
+        responses["503"]["headers"] = retry_after
+    return responses
 
 
-def openapi_spec(settings: Settings) -> dict:
-    method_not_allowed = _error("The path does not take this method; the Allow header lists those it takes.")
-    method_not_allowed["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "e.g. POST"}}
-    internal = _error("An unexpected failure (e.g. the model failed on this image's batch).")
-    unavailable = _error(
-        "Redis is unreachable, the queue is full, or no model worker is running.", retry_after=True
+def _classify_errors(settings: Settings, shape: str = "Error") -> dict:
+    return _errors(
+        settings,
+        shape,
+        s400=f"No image, an unreadable or unaccepted image, more than {settings.max_image_pixels} "
+        f"pixels, more than {settings.max_images_per_request} images, bad base64 or JSON, or a bad top_k.",
+        s413=f"The body is larger than {settings.max_upload_bytes} bytes (or a form of too many parts).",
+        s415="A Content-Type the server does not take; the error lists those it takes.",
+        s503="Redis is unreachable or slow, the queue is full, no model worker is running, or the decode "
+        "memory budget is taken.",
+        s504=f"No result within {settings.client_timeout:g} s; the images were withdrawn from the queue.",
     )
+
+
+def _predict(settings: Settings) -> dict:
     request_id = {
         "X-Request-ID": {
             "schema": {"type": "string"},
-            "description": "The client's X-Request-ID if it sent one, else the server's request id.",
+            "description": "The client's X-Request-ID if it sent one, else the server's.",
         }
+    }
+    image = {"type": "string", "format": "binary", "description": "JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF."}
+    return {
+        "post": {
+            "operationId": "predict",
+            "summary": "Classify one or several images",
+            "parameters": [
+                {
+                    "name": "X-Request-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Your own id for this request; echoed back and logged.",
+                },
+                {"name": "top_k", "in": "query", "required": False, "schema": TOP_K},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {
+                                    "oneOf": [
+                                        image,
+                                        {
+                                            "type": "array",
+                                            "items": image,
+                                            "maxItems": settings.max_images_per_request,
+                                        },
+                                    ],
+                                    "description": "One file field named image, or several (a list).",
+                                },
+                                "top_k": TOP_K,
+                            },
+                        },
+                        "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
+                    },
+                    "image/*": {"schema": image},
+                    "application/octet-stream": {"schema": image},
+                    "application/json": {"schema": ref("ImagesJson")},
+                },
+            },
+            "responses": {
+                "200": _json(
+                    "The top predictions: one result, or a list of them in upload order.",
+                    {"oneOf": [ref("PredictionResult"), ref("PredictionResults")]},
+                    request_id,
+                ),
+                **_classify_errors(settings),
+            },
+        }
+    }
+
+
+def _get(
+    operation_id: str, summary: str, ok: dict, settings: Settings, shape: str = "Error", **errors: str
+) -> dict:
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {"200": ok, **_errors(settings, shape, **errors)},
+        }
+    }
+
+
+def _v2_paths(settings: Settings, model_name: str | None) -> dict:
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The model the workers serve.",
+        **({"example": model_name} if model_name else {}),
+    }
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "example": "1",
+    }
+    object_ok = {"type": "object"}
+    unknown = "No such model (or version): the error names the one this server serves."
+    busy = "Redis is unreachable or no model worker is alive."
+    infer = {
+        "post": {
+            "operationId": "v2_infer",
+            "summary": "Open Inference Protocol (KServe v2) inference",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("InferRequest")}},
+            },
+            "responses": {
+                "200": {
+                    "description": "The outputs: JSON, or the JSON header and binary tensors with "
+                    "Inference-Header-Content-Length.",
+                    "content": {
+                        "application/json": {"schema": ref("InferResponse")},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                **_classify_errors(settings, "ProtocolError"),
+                "404": _json(unknown, ref("ProtocolError")),
+            },
+        }
+    }
+    paths: dict = {
+        "/v2": _get(
+            "v2_server_metadata",
+            "Server metadata",
+            _json("Name, version, extensions.", object_ok),
+            settings,
+            "ProtocolError",
+        ),
+        "/v2/health/live": _get("v2_live", "Liveness", _json("Alive.", object_ok), settings, "ProtocolError"),
+        "/v2/health/ready": _get(
+            "v2_ready", "Readiness", _json("Ready.", object_ok), settings, "ProtocolError", s503=busy
+        ),
+    }
+    for prefix, parameters in (
+        ("/v2/models/{name}", [name]),
+        ("/v2/models/{name}/versions/{version}", [name, version]),
+    ):
+        suffix = "_version" if len(parameters) == 2 else ""
+        paths[prefix] = _get(
+            f"v2_model_metadata{suffix}",
+            "Model metadata: inputs and outputs",
+            _json("The model's tensors.", object_ok),
+            settings,
+            "ProtocolError",
+            s404=unknown,
+            s503=busy,
+        )
+        paths[prefix + "/ready"] = _get(
+            f"v2_model_ready{suffix}",
+            "Model readiness",
+            _json("Ready.", object_ok),
+            settings,
+            "ProtocolError",
+            s404=unknown,
+            s503=busy,
+        )
+        paths[prefix + "/infer"] = {"post": {**infer["post"], "operationId": f"v2_infer{suffix}"}}
+        for operation in (paths[prefix], paths[prefix + "/ready"], paths[prefix + "/infer"]):
+            next(iter(operation.values()))["parameters"] = parameters
+    return paths
+
+
+def openapi_spec(settings: Settings, model_name: str | None = None) -> dict:
+    """The document; ``model_name``, when a worker is alive, is the example of the /v2 paths' name."""
+    alive = {
+        "type": "object",
+        "required": ["alive"],
+        "properties": {"alive": {"type": "boolean", "enum": [True]}},
+    }
+    ready = {
+        "type": "object",
+        "required": ["ready", "workers", "queue_depth", "model"],
+        "properties": {
+            "ready": {"type": "boolean", "enum": [True]},
+            "workers": {"type": "integer", "minimum": 1},
+            "queue_depth": {"type": "integer", "minimum": 0},
+            "model": ref("Model"),
+        },
+    }
+    metrics = {
+        "description": "Metrics; see README for their names and meaning.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
     }
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "Keras image classification API",
-            "version": "1.0.0",
+            "version": "2.0.0",
             "description": (
-                "Images are queued in Redis and classified in batches by model workers. Every error is "
-                'JSON `{"success": false, "error": "..."}`. A path called with a method it does not '
-                "take answers 405 with an Allow header."
+                "Images are queued in Redis and classified in batches by model workers. Every error is JSON "
+                '`{"success": false, "error": "..."}` (the /v2 routes: `{"error": "..."}`). A path called '
+                "with a method it does not take answers 405 with an Allow header."
             ),
         },
         "paths": {
-            "/predict": {
-                "post": {
-                    "operationId": "predict",
-                    "summary": "Classify one image",
-                    "parameters": [
-                        {
-                            "name": "X-Request-ID",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                            "description": "Your own id for this request; echoed back and logged.",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["image"],
-                                    "properties": {
-                                        "image": {
-                                            "type": "string",
-                                            "format": "binary",
-                                            "description": "JPEG, PNG, GIF (first frame), WebP, BMP or TIFF.",
-                                        }
-                                    },
-                                },
-                                "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json("The top predictions.", _ref("schemas", "PredictionResult"), request_id),
-                        "400": _error(
-                            "No multipart field 'image', or it is not an image this server can read, "
-                            f"or it has more than {settings.max_image_pixels} pixels."
-                        ),
-                        "405": method_not_allowed,
-                        "413": _error(f"The request body is larger than {settings.max_upload_bytes} bytes."),
-                        "500": internal,
-                        "503": unavailable,
-                        "504": _error(
-                            f"No result within {settings.client_timeout:g} s; "
-                            "the request was withdrawn from the queue."
-                        ),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "Liveness: the web process answers",
-                    "responses": {
-                        "200": _json(
-                            "Alive.",
-                            {
-                                "type": "object",
-                                "required": ["alive"],
-                                "properties": {"alive": {"type": "boolean", "enum": [True]}},
-                            },
-                        ),
-                        "405": method_not_allowed,
-                        "500": internal,
-                    },
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Readiness: Redis answers and at least one model worker is alive",
-                    "responses": {
-                        "200": _json(
-                            "Ready to classify.",
-                            {
-                                "type": "object",
-                                "required": ["ready", "workers", "queue_depth", "model"],
-                                "properties": {
-                                    "ready": {"type": "boolean", "enum": [True]},
-                                    "workers": {"type": "integer", "minimum": 1},
-                                    "queue_depth": {"type": "integer", "minimum": 0},
-                                    "model": _ref("schemas", "Model"),
-                                },
-                            },
-                        ),
-                        "405": method_not_allowed,
-                        "500": internal,
-                        "503": _error(
-                            "Redis is unreachable or no model worker has sent a heartbeat recently.",
-                            retry_after=True,
-                        ),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics (text exposition format)",
-                    "responses": {
-                        "200": {
-                            "description": "Metrics; see README for their names and meaning.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        "405": method_not_allowed,
-                        "500": internal,
-                    },
-                }
-            },
+            "/predict": _predict(settings),
+            "/healthz": _get(
+                "healthz", "Liveness: the web process answers", _json("Alive.", alive), settings
+            ),
+            "/readyz": _get(
+                "readyz",
+                "Readiness: Redis answers and a model worker is alive",
+                _json("Ready to classify.", ready),
+                settings,
+                s503="Redis is unreachable or no model worker has sent a heartbeat recently.",
+            ),
+            "/metrics": _get("metrics", "Prometheus metrics (text exposition format)", metrics, settings),
+            **_v2_paths(settings, model_name),
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": SCHEMAS,
             "headers": {
                 "RetryAfter": {
                     "description": "Seconds to wait before trying again.",

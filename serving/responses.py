@@ -91,7 +91,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def any_error(exc: Exception):
         status, message = describe_error(exc)
-        response = error_response(status, message)
+        if request.path == "/v2" or request.path.startswith("/v2/"):  # the protocol's own shape
+            body, status, headers = error_body(status, message)
+            response = json_response({"error": message}, status, headers)
+        else:
+            response = error_response(status, message)
         allowed = getattr(exc, "valid_methods", None)
         if allowed:  # a 405 says which methods the path takes
             response.headers["Allow"] = ", ".join(allowed)

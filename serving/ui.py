@@ -11,13 +11,13 @@ import base64
 import io
 
 import redis
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, current_app, render_template, request
 from PIL import Image
 
-from helpers import decode_image, decoded_side, fit_image
+from helpers import ImageError, decode_image, decoded_side, fit_image
 
 from . import request_log
-from .api import run_classification, uploaded_images
+from .api import run_classification
 from .messages import ModelInfo
 from .responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
 from .services import services
@@ -79,13 +79,19 @@ def classify_form():
     """POST /predict for browsers without JavaScript: the same answer, as a page."""
     serving = services()
     try:
-        upload = uploaded_images()[0]
+        upload = request.files.get("image")
+        if upload is None:
+            raise ImageError("Choose an image first.")
         model = serving.workers.model()
         size = model.input_size
         image = decode_image(
-            upload, serving.settings.max_image_pixels, decoded_side(size, model.resize), serving.decode_budget
+            upload.read(),
+            serving.settings.max_image_pixels,
+            decoded_side(size, model.resize),
+            serving.decode_budget,
         )
-        result = run_classification([fit_image(image, size, model.resize)], serving.settings.top_k)
+        top_k = min(serving.settings.top_k, model.classes)
+        result = run_classification([fit_image(image, size, model.resize)], top_k)
     except Exception as exc:  # the same status and sentence /predict would answer
         status, message = describe_error(exc)
         return _page(status, error=message)

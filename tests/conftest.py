@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 
 import pytest
 import redis
@@ -93,3 +94,40 @@ def serve(redis_server, colour_model, tmp_path_factory):
 def colour_server(serve):
     """One started colour-model server (web + worker thread) shared by a module's tests."""
     return serve()
+
+
+@pytest.fixture(scope="module")
+def colour_app(redis_server, colour_model):
+    """The app in-process (Flask test client) with a real worker thread serving the colour model,
+    on a real redis-server: each module gets its own queue. Settings: ``colour_app.settings``."""
+    from serving.app import create_app
+    from serving.models import load_classifier
+    from serving.redis_client import open_queue
+    from serving.worker import ModelWorker
+
+    from .support import make_settings, wait_until
+
+    queue_name = f"inproc{next(_queue_numbers)}"
+    settings = make_settings(
+        redis_url=redis_server.url, queue_name=queue_name, batch_wait_ms=20, top_k=2, max_images_per_request=4
+    )
+    model_path, labels_path = colour_model
+    classifier = load_classifier(str(model_path), labels=str(labels_path), preprocess="unit")
+    queue = open_queue(redis_server.url, queue_name, call_timeout=5, longest_block=5)
+    worker = ModelWorker(queue, classifier, settings)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    app = create_app(settings)
+    wait_until(lambda: app.test_client().get("/readyz").status_code == 200, 30, "the worker's heartbeat")
+    app.config["QUEUE_NAME"] = queue_name
+    yield app
+    worker.stop()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def module_redis(redis_server):
+    """A client that does not flush (the flushing redis_client would take a module's worker heartbeat)."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()

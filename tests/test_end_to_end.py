@@ -104,3 +104,32 @@ def test_simple_request_reports_server_errors(server, tmp_path):
         timeout=60,
     )
     assert out.returncode == 1 and "error (400)" in out.stderr and "not an image" in out.stderr
+
+
+def test_simple_request_sends_several_images_with_a_top_k(server, tmp_path):
+    paths = []
+    for colour in ("blue", "red"):
+        path = tmp_path / f"{colour}.png"
+        path.write_bytes(colour_image(colour))
+        paths.append(str(path))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "simple_request.py"),
+            *paths,
+            "--top-k",
+            "1",
+            "--url",
+            server.url + "/predict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "blue.png: model: colour",
+        "1. blue: " + out.stdout.splitlines()[1][9:],
+        "red.png: model: colour",
+        "1. red: " + out.stdout.splitlines()[3][8:],
+    ]
