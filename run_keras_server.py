@@ -52,7 +52,7 @@ def create_worker(settings: Settings):
     started = time.perf_counter()
     # Every batch size once, before the first heartbeat: ready means warm (OpenVINO prepares
     # each new input shape on its first call, TensorFlow traces its graph once).
-    classifier.warm_up(range(1, settings.batch_size + 1))
+    batch_seconds = classifier.warm_up(range(1, settings.batch_size + 1))
     log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
     queue = open_queue(
         settings.redis_url or DEFAULT_URL,
@@ -61,7 +61,9 @@ def create_worker(settings: Settings):
         longest_block=IDLE_TIMEOUT,
     )
     # Batch stats go to Redis, so /metrics on any web server reports every worker's.
-    return ModelWorker(queue, classifier, settings, observer=RedisBatchStats(queue))
+    return ModelWorker(
+        queue, classifier, settings, observer=RedisBatchStats(queue), batch_seconds=batch_seconds
+    )
 
 
 def _on_stop_signals(stop) -> None:

@@ -55,7 +55,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis_timeout", float, 1.0,
            "seconds any Redis call but the wait for a result may take before the request gets 503"),
     Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
-    Option("max_queue_length", int, 256, "queued images at which new requests get 503"),
+    Option("max_queue_length", int, 256, "queued interactive images at which new requests get 503"),
+    Option("job_timeout", float, 600.0,
+           "seconds a job's images may wait to be computed; after that the job is expired and its "
+           "queued images are dropped unrun"),
+    Option("job_ttl", int, 3600, "seconds a finished job's result is kept"),
+    Option("max_job_queue_length", int, 10_000, "queued bulk (job) images at which new jobs get 503"),
     Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
     Option("max_images_per_request", int, 32,
            "images one request may carry (400 above); each is its own queue message"),
@@ -117,6 +122,9 @@ class Settings:
     redis_timeout: float
     result_ttl: int
     max_queue_length: int
+    job_timeout: float
+    job_ttl: int
+    max_job_queue_length: int
     max_upload_bytes: int
     max_images_per_request: int
     max_image_pixels: int

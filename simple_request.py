@@ -1,6 +1,7 @@
 """Classify images with a running server and print the ranked labels.
 
     python simple_request.py IMAGE [IMAGE ...] [--top-k K] [--url http://127.0.0.1:5000/predict]
+    python simple_request.py IMAGE ... --async     # submit a job (POST /jobs), then long-poll it
 
 Several images go in one request (each is batched on its own in the server). Exits 0 on success;
 on an error prints the server's message and exits 1.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,7 +24,30 @@ def classify(images: list[Path], url: str, timeout: float, top_k: int | None = N
     with ExitStack() as files:
         fields = [("image", (image.name, files.enter_context(image.open("rb")))) for image in images]
         params = {"top_k": top_k} if top_k else None
-        response = requests.post(url, files=fields, params=params, timeout=timeout)
+        return _answer(requests.post(url, files=fields, params=params, timeout=timeout))
+
+
+def classify_later(
+    images: list[Path], url: str, timeout: float, top_k: int | None = None
+) -> tuple[int, dict]:
+    """Submit a job, then long-poll it until it ends or ``timeout`` passes."""
+    jobs_url = url.rsplit("/predict", 1)[0] + "/jobs"
+    status, body = classify(images, jobs_url, timeout, top_k)
+    if status != 202:
+        return status, body
+    print(f"job {body['id']}: {body['images']} image(s) queued", file=sys.stderr)
+    give_up = time.monotonic() + timeout
+    while body.get("status") in ("queued", "running") and time.monotonic() < give_up:
+        wait = max(1, min(30, int(give_up - time.monotonic())))
+        status, body = _answer(
+            requests.get(f"{jobs_url}/{body['id']}", params={"wait": wait}, timeout=wait + 10)
+        )
+    if body.get("status") in ("queued", "running"):
+        return 504, {"success": False, "error": f"job {body['id']} is still {body['status']}"}
+    return status, body
+
+
+def _answer(response: requests.Response) -> tuple[int, dict]:
     try:
         return response.status_code, response.json()
     except ValueError:
@@ -44,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"predict endpoint (default: {DEFAULT_URL})")
     parser.add_argument("--top-k", type=int, default=None, help="predictions per image (default: server's)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default: 30)")
+    parser.add_argument(
+        "--async",
+        dest="later",
+        action="store_true",
+        help="submit a job and poll it (the server's bulk lane) instead of waiting on /predict",
+    )
     args = parser.parse_args(argv)
 
     missing = [str(image) for image in args.images if not image.is_file()]
@@ -51,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not a file: {', '.join(missing)}", file=sys.stderr)
         return 1
     try:
-        status, body = classify(args.images, args.url, args.timeout, args.top_k)
+        send = classify_later if args.later else classify
+        status, body = send(args.images, args.url, args.timeout, args.top_k)
     except requests.RequestException as exc:
         print(f"error: could not reach {args.url}: {exc}", file=sys.stderr)
         return 1

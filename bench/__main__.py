@@ -22,7 +22,7 @@ import requests
 from serving.redis_server import EmbeddedRedis
 from stress_test import run_load
 
-from . import goals, overhead, redis_memory
+from . import goals, overhead, priority, redis_memory
 from .plot import plot
 from .processes import ROOT, python_server
 from .report import table
@@ -192,6 +192,13 @@ def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
         print(f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}")
         results["server"] = sweep(server.url, image, concurrencies, best_raw, args, warmup=8)
         results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
+        print("interactive requests under a full bulk lane...", flush=True)
+        results["priority"] = priority.measure(
+            server.url,
+            image,
+            count=6 if args.quick else 20,
+            bulk_images=64 if args.quick else priority.BULK_IMAGES,
+        )
     print("server over HTTP, --runtime tensorflow...", flush=True)
     tensorflow_server = server_args(args.model, args, redis_url, "--runtime", "tensorflow")
     with python_server(tensorflow_server, logs / "server_tensorflow.log") as server:

@@ -72,6 +72,18 @@ def evaluate(results: dict) -> list[dict]:
             True,
         )
     )
+    lanes = results.get("priority")
+    if lanes:
+        idle, loaded = lanes["idle"]["p50_ms"], lanes["under_bulk"]["p50_ms"]
+        goals.append(
+            _goal(
+                f"interactive p50 under {lanes['bulk_images']} queued bulk images <= 2 x idle p50",
+                f"{loaded:.0f} / {idle:.0f} ms",
+                loaded / idle,
+                2.0,
+                False,
+            )
+        )
     multi = results.get("multi_image")
     if multi:
         single, several = multi["1"]["images_per_second"], multi["8"]["images_per_second"]

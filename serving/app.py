@@ -11,7 +11,7 @@ from flask import Flask
 from helpers import MemoryBudget
 from settings import Settings, load_settings
 
-from . import api, metrics, request_log, responses, ui, v2
+from . import api, jobs, metrics, request_log, responses, ui, v2
 from .redis_client import open_queue
 from .redis_server import DEFAULT_URL
 from .services import EXTENSION, Services
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.register_metrics(app)
     responses.register_error_handlers(app)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(jobs.blueprint)
     app.register_blueprint(ui.blueprint)
     app.register_blueprint(v2.blueprint)
     return app

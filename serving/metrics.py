@@ -36,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import request_log
+from .messages import BULK, INTERACTIVE, LANES
 from .queue import RedisQueue
 from .services import services
 from .worker import BatchObserver
@@ -142,17 +143,18 @@ def _histogram(name: str, doc: str, stats: dict[str, str], prefix: str, bounds: 
 class QueueCollector:
     """Read at scrape time from Redis: queue depth, live workers and the workers' batch stats."""
 
-    def __init__(self, queue: RedisQueue, capacity: int):
+    def __init__(self, queue: RedisQueue, capacities: dict[str, int]):
         self.queue = queue
-        self.capacity = capacity
+        self.capacities = capacities  # per lane: the depth at which new work gets 503
 
     def collect(self):
         up = GaugeMetricFamily("inference_redis_up", "1 if Redis answered this scrape, else 0.")
         try:
             pipe = self.queue.redis.pipeline(transaction=False)
-            pipe.llen(self.queue.name)
+            for lane in LANES:
+                pipe.llen(self.queue.keys.lane(lane))
             pipe.hgetall(self.queue.keys.stats)
-            depth, raw_stats = pipe.execute()
+            *depths, raw_stats = pipe.execute()
             workers = self.queue.live_workers()
         except redis.RedisError as exc:
             log.warning("metrics scrape could not read Redis: %s", exc)
@@ -162,10 +164,21 @@ class QueueCollector:
         up.add_metric([], 1)
         yield up
         stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
-        yield GaugeMetricFamily("inference_queue_depth", "Images waiting in the Redis queue.", value=depth)
-        yield GaugeMetricFamily(
-            "inference_queue_capacity", "Queue depth at which new requests get 503.", value=self.capacity
+        depth = GaugeMetricFamily(
+            "inference_queue_depth", "Images waiting in the Redis queue, by lane.", labels=["lane"]
         )
+        capacity = GaugeMetricFamily(
+            "inference_queue_capacity", "Lane depth at which new work gets 503.", labels=["lane"]
+        )
+        for lane, waiting in zip(LANES, depths):
+            depth.add_metric([lane], waiting)
+            capacity.add_metric([lane], self.capacities[lane])
+        yield depth
+        yield capacity
+        jobs = CounterMetricFamily("inference_jobs", "Jobs that ended, by final status.", labels=["status"])
+        for final in ("done", "failed", "expired", "cancelled"):
+            jobs.add_metric([final], int(stats.get(f"jobs:{final}", 0)))
+        yield jobs
         yield GaugeMetricFamily(
             "inference_workers_live", "Model workers with a live heartbeat.", value=len(workers)
         )
@@ -229,6 +242,10 @@ def register_metrics(app: Flask) -> None:
     @app.get("/metrics")
     def metrics():
         serving = services()
-        queue_metrics = QueueCollector(serving.queue, serving.settings.max_queue_length)
+        capacities = {
+            INTERACTIVE: serving.settings.max_queue_length,
+            BULK: serving.settings.max_job_queue_length,
+        }
+        queue_metrics = QueueCollector(serving.queue, capacities)
         body = generate_latest(_Scrape(_process_metrics(), queue_metrics))
         return Response(body, mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -110,6 +110,63 @@ def _predict(settings: Settings) -> dict:
     }
 
 
+def _jobs_paths(settings: Settings) -> dict:
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The id POST /jobs answered.",
+    }
+    wait = {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": 30},
+        "description": "Seconds to wait for the job to end (long-poll), at most 30.",
+    }
+    missing = "No such job: never submitted, deleted, or its result expired."
+    submit = _predict(settings)["post"]
+    accepted = _json(
+        "Queued: poll the Location.",
+        ref("Job"),
+        {"Location": {"schema": {"type": "string"}, "description": "/jobs/<id>"}},
+    )
+    return {
+        "/jobs": {
+            "post": {
+                **submit,
+                "operationId": "submit_job",
+                "summary": "Submit images now, fetch the answer later (the bulk lane)",
+                "responses": {
+                    "202": accepted,
+                    **{k: v for k, v in submit["responses"].items() if k != "200"},
+                },
+            }
+        },
+        "/jobs/{job_id}": {
+            "get": {
+                "operationId": "job_status",
+                "summary": "A job's state, and its answer once it ends",
+                "parameters": [job_id, wait],
+                "responses": {
+                    "200": _json("The job.", ref("Job")),
+                    **_errors(settings, s400="A bad wait.", s404=missing, s503="Redis is unreachable."),
+                },
+            },
+            "delete": {
+                "operationId": "delete_job",
+                "summary": "Cancel a job (its queued images are never computed) or delete its result",
+                "parameters": [job_id],
+                "responses": {
+                    "200": _json("Cancelled or deleted.", ref("Job")),
+                    **_errors(settings, s404=missing, s503="Redis is unreachable."),
+                },
+            },
+        },
+    }
+
+
 def _get(
     operation_id: str, summary: str, ok: dict, settings: Settings, shape: str = "Error", **errors: str
 ) -> dict:
@@ -250,6 +307,7 @@ def openapi_spec(settings: Settings, model_name: str | None = None) -> dict:
                 s503="Redis is unreachable or no model worker has sent a heartbeat recently.",
             ),
             "/metrics": _get("metrics", "Prometheus metrics (text exposition format)", metrics, settings),
+            **_jobs_paths(settings),
             **_v2_paths(settings, model_name),
         },
         "components": {

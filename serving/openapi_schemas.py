@@ -130,6 +130,27 @@ SCHEMAS: dict = {
             "top_k": TOP_K,
         },
     },
+    "Job": {
+        "type": "object",
+        "required": ["id", "status"],
+        "description": "A job's state; once done, also the body /predict gives (success, predictions or "
+        "results); failed or expired: success false and an error.",
+        "properties": {
+            "id": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "running", "done", "failed", "expired", "cancelled", "deleted"],
+            },
+            "images": {"type": "integer", "minimum": 1},
+            "done": {"type": "integer", "minimum": 0, "description": "Images answered so far."},
+            "cancelled": {"type": "integer", "minimum": 0, "description": "Images dropped unrun (DELETE)."},
+            "created": NUMBER,
+            "deadline": NUMBER,
+            "finished": NUMBER,
+            "success": {"type": "boolean"},
+            "error": {"type": "string"},
+        },
+    },
     "Tensor": {
         "type": "object",
         "required": ["name", "datatype", "shape"],

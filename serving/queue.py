@@ -11,7 +11,10 @@ Keys, all under the queue name ``Q`` (``QueueKeys`` builds them; nothing else do
 - ``Q:processing:<worker>``      interactive messages a worker has taken and not yet answered
 - ``Q:processing-bulk:<worker>`` the same for bulk messages
 - ``Q:worker:<worker>``          heartbeat with a TTL (messages.Heartbeat)
-- ``Q:stats``                    hash of deployment-wide batch counts (serving/metrics.py)
+- ``Q:stats``                    hash of deployment-wide counts: batches, jobs (serving/metrics.py)
+- ``Q:job:<job>``                hash of a job's state (status, images, answered, deadline, ...)
+- ``Q:job:<job>:results``        hash of its answers by image index, written once each
+- ``Q:job:<job>:done``           list that receives a token when it ends: long-polls block on it
 
 Every change that touches more than one key is one Lua script (serving/scripts.py).
 """
@@ -34,6 +37,18 @@ log = logging.getLogger(__name__)
 # A batching window is waited out in steps this long, taking what arrived after each, so it ends
 # as soon as the batch is full (Redis resolves blocking timeouts only to 1/hz, 100 ms by default).
 WINDOW_STEP_SECONDS = 0.001
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a new job records about itself."""
+
+    id: str
+    created: float  # epoch seconds
+    deadline: float  # its images not computed by then are dropped unrun; the job is expired
+    top_k: int
+    as_list: bool  # answer with a list of results, as /predict does for a list
+    result_ttl: int  # seconds its result is kept once it ends
 
 
 class QueueKeys:
@@ -61,6 +76,18 @@ class QueueKeys:
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.name}:worker:{worker_id}"
 
+    def job(self, job_id: str) -> str:
+        return f"{self.name}:job:{job_id}"
+
+    def job_results(self, job_id: str) -> str:
+        return f"{self.name}:job:{job_id}:results"
+
+    def job_done(self, job_id: str) -> str:
+        return f"{self.name}:job:{job_id}:done"
+
+    def job_keys(self, job_id: str) -> list[str]:
+        return [self.job(job_id), self.job_results(job_id), self.job_done(job_id)]
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -77,6 +104,9 @@ class Batch:
         return self.interactive + self.bulk
 
 
+EMPTY = Batch([], [])
+
+
 class RedisQueue:
     """The queue, over two clients: ``redis`` for short calls (it should have a short socket
     timeout, so a hung Redis fails fast) and ``blocking`` for the calls that block on purpose."""
@@ -90,6 +120,11 @@ class RedisQueue:
         self._answer_requests = client.register_script(scripts.ANSWER_REQUESTS)
         self._withdraw = client.register_script(scripts.WITHDRAW)
         self._requeue = client.register_script(scripts.REQUEUE)
+        self._create_job = client.register_script(scripts.CREATE_JOB)
+        self._start_jobs = client.register_script(scripts.START_JOBS)
+        self._answer_jobs = client.register_script(scripts.ANSWER_JOBS)
+        self._expire_jobs = client.register_script(scripts.EXPIRE_JOBS)
+        self._cancel_job = client.register_script(scripts.CANCEL_JOB)
 
     @property
     def name(self) -> str:
@@ -139,11 +174,49 @@ class RedisQueue:
     def depth(self, lane: str = INTERACTIVE) -> int:
         return int(self.redis.llen(self.keys.lane(lane)))
 
+    # Jobs (the bulk lane) -----------------------------------------------------
+    def create_job(self, job: JobSpec, messages: Sequence[bytes], max_length: int) -> bool:
+        """Record a job and queue its images in the bulk lane unless it holds ``max_length`` or
+        more. False means full. The job's keys live until its deadline plus its result TTL."""
+        keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell]
+        keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
+        args = [max_length, keep_ms, len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
+        return bool(self._create_job(keys=keys, args=[*args, *messages]))
+
+    def job_state(self, job_id: str) -> tuple[dict[str, str], dict[int, bytes]] | None:
+        """A job's fields and its answers so far by image index; None when there is no such job."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.keys.job(job_id))
+        pipe.hgetall(self.keys.job_results(job_id))
+        fields, results = pipe.execute()
+        if not fields:
+            return None
+        return (
+            {key.decode(): value.decode() for key, value in fields.items()},
+            {int(index): answer for index, answer in results.items()},
+        )
+
+    def wait_job(self, job_id: str, timeout: float) -> bool:
+        """Block until the job ends (or is deleted) or ``timeout`` passes. True when it ended.
+        The token is rotated, not taken, so every waiter wakes."""
+        key = self.keys.job_done(job_id)
+        return self.blocking.blmove(key, key, cast(int, timeout), "LEFT", "RIGHT") is not None
+
+    def cancel_job(self, job_id: str) -> dict[str, str]:
+        """Delete a job (cancelling it if it has not ended); its fields, or {} when there was none."""
+        flat = self._cancel_job(keys=[*self.keys.job_keys(job_id), self.keys.stats])
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
     # Worker side ---------------------------------------------------------------
-    def take(self, worker_id: str, count: int) -> Batch:
-        """Take up to ``count`` messages, interactive first, into this worker's processing lists."""
-        if count <= 0:
-            return Batch([], [])
+    def take(
+        self, worker_id: str, room: int, holding: Batch = EMPTY, bulk_caps: Sequence[int] | None = None
+    ) -> Batch:
+        """Take up to ``room`` more messages for a batch ``holding`` these already, into this worker's
+        processing lists: interactive first, then bulk up to ``bulk_caps[interactive count]``
+        (None: no cap)."""
+        if room <= 0:
+            return EMPTY
+        caps = bulk_caps if bulk_caps is not None else [len(holding) + room] * (len(holding) + room + 1)
         keys = [
             self.keys.lane(INTERACTIVE),
             self.keys.lane(BULK),
@@ -151,43 +224,76 @@ class RedisQueue:
             self.keys.processing(worker_id, BULK),
             self.keys.doorbell,
         ]
-        interactive, bulk = self._take(keys=keys, args=[count])
-        return Batch(interactive, bulk)
+        args = [room, len(holding.interactive), len(holding.bulk), *caps]
+        interactive, bulk = self._take(keys=keys, args=args)
+        return Batch(holding.interactive + interactive, holding.bulk + bulk)
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until the doorbell rings or ``timeout`` passes. True when it rang."""
         return self.blocking.blpop([self.keys.doorbell], timeout=timeout) is not None
 
-    def take_batch(self, worker_id: str, batch_size: int, window: float, idle_timeout: float) -> Batch:
+    def take_batch(
+        self,
+        worker_id: str,
+        batch_size: int,
+        window: float,
+        idle_timeout: float,
+        bulk_caps: Sequence[int] | None = None,
+    ) -> Batch:
         """Up to ``batch_size`` messages; blocks up to ``idle_timeout`` while both lanes are empty.
 
-        When fewer than a full batch are queued, waits up to ``window`` seconds for more (the
-        batching delay of Triton and TF Serving), ending as soon as the batch is full.
+        When a batch holding interactive images is not full, waits up to ``window`` seconds for
+        more (the batching delay of Triton and TF Serving), ending as soon as the batch is full.
+        Bulk images never wait: they only fill room that is there.
         """
-        batch = self.take(worker_id, batch_size)
+        batch = self.take(worker_id, batch_size, EMPTY, bulk_caps)
         if not batch and self.wait_for_work(idle_timeout):
-            batch = self.take(worker_id, batch_size)
+            batch = self.take(worker_id, batch_size, EMPTY, bulk_caps)
         window_ends = time.monotonic() + window
-        while batch and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
+        while batch.interactive and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
             time.sleep(min(WINDOW_STEP_SECONDS, left))
-            more = self.take(worker_id, batch_size - len(batch))
-            batch = Batch(batch.interactive + more.interactive, batch.bulk + more.bulk)
+            batch = self.take(worker_id, batch_size - len(batch), batch, bulk_caps)
         return batch
 
-    def answer(self, worker_id: str, answers: Sequence[Answer], result_ttl: int) -> int:
-        """Write the answers for images still awaited and clear this worker's processing lists,
-        in one transaction. Returns how many answers were written."""
+    def start_jobs(self, job_ids: Sequence[str]) -> list[bool]:
+        """Mark the jobs of bulk images running; per id, whether its job still exists."""
+        if not job_ids:
+            return []
+        return [bool(alive) for alive in self._start_jobs(keys=[self.keys.job(job_id) for job_id in job_ids])]
+
+    def expire_jobs(self, job_ids: Sequence[str]) -> None:
+        """Jobs whose images were dropped for their deadline: mark them expired."""
+        if job_ids:
+            keys = [self.keys.stats]
+            for job_id in sorted(set(job_ids)):
+                keys += [self.keys.job(job_id), self.keys.job_done(job_id)]
+            self._expire_jobs(keys=keys, args=[time.time()])
+
+    def answer(self, worker_id: str, answers: Sequence[Answer], result_ttl: int, job_ttl: int = 3600) -> int:
+        """Write the answers (interactive ones only while awaited, job ones once each) and clear
+        this worker's processing lists, in one transaction. Returns how many were written."""
         pipe = self.redis.pipeline(transaction=True)
-        keys: list[str] = []
-        args: list = [result_ttl]
+        waiting_keys: list[str] = []
+        waiting_args: list = [result_ttl]
+        job_keys: list[str] = [self.keys.stats]
+        job_args: list = [job_ttl * 1000, time.time()]
         for answer in answers:
-            keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
-            args += [answer.index, answer.to_bytes()]
-        if keys:
-            self._answer_requests(keys=keys, args=args, client=pipe)
+            if answer.lane == BULK:
+                job_keys += self.keys.job_keys(answer.reply_to)
+                job_args += [answer.index, answer.status, answer.to_bytes()]
+            else:
+                waiting_keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
+                waiting_args += [answer.index, answer.to_bytes()]
+        scripts_run = 0
+        if waiting_keys:
+            self._answer_requests(keys=waiting_keys, args=waiting_args, client=pipe)
+            scripts_run += 1
+        if len(job_keys) > 1:
+            self._answer_jobs(keys=job_keys, args=job_args, client=pipe)
+            scripts_run += 1
         pipe.delete(self.keys.processing(worker_id), self.keys.processing(worker_id, BULK))
         results = pipe.execute()
-        return int(results[0]) if keys else 0
+        return sum(int(written) for written in results[:scripts_run])
 
     def beat(self, worker_id: str, heartbeat: Heartbeat, ttl: float) -> None:
         self.redis.set(self.keys.heartbeat(worker_id), heartbeat.to_bytes(), px=int(ttl * 1000))

@@ -33,33 +33,40 @@ return 1
 """
 )
 
-# Take up to ARGV[1] messages into the worker's processing lists: interactive first, then bulk.
+# Take messages into the worker's processing lists: interactive first, then bulk up to a cap
+# that depends on how many interactive images the batch holds (a bulk image must not slow the
+# interactive ones in its batch by much: serving/batching.py).
 # KEYS[1] interactive lane, KEYS[2] bulk lane, KEYS[3] interactive processing list,
 # KEYS[4] bulk processing list, KEYS[5] doorbell
-# ARGV[1] most messages to take
+# ARGV[1] room left in the batch, ARGV[2] interactive and ARGV[3] bulk images it already holds,
+# ARGV[4 + n] the most bulk images a batch of n interactive images may hold (n = 0, 1, ...)
 # Returns {interactive messages, bulk messages}. Work left behind rings the doorbell, so an idle
 # worker wakes for it; empty lanes silence it.
 TAKE = (
     _RING
     + """
-local want = tonumber(ARGV[1])
-local taken = {}
-for lane = 1, 2 do
-  local items = {}
-  if want > 0 then items = redis.call('LRANGE', KEYS[lane], 0, want - 1) end
-  if #items > 0 then
-    redis.call('LTRIM', KEYS[lane], #items, -1)
-    redis.call('RPUSH', KEYS[lane + 2], unpack(items))
-  end
-  want = want - #items
-  taken[lane] = items
+local room = tonumber(ARGV[1])
+local interactive = {}
+if room > 0 then interactive = redis.call('LRANGE', KEYS[1], 0, room - 1) end
+if #interactive > 0 then
+  redis.call('LTRIM', KEYS[1], #interactive, -1)
+  redis.call('RPUSH', KEYS[3], unpack(interactive))
+end
+local holding = tonumber(ARGV[2]) + #interactive
+local cap = tonumber(ARGV[4 + holding] or 0) - tonumber(ARGV[3])
+local want = math.min(room - #interactive, cap)
+local bulk = {}
+if want > 0 then bulk = redis.call('LRANGE', KEYS[2], 0, want - 1) end
+if #bulk > 0 then
+  redis.call('LTRIM', KEYS[2], #bulk, -1)
+  redis.call('RPUSH', KEYS[4], unpack(bulk))
 end
 if redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) > 0 then
   ring(KEYS[5])
 else
   redis.call('DEL', KEYS[5])
 end
-return taken
+return {interactive, bulk}
 """
 )
 
@@ -115,3 +122,100 @@ if moved > 0 then ring(KEYS[6]) end
 return moved
 """
 )
+
+# Create a job and queue its images in the bulk lane, unless the lane is full.
+# KEYS[1] bulk lane, KEYS[2] the job's hash, KEYS[3] doorbell
+# ARGV[1] the lane's bound, ARGV[2] the job keys' TTL (ms), ARGV[3] images, ARGV[4] created,
+#         ARGV[5] deadline, ARGV[6] top_k, ARGV[7] answer as a list (0/1), ARGV[8..] the messages
+# Returns 1 when queued, 0 when the lane is full (nothing is written).
+CREATE_JOB = (
+    _RING
+    + """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'queued', 'images', ARGV[3], 'answered', 0, 'failed', 0,
+           'created', ARGV[4], 'deadline', ARGV[5], 'top_k', ARGV[6], 'as_list', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 8))
+ring(KEYS[3])
+return 1
+"""
+)
+
+# A worker starts on job images: mark their jobs running; report which jobs are still open (a
+# cancelled or ended job's images are dropped unrun).
+# KEYS one job hash per image
+# Returns one 1 (run it) or 0 (its job is gone or over) per key.
+START_JOBS = """
+local open = {}
+for i = 1, #KEYS do
+  local state = redis.call('HGET', KEYS[i], 'status')
+  if state == 'queued' then redis.call('HSET', KEYS[i], 'status', 'running') end
+  if state == 'queued' or state == 'running' then open[i] = 1 else open[i] = 0 end
+end
+return open
+"""
+
+# Answer job images: write each answer once, count it, and finish the job with its last image.
+# KEYS[1] the stats hash; per answer, the job's hash, its results hash, its done list
+# ARGV[1] finished jobs' TTL (ms), ARGV[2] now; per answer, the image index, its HTTP status and
+#         the answer (ARGV[3j+3], ARGV[3j+4], ARGV[3j+5])
+# Returns how many answers were written.
+ANSWER_JOBS = """
+local written = 0
+for j = 0, (#KEYS - 1) / 3 - 1 do
+  local job, results, done = KEYS[3 * j + 2], KEYS[3 * j + 3], KEYS[3 * j + 4]
+  local index, status, answer = ARGV[3 * j + 3], ARGV[3 * j + 4], ARGV[3 * j + 5]
+  local state = redis.call('HGET', job, 'status')
+  if (state == 'queued' or state == 'running') and redis.call('HSETNX', results, index, answer) == 1 then
+    written = written + 1
+    local answered = redis.call('HINCRBY', job, 'answered', 1)
+    if status ~= '200' then redis.call('HINCRBY', job, 'failed', 1) end
+    if answered >= tonumber(redis.call('HGET', job, 'images')) then
+      local final = 'done'
+      if tonumber(redis.call('HGET', job, 'failed')) > 0 then final = 'failed' end
+      redis.call('HSET', job, 'status', final, 'finished', ARGV[2])
+      redis.call('PEXPIRE', job, ARGV[1])
+      redis.call('PEXPIRE', results, ARGV[1])
+      redis.call('RPUSH', done, final)
+      redis.call('PEXPIRE', done, ARGV[1])
+      redis.call('HINCRBY', KEYS[1], 'jobs:' .. final, 1)
+    else
+      redis.call('PEXPIRE', results, redis.call('PTTL', job))
+    end
+  end
+end
+return written
+"""
+
+# Jobs whose images were dropped unrun for their deadline: expired, counted once each, and
+# their long-polls woken.
+# KEYS[1] the stats hash; then per job, its hash and its done list
+# ARGV[1] now
+EXPIRE_JOBS = """
+for i = 2, #KEYS, 2 do
+  local state = redis.call('HGET', KEYS[i], 'status')
+  if state == 'queued' or state == 'running' then
+    redis.call('HSET', KEYS[i], 'status', 'expired', 'finished', ARGV[1])
+    redis.call('HINCRBY', KEYS[1], 'jobs:expired', 1)
+    redis.call('RPUSH', KEYS[i + 1], 'expired')
+    redis.call('PEXPIRE', KEYS[i + 1], redis.call('PTTL', KEYS[i]))
+  end
+end
+return 0
+"""
+
+# Cancel a job, or delete a finished one's result: the job's keys go; long-polls on it wake
+# (its done list lingers a second for them).
+# KEYS[1] the job's hash, KEYS[2] its results hash, KEYS[3] its done list, KEYS[4] the stats hash
+# Returns the job's fields as a flat list (empty when there is no such job). Its queued images
+# stay in the bulk lane until a worker reaches them and drops them unrun (START_JOBS).
+CANCEL_JOB = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return fields end
+local state = redis.call('HGET', KEYS[1], 'status')
+if state == 'queued' or state == 'running' then redis.call('HINCRBY', KEYS[4], 'jobs:cancelled', 1) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('RPUSH', KEYS[3], 'deleted')
+redis.call('PEXPIRE', KEYS[3], 1000)
+return fields
+"""

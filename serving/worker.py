@@ -8,14 +8,15 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
 from settings import Settings
 
-from .messages import Answer, Heartbeat, MessageError, Request
+from .batching import BatchCosts
+from .messages import BULK, Answer, Heartbeat, MessageError, Request
 from .models.classifier import Classifier
 from .queue import Batch, RedisQueue
 from .redis_client import patient_retry
@@ -52,6 +53,7 @@ class Parsed:
     requests: list[Request]
     answers: list[Answer]
     expired: int = 0
+    expired_jobs: list[str] = field(default_factory=list)  # jobs with images dropped for their deadline
 
 
 def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, int]) -> Parsed:
@@ -69,6 +71,8 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
             continue
         if request.deadline < now:
             parsed.expired += 1
+            if request.lane == BULK:
+                parsed.expired_jobs.append(request.reply_to)
         elif request.pixels.shape != input_shape:
             parsed.answers.append(
                 Answer.error(
@@ -104,6 +108,7 @@ class ModelWorker:
         settings: Settings,
         worker_id: str | None = None,
         observer: BatchObserver | None = None,
+        batch_seconds: dict[int, float] | None = None,
     ):
         self.queue = queue
         self.classifier = classifier
@@ -114,6 +119,8 @@ class ModelWorker:
         self._input_shape = (classifier.input_size[1], classifier.input_size[0], 3)
         self._last_batch_size = settings.batch_size  # start as under load: wait the window
         self._last_model_seconds = 0.0
+        # What batches cost decides how much bulk work they may carry (from warm-up, then followed).
+        self.costs = BatchCosts(settings.batch_size, batch_seconds)
         self._heartbeat = Heartbeat(
             model=classifier.info(),
             host=socket.gethostname(),
@@ -166,7 +173,11 @@ class ModelWorker:
         """Take and answer one batch. Returns how many messages it took."""
         try:
             batch = self.queue.take_batch(
-                self.worker_id, self.settings.batch_size, self._batch_window(), IDLE_TIMEOUT
+                self.worker_id,
+                self.settings.batch_size,
+                self._batch_window(),
+                IDLE_TIMEOUT,
+                self.costs.bulk_caps(),
             )
         except redis.RedisError as exc:
             log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
@@ -215,6 +226,7 @@ class ModelWorker:
         self._write(answers)
         if size:
             self._last_model_seconds = seconds
+            self.costs.observe(size, seconds, interactive=bool(batch.interactive))
         try:
             if expired:
                 self.observer.dropped_expired(expired)
@@ -227,7 +239,8 @@ class ModelWorker:
         """The answers for a batch, and (expired, images run, model seconds) for the observer."""
         started = time.time()
         parsed = parse_batch(batch.messages, started, self._input_shape)
-        requests = parsed.requests
+        self.queue.expire_jobs(parsed.expired_jobs)
+        requests = self._open_jobs_only(parsed.requests)
         if not requests:
             return parsed.answers, (parsed.expired, 0, 0.0)
         batch_id = uuid.uuid4().hex[:12]
@@ -262,6 +275,15 @@ class ModelWorker:
             )
         return answers, (parsed.expired, len(requests), model_seconds)
 
+    def _open_jobs_only(self, requests: list[Request]) -> list[Request]:
+        """Interactive images, and job images whose job is still open (now marked running): a
+        cancelled job's images are dropped here, never computed."""
+        bulk = [request for request in requests if request.lane == BULK]
+        if not bulk:
+            return requests
+        open_jobs = dict(zip((r.reply_to for r in bulk), self.queue.start_jobs([r.reply_to for r in bulk])))
+        return [request for request in requests if request.lane != BULK or open_jobs[request.reply_to]]
+
     def _write(self, answers: list[Answer]) -> None:
         """Write the answers, retrying while Redis is away: the clients may still be waiting."""
 
@@ -270,7 +292,10 @@ class ModelWorker:
 
         try:
             self._answer_retry.call_with_retry(
-                lambda: self.queue.answer(self.worker_id, answers, self.settings.result_ttl), failed
+                lambda: self.queue.answer(
+                    self.worker_id, answers, self.settings.result_ttl, self.settings.job_ttl
+                ),
+                failed,
             )
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(answers), exc)

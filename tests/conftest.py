@@ -97,9 +97,10 @@ def colour_server(serve):
 
 
 @pytest.fixture(scope="module")
-def colour_app(redis_server, colour_model):
-    """The app in-process (Flask test client) with a real worker thread serving the colour model,
-    on a real redis-server: each module gets its own queue. Settings: ``colour_app.settings``."""
+def colour_apps(redis_server, colour_model):
+    """Make apps in-process (Flask test client) on a real redis-server, each on a queue of its own
+    with, unless ``worker=False``, a real worker thread serving the colour model. The app's
+    settings are ``make_settings(**overrides)``; ``app.config["QUEUE_NAME"]`` names its queue."""
     from serving.app import create_app
     from serving.models import load_classifier
     from serving.redis_client import open_queue
@@ -107,22 +108,50 @@ def colour_app(redis_server, colour_model):
 
     from .support import make_settings, wait_until
 
-    queue_name = f"inproc{next(_queue_numbers)}"
-    settings = make_settings(
-        redis_url=redis_server.url, queue_name=queue_name, batch_wait_ms=20, top_k=2, max_images_per_request=4
-    )
     model_path, labels_path = colour_model
     classifier = load_classifier(str(model_path), labels=str(labels_path), preprocess="unit")
-    queue = open_queue(redis_server.url, queue_name, call_timeout=5, longest_block=5)
-    worker = ModelWorker(queue, classifier, settings)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    app = create_app(settings)
-    wait_until(lambda: app.test_client().get("/readyz").status_code == 200, 30, "the worker's heartbeat")
-    app.config["QUEUE_NAME"] = queue_name
-    yield app
-    worker.stop()
-    thread.join(timeout=10)
+    running: list[tuple[ModelWorker, threading.Thread]] = []
+
+    def start_worker(settings, classifier=classifier) -> ModelWorker:
+        queue = open_queue(redis_server.url, settings.queue_name, call_timeout=5, longest_block=5)
+        worker = ModelWorker(queue, classifier, settings)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        running.append((worker, thread))
+        return worker
+
+    def make(worker: bool = True, **overrides):
+        queue_name = f"inproc{next(_queue_numbers)}"
+        settings = make_settings(
+            **{
+                "redis_url": redis_server.url,
+                "queue_name": queue_name,
+                "batch_wait_ms": 20,
+                "top_k": 2,
+                "max_images_per_request": 4,
+                **overrides,
+            }
+        )
+        app = create_app(settings)
+        app.config["QUEUE_NAME"] = queue_name
+        app.config["START_WORKER"] = lambda **kwargs: start_worker(settings, **kwargs)
+        if worker:
+            start_worker(settings)
+            wait_until(
+                lambda: app.test_client().get("/readyz").status_code == 200, 30, "the worker's heartbeat"
+            )
+        return app
+
+    yield make
+    for worker, _ in running:
+        worker.stop()
+    for _, thread in running:
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def colour_app(colour_apps):
+    return colour_apps()
 
 
 @pytest.fixture(scope="module")

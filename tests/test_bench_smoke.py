@@ -53,7 +53,7 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
     # raw uint8 pixels: under a fifth of the float32-in-base64 design, whatever the machine's speed
     assert memory["queued"] > 0 and 0.18 < memory["ratio"] < 0.2
     assert memory["statuses_after_timeout"] == [504]
-    assert len(results["goals"]) == 6
+    assert len(results["goals"]) == 7
     for goal in results["goals"]:
         assert set(goal) >= {"goal", "measured", "ratio", "bound", "met"}
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

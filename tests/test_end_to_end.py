@@ -133,3 +133,25 @@ def test_simple_request_sends_several_images_with_a_top_k(server, tmp_path):
         "red.png: model: colour",
         "1. red: " + out.stdout.splitlines()[3][8:],
     ]
+
+
+def test_simple_request_async_submits_a_job_and_prints_its_answer(server, tmp_path):
+    image = tmp_path / "green.png"
+    image.write_bytes(colour_image("green"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "simple_request.py"),
+            str(image),
+            "--async",
+            "--url",
+            server.url + "/predict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("job ") and "1 image(s) queued" in out.stderr
+    assert out.stdout.splitlines()[:2] == ["model: colour", out.stdout.splitlines()[1]]
+    assert out.stdout.splitlines()[1].startswith("1. green: ")

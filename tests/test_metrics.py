@@ -77,8 +77,10 @@ def test_counters_and_histograms_move_with_requests(server):
     assert moved("inference_model_seconds_count") == batches and moved("inference_model_seconds_sum") > 0
     assert value(after, "inference_redis_up") == 1
     assert value(after, "inference_workers_live") == 1
-    assert value(after, "inference_queue_depth") == 0
-    assert value(after, "inference_queue_capacity") == 256
+    assert value(after, "inference_queue_depth", lane="interactive") == 0
+    assert value(after, "inference_queue_depth", lane="bulk") == 0
+    assert value(after, "inference_queue_capacity", lane="interactive") == 256
+    assert value(after, "inference_queue_capacity", lane="bulk") == 10_000
     [info] = [labels for name, labels in after if name == "inference_worker_info"]
     assert dict(info)["model"] == "colour"
 
@@ -110,8 +112,8 @@ def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server
         heartbeat = Heartbeat(ModelInfo("resnet50", (224, 224), 1000), host="gpu-7", pid=1, batch_size=8)
         queue.beat("far-away-worker", heartbeat, ttl=30)
         samples = scrape(web.url)
-        assert value(samples, "inference_queue_depth") == 3
-        assert value(samples, "inference_queue_capacity") == 50
+        assert value(samples, "inference_queue_depth", lane="interactive") == 3
+        assert value(samples, "inference_queue_capacity", lane="interactive") == 50
         assert value(samples, "inference_workers_live") == 1
         assert (
             value(samples, "inference_worker_info", worker="far-away-worker", host="gpu-7", model="resnet50")

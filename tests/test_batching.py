@@ -1,0 +1,100 @@
+"""Bulk work in batches: what the costs allow, and interactive requests first under a full bulk lane."""
+
+from __future__ import annotations
+
+import base64
+import statistics
+import time
+
+import numpy as np
+
+from serving import batching
+from serving.batching import BatchCosts
+from serving.messages import BULK, Request
+from serving.models.classifier import Classifier
+from serving.queue import RedisQueue
+
+from .support import COLOURS, colour_image, wait_until
+
+
+def linear(per_image: float, batch_size: int = 8) -> dict[int, float]:
+    return {n: per_image * n for n in range(1, batch_size + 1)}
+
+
+def test_on_a_gpu_like_curve_bulk_fills_every_batch():
+    costs = BatchCosts(8, {n: 0.010 + 0.0001 * n for n in range(1, 9)})  # a batch of 8 costs 7 % more
+    costs.observe(1, 0.0101, interactive=True)
+    assert costs.bulk_caps() == [8, 7, 6, 5, 4, 3, 2, 1, 0]
+
+
+def test_on_a_cpu_like_curve_bulk_stays_small_while_interactive_requests_come(monkeypatch):
+    costs = BatchCosts(8, linear(0.05))
+    assert costs.bulk_caps() == [8, 7, 6, 5, 4, 3, 2, 1, 0]  # nobody interactive yet: fill up
+    costs.observe(1, 0.05, interactive=True)
+    caps = costs.bulk_caps()
+    assert caps[0] == 1  # a bulk-only batch: one image (two would cost 2x, over 1.5x)
+    assert caps[1:5] == [0, 0, 0, 1]  # 4 interactive + 1 bulk costs 1.25x the 4 alone
+    monkeypatch.setattr(batching, "QUIET_SECONDS", 0.0)
+    time.sleep(0.01)
+    assert costs.bulk_caps()[0] == 8  # quiet again: bulk batches fill up
+
+
+def test_take_respects_the_bulk_caps(redis_client):
+    queue = RedisQueue(redis_client, "capsq")
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    for lane, count in ((BULK, 6), ("interactive", 2)):
+        for i in range(count):
+            message = Request(f"{lane}{i}", 0, pixels, 1, 0, 1e12, lane=lane).to_bytes()
+            redis_client.rpush(queue.keys.lane(lane), message)
+    caps = [1, 0, 1, 5, 4, 3, 2, 1, 0]
+    first = queue.take("w", 8, bulk_caps=caps)
+    assert (len(first.interactive), len(first.bulk)) == (2, 1)  # 2 interactive may carry 1 bulk
+    assert (len(queue.take("w", 8, bulk_caps=caps).bulk)) == 1  # bulk alone: 1 at a time
+
+
+class SlowModel(Classifier):
+    """10 ms an image, like a CPU: a batch costs in proportion to its size."""
+
+    def __init__(self):
+        super().__init__("colour", (32, 32), list(COLOURS))
+
+    def predict(self, batch):
+        time.sleep(0.010 * len(batch))
+        means = batch.reshape(len(batch), -1, 3).mean(axis=1)
+        return np.exp(means / 20) / np.exp(means / 20).sum(axis=1, keepdims=True)
+
+
+def test_interactive_requests_are_answered_while_a_full_bulk_lane_drains(colour_apps, module_redis):
+    app = colour_apps(worker=False, batch_size=8, max_images_per_request=32)
+    model = SlowModel()
+    worker = app.config["START_WORKER"](classifier=model)
+    worker.costs = BatchCosts(8, model.warm_up(range(1, 9)))
+    client = app.test_client()
+    wait_until(lambda: client.get("/readyz").status_code == 200, 10, "the worker")
+    bulk_image = base64.b64encode(colour_image("green")).decode()
+
+    def latencies(count: int) -> list[float]:
+        spent = []
+        for i in range(count):
+            started = time.monotonic()
+            response = app.test_client().post(
+                "/predict", data=colour_image("red", seed=i), content_type="image/png"
+            )
+            assert response.status_code == 200 and response.json["predictions"][0]["label"] == "red"
+            spent.append(time.monotonic() - started)
+        return spent
+
+    idle = latencies(20)
+    jobs = [client.post("/jobs", json={"images": [bulk_image] * 32}).json["id"] for _ in range(8)]
+    bulk_lane = f"{app.config['QUEUE_NAME']}:bulk"
+    assert module_redis.llen(bulk_lane) > 100
+    under_bulk = latencies(20)
+    still_queued = module_redis.llen(bulk_lane)
+    print(
+        f"\ninteractive p50 {statistics.median(idle) * 1000:.0f} ms idle, "
+        f"{statistics.median(under_bulk) * 1000:.0f} ms with 256 bulk images queued "
+        f"(p99 {max(under_bulk) * 1000:.0f} ms); {still_queued} bulk images still queued after"
+    )
+    assert still_queued > 0  # answered while the bulk lane was draining, not after it
+    for job in jobs:
+        assert client.get(f"/jobs/{job}?wait=30").json["status"] == "done"
