@@ -11,6 +11,8 @@ Keys, all under the queue name ``Q`` (``QueueKeys`` builds them; nothing else do
 - ``Q:processing:<worker>``      interactive messages a worker has taken and not yet answered
 - ``Q:processing-bulk:<worker>`` the same for bulk messages
 - ``Q:worker:<worker>``          heartbeat with a TTL (messages.Heartbeat)
+- ``Q:model``                    the model the workers serve, kept with no TTL: web servers prepare
+                                 and queue images for it while no worker is alive (scaled to zero)
 - ``Q:stats``                    hash of deployment-wide counts: batches, jobs (serving/metrics.py)
 - ``Q:job:<job>``                hash of a job's state (status, images, answered, deadline, ...)
 - ``Q:job:<job>:results``        hash of its answers by image index, written once each
@@ -27,10 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import orjson
 import redis
 
 from . import scripts
-from .messages import BULK, INTERACTIVE, Answer, Heartbeat, MessageError
+from .messages import BULK, INTERACTIVE, Answer, Heartbeat, MessageError, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class QueueKeys:
         self.lanes = {INTERACTIVE: name, BULK: f"{name}:bulk"}
         self.doorbell = f"{name}:doorbell"
         self.stats = f"{name}:stats"
+        self.model = f"{name}:model"
 
     def lane(self, lane: str) -> str:
         return self.lanes[lane]
@@ -296,7 +300,22 @@ class RedisQueue:
         return sum(int(written) for written in results[:scripts_run])
 
     def beat(self, worker_id: str, heartbeat: Heartbeat, ttl: float) -> None:
-        self.redis.set(self.keys.heartbeat(worker_id), heartbeat.to_bytes(), px=int(ttl * 1000))
+        """Say this worker is alive (for ``ttl``) and what it serves; the model outlives it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.heartbeat(worker_id), heartbeat.to_bytes(), px=int(ttl * 1000))
+        pipe.set(self.keys.model, orjson.dumps(heartbeat.model.as_dict()))
+        pipe.execute()
+
+    def last_model(self) -> ModelInfo | None:
+        """The model the workers last served, though none may be alive now."""
+        raw = self.redis.get(self.keys.model)
+        if raw is None:
+            return None
+        try:
+            return ModelInfo.from_dict(orjson.loads(cast(bytes, raw)))
+        except (orjson.JSONDecodeError, MessageError) as exc:
+            log.warning("ignoring the last model record: %s", exc)
+            return None
 
     def sign_off(self, worker_id: str) -> None:
         self.redis.delete(self.keys.heartbeat(worker_id))

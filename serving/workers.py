@@ -21,18 +21,28 @@ class WorkerDirectory:
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._workers: dict[str, Heartbeat] = {}
+        self._last_model: ModelInfo | None = None
         self._read_at = float("-inf")
 
     def workers(self) -> dict[str, Heartbeat]:
         with self._lock:
-            if time.monotonic() - self._read_at > self.refresh_seconds:
-                self._workers = self.queue.live_workers()
-                self._read_at = time.monotonic()
+            self._refresh()
             return self._workers
 
+    def _refresh(self) -> None:
+        if time.monotonic() - self._read_at > self.refresh_seconds:
+            self._workers = self.queue.live_workers()
+            self._last_model = None if self._workers else self.queue.last_model()
+            self._read_at = time.monotonic()
+
     def model(self) -> ModelInfo:
-        """The model the workers serve (one model per queue); 503 when none is alive."""
-        workers = self.workers()
-        if not workers:
-            raise ServiceUnavailable(NO_WORKER)
-        return next(iter(workers.values())).model
+        """The model the workers serve (one model per queue). While none is alive (scaled to
+        zero, restarting) it is the one they last served: its images queue until one starts.
+        503 only when no worker has ever served this queue."""
+        with self._lock:
+            self._refresh()
+            if self._workers:
+                return next(iter(self._workers.values())).model
+            if self._last_model:
+                return self._last_model
+        raise ServiceUnavailable(NO_WORKER)

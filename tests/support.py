@@ -72,11 +72,11 @@ def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
 
 
 def leftover_keys(client, queue_name: str) -> list[str]:
-    """Keys of a queue other than live worker heartbeats and the metrics hash: none after a run."""
+    """Keys of a queue other than live worker heartbeats and the records kept on purpose (the
+    counts, the last model): none after a run."""
     keys = [key.decode() for key in client.scan_iter(match=f"{queue_name}*")]
-    return sorted(
-        key for key in keys if not key.startswith(f"{queue_name}:worker:") and key != f"{queue_name}:stats"
-    )
+    kept = {f"{queue_name}:stats", f"{queue_name}:model"}
+    return sorted(key for key in keys if not key.startswith(f"{queue_name}:worker:") and key not in kept)
 
 
 def make_settings(**overrides) -> Settings:

@@ -210,3 +210,27 @@ def test_a_full_bulk_lane_is_503_with_retry_after(colour_apps, module_redis):
         full.status_code == 503 and full.headers["Retry-After"] and "job queue is full" in full.json["error"]
     )
     client.delete(f"/jobs/{first.json['id']}")
+
+
+def test_with_no_worker_alive_images_of_the_last_model_queue_until_one_starts(colour_apps, module_redis):
+    """Workers scaled to zero: the web tier still prepares images for the model they last served,
+    and a worker that starts meanwhile answers them."""
+    app = colour_apps(worker=False, client_timeout=20)
+    queue = app.config["QUEUE_NAME"]
+    from serving.messages import ModelInfo
+    from serving.queue import RedisQueue
+
+    client = app.test_client()
+    assert client.post("/predict", **multipart(colour_image("red"))).status_code == 503  # never seen: 503
+    module_redis.set(f"{queue}:model", __import__("orjson").dumps(ModelInfo("colour", (32, 32), 3).as_dict()))
+    assert RedisQueue(module_redis, queue).last_model().name == "colour"
+    time.sleep(1.1)  # the web tier reads the workers' records at most once a second
+    answers: list = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(app.test_client().post("/predict", **multipart(colour_image("blue"))))
+    )
+    waiting.start()
+    wait_until(lambda: module_redis.llen(queue) == 1, 10, "the image to be queued with no worker alive")
+    app.config["START_WORKER"]()
+    waiting.join(timeout=30)
+    assert answers[0].status_code == 200 and answers[0].json["predictions"][0]["label"] == "blue"
