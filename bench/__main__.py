@@ -141,6 +141,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     image = load_image(args.image)
+    if args.autoscale:
+        return run_autoscale(args, image)
     started = time.monotonic()
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "load_before": _load()},
@@ -242,6 +244,73 @@ def multi_image(url: str, image: bytes, rate: float, args) -> dict:
         )
         rows[str(per_request)] = summary
     return rows
+
+
+def run_autoscale(args, image: bytes) -> int:
+    from serving.queue import RedisQueue
+    from serving.redis_client import connect
+
+    from .autoscale import (
+        Autoscaler,
+        ScalingRule,
+        format_timeline,
+        images_computed,
+        publish_model,
+        worker_process,
+    )
+
+    logs = args.out / "logs"
+    worker_args = [
+        "--model",
+        args.model,
+        "--weights",
+        args.weights,
+        "--queue-name",
+        "bench_autoscale",
+        "--model-threads",
+        str(args.model_threads),
+        "--log-level",
+        "WARNING",
+    ]
+    redis_server = EmbeddedRedis().start()
+    try:
+        worker_args += ["--redis-url", redis_server.url]
+        queue = RedisQueue(connect(redis_server.url, timeout=5), "bench_autoscale")
+        web_args = [
+            "run_keras_server.py",
+            "--role",
+            "web",
+            "--redis-url",
+            redis_server.url,
+            "--queue-name",
+            "bench_autoscale",
+            "--client-timeout",
+            "120",
+            "--log-level",
+            "WARNING",
+        ]
+        with python_server(web_args, logs / "autoscale_web.log", ready_path="/healthz") as web:
+            publish_model(worker_process(worker_args, logs, 0), queue)
+            rule = ScalingRule(
+                list_length=8, min_replicas=0, max_replicas=4, polling_seconds=2, cooldown_seconds=10
+            )
+            scaler = Autoscaler(
+                queue, rule, lambda n: worker_process(worker_args, logs, n), images_computed(queue)
+            )
+            scaler.start()
+            result = run_load(web.url, image, 300, 32, timeout=180, progress=sys.stderr.isatty())
+            while scaler.workers or queue.depth():
+                time.sleep(1)  # until the cooldown has scaled the workers back to zero
+            scaler.stop()
+    finally:
+        redis_server.stop()
+    print(format_timeline(scaler.timeline))
+    summary = result.summary()
+    print(
+        f"\n300 requests from 32 clients: {summary['statuses']}, {summary['throughput_rps']} req/s, "
+        f"p50 {summary['p50_ms']} ms; workers 0 -> {scaler.peak} -> 0"
+    )
+    return 0 if summary["statuses"] == {"200": 300} else 1
 
 
 def load_image(path: Path) -> bytes:
