@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 from flask import Blueprint, request
 
 from . import request_log
 from .api import prepared
-from .classify import compose
+from .classify import compose, new_request_id
 from .messages import BULK, Answer, Request
 from .queue import JobSpec
 from .responses import ApiError, BadRequest, ServiceUnavailable, json_response
@@ -46,7 +45,7 @@ def submit():
     images, top_k = prepared(serving, uploads)
     now = time.time()
     job = JobSpec(
-        uuid.uuid4().hex,
+        new_request_id(),
         now,
         now + settings.job_timeout,
         top_k,

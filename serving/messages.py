@@ -78,6 +78,11 @@ class Request:
     deadline: float  # epoch seconds; past it the worker drops the image unrun
     lane: str = INTERACTIVE
 
+    @property
+    def reply(self) -> tuple[str, str, int]:
+        """Where its answer goes: (lane, reply_to, index)."""
+        return self.lane, self.reply_to, self.index
+
     def to_bytes(self) -> bytes:
         pixels = np.ascontiguousarray(self.pixels, dtype=np.uint8)
         return msgpack.packb(

@@ -76,7 +76,7 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
         elif request.pixels.shape != input_shape:
             parsed.answers.append(
                 Answer.error(
-                    (request.lane, request.reply_to, request.index),
+                    request.reply,
                     500,
                     f"The queued image is {list(request.pixels.shape)}; this worker's model takes "
                     f"{list(input_shape)}.",
@@ -93,7 +93,7 @@ def error_for_each(messages: list[bytes], text: str) -> list[Answer]:
     for raw in messages:
         try:
             request = Request.from_bytes(raw)
-            answers.append(Answer.error((request.lane, request.reply_to, request.index), 500, text))
+            answers.append(Answer.error(request.reply, 500, text))
         except MessageError as exc:
             if exc.reply:
                 answers.append(Answer.error(exc.reply, 500, text))
@@ -250,7 +250,7 @@ class ModelWorker:
             ranked = self.classifier.top_k(probabilities, max(r.top_k for r in requests))
         except Exception:
             log.exception("model failed on batch %s of %d", batch_id, len(requests))
-            failed = [Answer.error((r.lane, r.reply_to, r.index), 500, MODEL_FAILED) for r in requests]
+            failed = [Answer.error(r.reply, 500, MODEL_FAILED) for r in requests]
             return parsed.answers + failed, (parsed.expired, 0, 0.0)
         model_seconds = time.perf_counter() - model_started
         log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_seconds * 1000)
