@@ -3,6 +3,7 @@ own pipeline, all measured in one run on one machine.
 
     python -m bench                 # ResNet50 (--weights none), c = 1, 8, 32, 64; several minutes
     python -m bench --quick         # smoke run: small model, few requests, about a minute
+    python -m bench --autoscale     # KEDA's scaling rule against real workers, from zero and back
 
 Prints a table of ratios and the goals, writes bench/results/benchmark.json and .png.
 """
@@ -124,6 +125,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--docs-plot", type=Path, default=None, help="also copy the plot here")
+    parser.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="instead: a burst of 300 requests against workers scaled by KEDA's rule, from zero "
+        "and back; prints the timeline",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from helpers import ACCEPTED_FORMATS
+
 from .support import colour_image
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 UPLOAD_LIMIT = 300_000
-NOT_AN_IMAGE = "The uploaded file is not an image this server can read."
+NOT_AN_IMAGE = f"The uploaded file is not an image this server reads ({', '.join(ACCEPTED_FORMATS)})."
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,7 @@ def test_form_post_answers_html_and_predict_stays_json(server):
     assert bad.status_code == 400 and NOT_AN_IMAGE in bad.text
 
     missing = requests.post(server.url + "/", data={"other": "x"}, timeout=30)
-    assert missing.status_code == 400 and "multipart/form-data file field named" in missing.text
+    assert missing.status_code == 400 and "Choose an image first" in missing.text
 
     api = server.predict(colour_image("red"), headers={"Accept": "text/html"})
     assert api.headers["Content-Type"] == "application/json" and api.json()["success"] is True
