@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serving.memory import return_freed_memory
+from serving.memory import limit_arenas
 from settings import load_settings
 
 _settings = load_settings([])
@@ -58,8 +58,8 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    """Freed memory goes back to the system (serving/memory.py): set in each web process."""
-    return_freed_memory()
+    """Two malloc arenas for the web process's threads (serving/memory.py)."""
+    limit_arenas()
 
 
 def on_exit(server):

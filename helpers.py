@@ -9,7 +9,7 @@ import io
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -39,11 +39,19 @@ class MemoryBudget:
     """Bytes of decoded pixels this process may hold at once, shared by its request threads: a
     burst of large images waits its turn instead of taking the host's memory."""
 
-    def __init__(self, max_bytes: int, wait_seconds: float = 5.0):
+    def __init__(
+        self,
+        max_bytes: int,
+        wait_seconds: float = 5.0,
+        release: Callable[[], None] | None = None,
+        release_above: int = 32 * 2**20,
+    ):
         self.max_bytes = max_bytes
         self.wait_seconds = wait_seconds
         self.in_use = 0
         self._changed = threading.Condition()
+        # Called after a reservation of more than release_above bytes ends: hand memory back.
+        self._release, self._release_above = release, release_above
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
@@ -62,6 +70,8 @@ class MemoryBudget:
             with self._changed:
                 self.in_use -= nbytes
                 self._changed.notify_all()
+            if self._release and nbytes > self._release_above:
+                self._release()
 
 
 def _decoded_bytes(image: Image.Image) -> int:

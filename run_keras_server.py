@@ -17,7 +17,7 @@ import time
 
 from serving.app import create_app
 from serving.http_server import HttpServer
-from serving.memory import return_freed_memory
+from serving.memory import limit_arenas
 from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
 from serving.redis_server import DEFAULT_URL, resolve_redis
 from settings import Settings, SettingsError, load_settings
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return_freed_memory()  # decoding large images must not leave their memory with the process
+    if settings.role == "web":
+        limit_arenas()  # a web process's threads decode images; its model workers are elsewhere
 
     embedded = None
     if settings.role == "all":  # one process on a laptop: find a Redis, or start one

@@ -11,7 +11,7 @@ from flask import Flask
 from helpers import MemoryBudget
 from settings import Settings, load_settings
 
-from . import api, jobs, metrics, request_log, responses, ui, v2
+from . import api, jobs, memory, metrics, request_log, responses, ui, v2
 from .redis_client import open_queue
 from .redis_server import DEFAULT_URL
 from .services import EXTENSION, Services
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
-    budget = MemoryBudget(settings.decode_memory_mb * 2**20)
+    budget = MemoryBudget(settings.decode_memory_mb * 2**20, release=memory.release_freed_memory)
     app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue), budget)
     request_log.register_request_log(app)
     metrics.register_metrics(app)
