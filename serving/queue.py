@@ -243,21 +243,35 @@ class RedisQueue:
         window: float,
         idle_timeout: float,
         bulk_caps: Sequence[int] | None = None,
+        grace: float = 0.0,
     ) -> Batch:
         """Up to ``batch_size`` messages; blocks up to ``idle_timeout`` while both lanes are empty.
 
+        Before a batch of bulk images only, waits up to ``grace`` seconds for interactive ones.
         When a batch holding interactive images is not full, waits up to ``window`` seconds for
         more (the batching delay of Triton and TF Serving), ending as soon as the batch is full.
         Bulk images never wait: they only fill room that is there.
         """
-        batch = self.take(worker_id, batch_size, EMPTY, bulk_caps)
+        batch = self._first_take(worker_id, batch_size, bulk_caps, grace)
         if not batch and self.wait_for_work(idle_timeout):
-            batch = self.take(worker_id, batch_size, EMPTY, bulk_caps)
+            batch = self._first_take(worker_id, batch_size, bulk_caps, grace)
         window_ends = time.monotonic() + window
         while batch.interactive and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
             time.sleep(min(WINDOW_STEP_SECONDS, left))
             batch = self.take(worker_id, batch_size - len(batch), batch, bulk_caps)
         return batch
+
+    def _first_take(self, worker_id: str, room: int, bulk_caps: Sequence[int] | None, grace: float) -> Batch:
+        if grace > 0:
+            interactive_only = [0] * (room + 1)
+            gives_up = time.monotonic() + grace
+            batch = self.take(worker_id, room, EMPTY, interactive_only)
+            while not batch and self.depth(BULK) and (left := gives_up - time.monotonic()) > 0:
+                time.sleep(min(WINDOW_STEP_SECONDS, left))
+                batch = self.take(worker_id, room, EMPTY, interactive_only)
+            if batch:
+                return batch
+        return self.take(worker_id, room, EMPTY, bulk_caps)
 
     def start_jobs(self, job_ids: Sequence[str]) -> list[bool]:
         """Mark the jobs of bulk images running; per id, whether its job still exists."""

@@ -178,6 +178,7 @@ class ModelWorker:
                 self._batch_window(),
                 IDLE_TIMEOUT,
                 self.costs.bulk_caps(),
+                self.costs.interactive_grace(),
             )
         except redis.RedisError as exc:
             log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import statistics
+import threading
 import time
 
 import numpy as np
+import pytest
 
 from serving import batching
 from serving.batching import BatchCosts
@@ -98,3 +100,23 @@ def test_interactive_requests_are_answered_while_a_full_bulk_lane_drains(colour_
     assert still_queued > 0  # answered while the bulk lane was draining, not after it
     for job in jobs:
         assert client.get(f"/jobs/{job}?wait=30").json["status"] == "done"
+
+
+def test_a_short_grace_for_interactive_work_only_while_it_is_coming():
+    costs = BatchCosts(8, linear(0.05))
+    assert costs.interactive_grace() == 0.0  # nobody interactive: bulk starts at once
+    costs.observe(1, 0.05, interactive=True)
+    assert costs.interactive_grace() == pytest.approx(0.01)  # a fifth of a one-image batch
+
+
+def test_the_grace_catches_an_interactive_image_before_a_bulk_batch(redis_client):
+    queue = RedisQueue(redis_client, "graceq")
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    redis_client.rpush(queue.keys.lane(BULK), Request("job", 0, pixels, 1, 0, 1e12, lane=BULK).to_bytes())
+    arriving = Request("now", 0, pixels, 1, 0, 1e12).to_bytes()
+    threading.Timer(0.02, lambda: redis_client.rpush(queue.keys.lane("interactive"), arriving)).start()
+    batch = queue.take_batch("w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8, grace=0.5)
+    assert batch.interactive == [arriving] and batch.bulk == []
+    assert queue.take_batch(
+        "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8
+    ).bulk  # then the bulk one
