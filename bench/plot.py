@@ -25,11 +25,13 @@ def plot(results: dict, path: Path) -> None:
         speed.plot(concurrency, [row["throughput_rps"] for row in rows], style, label=label)
         latency.plot(concurrency, [row["p99_ms"] or float("nan") for row in rows], style, label=label)
     for raw, colour in zip(results["raw_runtimes"], ("grey", "tab:green", "tab:purple")):
+        ran = f"{raw['runtime']} {raw['precision']}"
+        asked = "" if raw.get("asked", ran) == ran else f", asked {raw['asked'].split()[-1]}"
         speed.axhline(
             raw["best_rate"],
             color=colour,
             linestyle=":",
-            label=f"raw {raw['runtime']} {raw['precision']} (batch {raw['best_batch']})",
+            label=f"raw {ran}{asked} (batch {raw['best_batch']})",
         )
     name = results["raw_runtimes"][0]["model"]
     speed.set(title=f"Throughput ({name})", xlabel="concurrent clients", ylabel="images/s")
