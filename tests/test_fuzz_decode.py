@@ -20,6 +20,9 @@ from serving.worker import ModelWorker
 
 from .support import leftover_keys, make_settings
 
+# Pillow warns about the corrupt EXIF and chunks the mutants are full of: expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
+
 Q = "fuzzq"
 MUTANTS_PER_FORMAT = 30
 SAVE_OPTIONS = {
