@@ -22,13 +22,17 @@ import redis
 import requests
 from PIL import Image
 
+from serving.messages import Request
 from serving.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
+from serving.redis_server import EmbeddedRedis
 
-from .support import COLOURS, ROOT, free_port
+from .support import COLOURS, ROOT, free_port, leftover_keys
 
 __all__ = ["ChildProcess", "wait_until"]
 
+QUEUE = "scale"
+HEARTBEAT_TTL = "1"  # a killed worker's messages go back to the queue within about two seconds
 LABELS = list(COLOURS)
 COLOUR_MODEL_SCALE = 20.0  # the colour model's logits: scale x mean pixel in 0..1 (tests/support.py)
 
@@ -303,3 +307,81 @@ def distinct_answers(indexes, tolerance: float = 1e-4) -> bool:
     gaps = np.abs(vectors[:, None, :] - vectors[None, :, :]).max(axis=2)
     np.fill_diagonal(gaps, np.inf)
     return bool(gaps.min() > 10 * tolerance)
+
+
+# The deployment the scale-out tests share ----------------------------------------------
+
+
+class Cluster:
+    def __init__(self, tmp_path, colour_model, slow_colour_model):
+        self.log_dir = tmp_path
+        self.model = colour_model
+        self.slow_model = slow_colour_model
+        self.redis_port = free_port()
+        self.redis_server = EmbeddedRedis(port=self.redis_port).start()
+        self.redis_url = self.redis_server.url
+        self.webs: list[WebServer] = []
+        self.nginx: Nginx | None = None
+        self.workers: list[Worker] = []
+
+    def start_web_tier(self) -> None:
+        self.webs = [WebServer(f"web{i}", self.redis_url, QUEUE, self.log_dir) for i in (1, 2)]
+        if nginx_binary():
+            self.nginx = Nginx([web.port for web in self.webs], self.log_dir)
+
+    @property
+    def entry(self) -> str:
+        """Where clients send requests: nginx when installed, else the first web server."""
+        return self.nginx.url if self.nginx else self.webs[0].url
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def queue(self) -> RedisQueue:
+        return RedisQueue(self.client(), QUEUE)
+
+    def worker(self, name: str, *extra: str, slow: bool = False) -> Worker:
+        """A worker process; ``slow`` ones spend long enough on each batch to be caught mid-batch."""
+        worker = Worker(
+            name,
+            self.redis_url,
+            QUEUE,
+            self.slow_model if slow else self.model,
+            self.log_dir,
+            "--heartbeat-ttl",
+            HEARTBEAT_TTL,
+            *extra,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def restart_redis(self) -> None:
+        self.redis_server = EmbeddedRedis(port=self.redis_port).start()
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def stop(self) -> None:
+        self.stop_workers()
+        for process in [self.nginx, *self.webs]:
+            if process:
+                process.stop()
+        self.redis_server.stop()
+
+
+def assert_no_leftovers(cluster: Cluster) -> None:
+    """Once every worker has stopped (signed off or expired), the queue leaves no key at all."""
+    client = cluster.client()
+    assert leftover_keys(client, QUEUE) == []
+    wait_until(
+        lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")),
+        10,
+        "dead workers' heartbeats to expire",
+    )
+
+
+def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
+    raw = cluster.client().lrange(cluster.queue().keys.processing(worker.worker_id), 0, -1)
+    return {Request.from_bytes(message).reply_to for message in raw}

@@ -9,6 +9,7 @@ import redis
 
 from serving.redis_server import EmbeddedRedis
 
+from .cluster import Cluster
 from .support import LiveServer, build_colour_model, colour_model_args, free_port
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -160,3 +161,23 @@ def module_redis(redis_server):
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, colour_model, slow_colour_model):
+    """A scale-out deployment on loopback (tests/cluster.py): two gunicorn web servers, nginx when
+    installed, a real redis-server; each test starts the workers it needs."""
+    cluster = Cluster(tmp_path_factory.mktemp("scale-out"), colour_model, slow_colour_model)
+    try:
+        cluster.start_web_tier()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def fresh(cluster):
+    """The cluster with an empty Redis; the test's workers are stopped afterwards."""
+    cluster.client().flushall()
+    yield cluster
+    cluster.stop_workers()

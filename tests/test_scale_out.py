@@ -12,127 +12,27 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 import requests
 
-from serving.messages import Request
-from serving.queue import RedisQueue
-from serving.redis_server import EmbeddedRedis
-
 from .cluster import (
+    QUEUE,
+    Cluster,
     Nginx,
-    Outcome,
     WebServer,
-    Worker,
+    assert_no_leftovers,
     distinct_answers,
     fire,
-    nginx_binary,
+    held_request_ids,
     post_image,
     start_workers,
     tally,
-    tinted,
     wait_until,
 )
-from .support import LiveServer, free_port, leftover_keys
+from .support import LiveServer, free_port
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
-QUEUE = "scale"
 BATCH_LINE = re.compile(r"batch \w+: \d+ images")  # the worker's debug line per model call
-HEARTBEAT_TTL = "1"  # a killed worker's messages go back to the queue within about two seconds
-
-
-class Cluster:
-    def __init__(self, tmp_path, colour_model, slow_colour_model):
-        self.log_dir = tmp_path
-        self.model = colour_model
-        self.slow_model = slow_colour_model
-        self.redis_port = free_port()
-        self.redis_server = EmbeddedRedis(port=self.redis_port).start()
-        self.redis_url = self.redis_server.url
-        self.webs: list[WebServer] = []
-        self.nginx: Nginx | None = None
-        self.workers: list[Worker] = []
-
-    def start_web_tier(self) -> None:
-        self.webs = [WebServer(f"web{i}", self.redis_url, QUEUE, self.log_dir) for i in (1, 2)]
-        if nginx_binary():
-            self.nginx = Nginx([web.port for web in self.webs], self.log_dir)
-
-    @property
-    def entry(self) -> str:
-        """Where clients send requests: nginx when installed, else the first web server."""
-        return self.nginx.url if self.nginx else self.webs[0].url
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
-
-    def queue(self) -> RedisQueue:
-        return RedisQueue(self.client(), QUEUE)
-
-    def worker(self, name: str, *extra: str, slow: bool = False) -> Worker:
-        """A worker process; ``slow`` ones spend long enough on each batch to be caught mid-batch."""
-        worker = Worker(
-            name,
-            self.redis_url,
-            QUEUE,
-            self.slow_model if slow else self.model,
-            self.log_dir,
-            "--heartbeat-ttl",
-            HEARTBEAT_TTL,
-            *extra,
-        )
-        self.workers.append(worker)
-        return worker
-
-    def restart_redis(self) -> None:
-        self.redis_server = EmbeddedRedis(port=self.redis_port).start()
-
-    def stop_workers(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.workers = []
-
-    def stop(self) -> None:
-        self.stop_workers()
-        for process in [self.nginx, *self.webs]:
-            if process:
-                process.stop()
-        self.redis_server.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, colour_model, slow_colour_model):
-    cluster = Cluster(tmp_path_factory.mktemp("scale-out"), colour_model, slow_colour_model)
-    try:
-        cluster.start_web_tier()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def fresh(cluster):
-    """The cluster with an empty Redis; the test's workers are stopped afterwards."""
-    cluster.client().flushall()
-    yield cluster
-    cluster.stop_workers()
-
-
-def assert_no_leftovers(cluster: Cluster) -> None:
-    """Once every worker has stopped (signed off or expired), the queue leaves no key at all."""
-    client = cluster.client()
-    assert leftover_keys(client, QUEUE) == []
-    wait_until(
-        lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")),
-        10,
-        "dead workers' heartbeats to expire",
-    )
-
-
-def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
-    raw = cluster.client().lrange(cluster.queue().keys.processing(worker.worker_id), 0, -1)
-    return {Request.from_bytes(message).reply_to for message in raw}
 
 
 def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
@@ -407,62 +307,3 @@ def test_nginx_answers_json_when_no_web_server_is_up(cluster):
         assert response.headers["X-Request-ID"] == "probe-1"
     finally:
         nginx.stop()
-
-
-def submit_job(url: str, indexes: list[int]) -> str:
-    files = [("image", (f"{i}.png", tinted(i)[0])) for i in indexes]
-    response = requests.post(url + "/jobs", files=files, timeout=30)
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
-
-
-def job_is_right(body: dict, indexes: list[int]) -> bool:
-    results = body.get("results") or [body]
-    return (
-        body.get("status") == "done"
-        and len(results) == len(indexes)
-        and all(
-            Outcome(i, "", 200, {"success": True, **result}).correct(tinted(i)[1])
-            for i, result in zip(indexes, results)
-        )
-    )
-
-
-def held_bulk(cluster: Cluster, worker: Worker) -> int:
-    return cluster.client().llen(cluster.queue().keys.processing(worker.worker_id, "bulk"))
-
-
-def test_jobs_survive_a_killed_worker_and_any_web_server_answers_for_them(fresh):
-    survivor = fresh.worker("survivor", "--batch-size", "16", "--batch-wait-ms", "500")
-    victim = fresh.worker("victim", "--batch-size", "16", "--batch-wait-ms", "2000", slow=True)
-    start_workers(survivor, victim)
-    first, second = fresh.webs
-    jobs = {}
-    for n in range(40):  # submitted through one web server...
-        indexes = [(2 * n) % 300, (2 * n + 1) % 300]
-        jobs[submit_job(first.url, indexes)] = indexes
-    wait_until(lambda: held_bulk(fresh, victim) >= 2, 30, "the victim to take job images")
-    victim.signal(signal.SIGKILL)
-    victim.wait(10)
-
-    def status(job_id):  # ...and followed through the other
-        return requests.get(f"{second.url}/jobs/{job_id}?wait=20", timeout=30).json()
-
-    bodies = {
-        job_id: wait_until(
-            lambda j=job_id: (b := status(j))["status"] in ("done", "failed") and b, 60, "the job to end"
-        )
-        for job_id in jobs
-    }
-    wrong = [job_id for job_id, body in bodies.items() if not job_is_right(body, jobs[job_id])]
-    answered = sum(int(fresh.client().hget(f"{QUEUE}:stats", "jobs:done") or 0) for _ in [0])
-    print(
-        f"\njobs with a worker killed mid-batch: {len(jobs)} submitted, {len(jobs) - len(wrong)} right, "
-        f"{answered} counted done"
-    )
-    assert wrong == [] and answered == len(jobs)
-    for job_id in jobs:
-        assert requests.delete(f"{first.url}/jobs/{job_id}", timeout=10).json()["status"] == "deleted"
-    fresh.stop_workers()
-    wait_until(lambda: leftover_keys(fresh.client(), QUEUE) == [], 10, "the jobs' keys to go")
-    assert_no_leftovers(fresh)
