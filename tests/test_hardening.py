@@ -231,4 +231,6 @@ def test_a_burst_of_large_images_stays_within_the_memory_budget(serve):
     )
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 12
     assert peak - baseline < 3 * budget_mb * mb  # without the budget: 12 decodes of 144 MB at once
-    assert after - baseline < 150 * mb  # the memory went back to the system
+    # The memory went back to the system: what stays is noise of glibc's arenas (+3 to +160 MB
+    # measured), where keeping the freed decodes left +2.7 GB after 4 large images.
+    assert after - baseline < budget_mb * mb
