@@ -5,6 +5,7 @@ and back, and ``from_bytes`` validates everything once, so a worker of another v
 hand-written message fails alone with a clear reason instead of breaking the batch it lands in.
 
 - ``Request``: one image to classify (msgpack, the pixels as raw bytes: no base64, no pickle).
+- ``JobImage``: a reference to one queued job image (``<job>:<index>``), what the bulk lane holds.
 - ``Answer``: the worker's answer for one image (JSON: the web tier passes it on to the client).
 - ``Heartbeat``: what a live worker serves (JSON), read by web servers to prepare images.
 """
@@ -12,6 +13,7 @@ hand-written message fails alone with a clear reason instead of breaking the bat
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ MAX_SIDE = 4096  # pixels; queued images are already resized to a model input, f
 MAX_ID_LENGTH = 64
 MAX_INDEX = 100_000
 MAX_TOP_K = 100_000
+_JOB_IMAGE = re.compile(r"([^:]+):([0-9]{1,6})")
 
 
 class MessageError(ValueError):
@@ -133,6 +136,30 @@ def _pixels(data: dict) -> np.ndarray:
     if not isinstance(pixels, bytes) or len(pixels) != height * width * 3:
         raise MessageError(f"pixels must be {height * width * 3} bytes of uint8 RGB")
     return np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
+
+
+@dataclass(frozen=True)
+class JobImage:
+    """A reference to one image of a job. The bulk lane holds these, not the images, so a cancel
+    can take a job's queued images out of the lane by value; the messages wait in the job's
+    images hash (serving/queue.py)."""
+
+    job_id: str
+    index: int
+
+    def to_bytes(self) -> bytes:
+        return f"{self.job_id}:{self.index}".encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> JobImage:
+        match = _JOB_IMAGE.fullmatch(raw.decode(errors="replace"))
+        if match is None:
+            raise MessageError("not a job image reference (<job>:<index>)")
+        return cls(_text(match[1], "job id"), _integer(int(match[2]), "index", 0, MAX_INDEX))
+
+    @property
+    def reply(self) -> tuple[str, str, int]:
+        return BULK, self.job_id, self.index
 
 
 @dataclass(frozen=True)

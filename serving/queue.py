@@ -3,19 +3,21 @@
 Keys, all under the queue name ``Q`` (``QueueKeys`` builds them; nothing else does):
 
 - ``Q``                          interactive lane: request messages (serving/messages.py), oldest first
-- ``Q:bulk``                     bulk lane: job images, taken only to top up a batch
+- ``Q:bulk``                     bulk lane: references to job images (messages.JobImage), taken
+                                 only to top up a batch
 - ``Q:doorbell``                 a token workers block on; rung when work is queued (scripts.py)
 - ``Q:waiting:<request>``        hash of the request's image indexes still awaited; the worker that
                                  deletes an index is the one that answers it (exactly one answer)
 - ``Q:result:<request>``         list of the request's answers, popped by the waiting handler
 - ``Q:processing:<worker>``      interactive messages a worker has taken and not yet answered
-- ``Q:processing-bulk:<worker>`` the same for bulk messages
+- ``Q:processing-bulk:<worker>`` the same for job image references
 - ``Q:worker:<worker>``          heartbeat with a TTL (messages.Heartbeat)
 - ``Q:model``                    the model the workers serve, kept with no TTL: web servers prepare
                                  and queue images for it while no worker is alive (scaled to zero)
 - ``Q:stats``                    hash of deployment-wide counts: batches, jobs (serving/metrics.py)
 - ``Q:job:<job>``                hash of a job's state (status, images, answered, deadline, ...)
 - ``Q:job:<job>:results``        hash of its answers by image index, written once each
+- ``Q:job:<job>:images``         hash of its image messages not yet answered, by image index
 - ``Q:job:<job>:done``           list that receives a token when it ends: long-polls block on it
 
 Every change that touches more than one key is one Lua script (serving/scripts.py).
@@ -33,7 +35,7 @@ import orjson
 import redis
 
 from . import scripts
-from .messages import BULK, INTERACTIVE, Answer, Heartbeat, MessageError, ModelInfo
+from .messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, MessageError, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +91,16 @@ class QueueKeys:
     def job_done(self, job_id: str) -> str:
         return f"{self.name}:job:{job_id}:done"
 
+    def job_images(self, job_id: str) -> str:
+        return f"{self.name}:job:{job_id}:images"
+
     def job_keys(self, job_id: str) -> list[str]:
-        return [self.job(job_id), self.job_results(job_id), self.job_done(job_id)]
+        return [self.job(job_id), self.job_results(job_id), self.job_done(job_id), self.job_images(job_id)]
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Messages a worker took: interactive ones first."""
+    """What a worker took: interactive messages, then job image references."""
 
     interactive: list[bytes]
     bulk: list[bytes]
@@ -125,7 +130,7 @@ class RedisQueue:
         self._withdraw = client.register_script(scripts.WITHDRAW)
         self._requeue = client.register_script(scripts.REQUEUE)
         self._create_job = client.register_script(scripts.CREATE_JOB)
-        self._start_jobs = client.register_script(scripts.START_JOBS)
+        self._open_job_images = client.register_script(scripts.OPEN_JOB_IMAGES)
         self._answer_jobs = client.register_script(scripts.ANSWER_JOBS)
         self._expire_jobs = client.register_script(scripts.EXPIRE_JOBS)
         self._cancel_job = client.register_script(scripts.CANCEL_JOB)
@@ -182,10 +187,10 @@ class RedisQueue:
     def create_job(self, job: JobSpec, messages: Sequence[bytes], max_length: int) -> bool:
         """Record a job and queue its images in the bulk lane unless it holds ``max_length`` or
         more. False means full. The job's keys live until its deadline plus its result TTL."""
-        keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell]
+        keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell, self.keys.job_images(job.id)]
         keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
-        args = [max_length, keep_ms, len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
-        return bool(self._create_job(keys=keys, args=[*args, *messages]))
+        fields = [len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
+        return bool(self._create_job(keys=keys, args=[max_length, keep_ms, *fields, job.id, *messages]))
 
     def job_state(self, job_id: str) -> tuple[dict[str, str], dict[int, bytes]] | None:
         """A job's fields and its answers so far by image index; None when there is no such job."""
@@ -207,8 +212,12 @@ class RedisQueue:
         return self.blocking.blmove(key, key, cast(int, timeout), "LEFT", "RIGHT") is not None
 
     def cancel_job(self, job_id: str) -> dict[str, str]:
-        """Delete a job (cancelling it if it has not ended); its fields, or {} when there was none."""
-        flat = self._cancel_job(keys=[*self.keys.job_keys(job_id), self.keys.stats])
+        """Delete a job, taking its queued images out of the bulk lane if it has not ended; its
+        fields, or {} when there was none."""
+        keys = [*self.keys.job_keys(job_id), self.keys.stats, self.keys.lane(BULK)]
+        flat, removed = self._cancel_job(keys=keys, args=[job_id])
+        if removed:
+            log.info("job %s cancelled: %d queued images taken out of the bulk lane", job_id, removed)
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
     # Worker side ---------------------------------------------------------------
@@ -273,18 +282,28 @@ class RedisQueue:
                 return batch
         return self.take(worker_id, room, EMPTY, bulk_caps)
 
-    def start_jobs(self, job_ids: Sequence[str]) -> list[bool]:
-        """Mark the jobs of bulk images running; per id, whether its job still exists."""
-        if not job_ids:
+    def open_job_images(self, refs: Sequence[bytes]) -> list[bytes]:
+        """The messages behind the job image references a worker took, marking their jobs
+        running. An image whose job was cancelled or has ended, or that was answered already, has
+        none and is left out, never computed; so is a reference that cannot be read."""
+        images = []
+        for raw in refs:
+            try:
+                images.append(JobImage.from_bytes(raw))
+            except MessageError as exc:
+                log.error("dropping a bulk lane entry that is not a job image (%s): %.60r", exc, raw)
+        if not images:
             return []
-        return [bool(alive) for alive in self._start_jobs(keys=[self.keys.job(job_id) for job_id in job_ids])]
+        keys = [key for i in images for key in (self.keys.job(i.job_id), self.keys.job_images(i.job_id))]
+        messages = self._open_job_images(keys=keys, args=[image.index for image in images])
+        return [message for message in messages if message is not None]
 
     def expire_jobs(self, job_ids: Sequence[str]) -> None:
         """Jobs whose images were dropped for their deadline: mark them expired."""
         if job_ids:
             keys = [self.keys.stats]
             for job_id in sorted(set(job_ids)):
-                keys += [self.keys.job(job_id), self.keys.job_done(job_id)]
+                keys += [self.keys.job(job_id), self.keys.job_done(job_id), self.keys.job_images(job_id)]
             self._expire_jobs(keys=keys, args=[time.time()])
 
     def answer(self, worker_id: str, answers: Sequence[Answer], result_ttl: int, job_ttl: int = 3600) -> int:

@@ -123,10 +123,13 @@ return moved
 """
 )
 
-# Create a job and queue its images in the bulk lane, unless the lane is full.
-# KEYS[1] bulk lane, KEYS[2] the job's hash, KEYS[3] doorbell
+# Create a job: its image messages go into the job's images hash, and a small reference to each
+# ("<job>:<index>") into the bulk lane, unless the lane is full. References let a cancel take the
+# job's queued images out of the lane (LREM) without comparing whole messages.
+# KEYS[1] bulk lane, KEYS[2] the job's hash, KEYS[3] doorbell, KEYS[4] the job's images hash
 # ARGV[1] the lane's bound, ARGV[2] the job keys' TTL (ms), ARGV[3] images, ARGV[4] created,
-#         ARGV[5] deadline, ARGV[6] top_k, ARGV[7] answer as a list (0/1), ARGV[8..] the messages
+#         ARGV[5] deadline, ARGV[6] top_k, ARGV[7] answer as a list (0/1), ARGV[8] the job's id,
+#         ARGV[9..] the messages, in image order (message i is image i - 9)
 # Returns 1 when queued, 0 when the lane is full (nothing is written).
 CREATE_JOB = (
     _RING
@@ -135,45 +138,59 @@ if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'images', ARGV[3], 'answered', 0, 'failed', 0,
            'created', ARGV[4], 'deadline', ARGV[5], 'top_k', ARGV[6], 'as_list', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 8))
+local refs = {}
+for i = 9, #ARGV do
+  redis.call('HSET', KEYS[4], i - 9, ARGV[i])
+  refs[#refs + 1] = ARGV[8] .. ':' .. (i - 9)
+end
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
+redis.call('RPUSH', KEYS[1], unpack(refs))
 ring(KEYS[3])
 return 1
 """
 )
 
-# A worker starts on job images: mark their jobs running; report which jobs are still open (a
-# cancelled or ended job's images are dropped unrun).
-# KEYS one job hash per image
-# Returns one 1 (run it) or 0 (its job is gone or over) per key.
-START_JOBS = """
-local open = {}
-for i = 1, #KEYS do
-  local state = redis.call('HGET', KEYS[i], 'status')
-  if state == 'queued' then redis.call('HSET', KEYS[i], 'status', 'running') end
-  if state == 'queued' or state == 'running' then open[i] = 1 else open[i] = 0 end
+# A worker starts on the job images it took: the message behind each reference while its job is
+# open (the job is marked running), nothing for a cancelled or ended job's image or one already
+# answered (computed twice after a requeue): those are dropped unrun.
+# KEYS per image: its job's hash and the job's images hash; ARGV per image: its index
+# Returns one message or nil per image.
+OPEN_JOB_IMAGES = """
+local messages = {}
+for i = 1, #ARGV do
+  local job, images = KEYS[2 * i - 1], KEYS[2 * i]
+  local state = redis.call('HGET', job, 'status')
+  local message = false
+  if state == 'queued' or state == 'running' then message = redis.call('HGET', images, ARGV[i]) end
+  if message and state == 'queued' then redis.call('HSET', job, 'status', 'running') end
+  messages[i] = message
 end
-return open
+return messages
 """
 
-# Answer job images: write each answer once, count it, and finish the job with its last image.
-# KEYS[1] the stats hash; per answer, the job's hash, its results hash, its done list
+# Answer job images: write each answer once, count it, drop its message, and finish the job with
+# its last image.
+# KEYS[1] the stats hash; per answer, the job's hash, its results hash, its done list and its
+#         images hash
 # ARGV[1] finished jobs' TTL (ms), ARGV[2] now; per answer, the image index, its HTTP status and
 #         the answer (ARGV[3j+3], ARGV[3j+4], ARGV[3j+5])
 # Returns how many answers were written.
 ANSWER_JOBS = """
 local written = 0
-for j = 0, (#KEYS - 1) / 3 - 1 do
-  local job, results, done = KEYS[3 * j + 2], KEYS[3 * j + 3], KEYS[3 * j + 4]
+for j = 0, (#KEYS - 1) / 4 - 1 do
+  local job, results, done, images = KEYS[4 * j + 2], KEYS[4 * j + 3], KEYS[4 * j + 4], KEYS[4 * j + 5]
   local index, status, answer = ARGV[3 * j + 3], ARGV[3 * j + 4], ARGV[3 * j + 5]
   local state = redis.call('HGET', job, 'status')
   if (state == 'queued' or state == 'running') and redis.call('HSETNX', results, index, answer) == 1 then
     written = written + 1
+    redis.call('HDEL', images, index)
     local answered = redis.call('HINCRBY', job, 'answered', 1)
     if status ~= '200' then redis.call('HINCRBY', job, 'failed', 1) end
     if answered >= tonumber(redis.call('HGET', job, 'images')) then
       local final = 'done'
       if tonumber(redis.call('HGET', job, 'failed')) > 0 then final = 'failed' end
       redis.call('HSET', job, 'status', final, 'finished', ARGV[2])
+      redis.call('DEL', images)
       redis.call('PEXPIRE', job, ARGV[1])
       redis.call('PEXPIRE', results, ARGV[1])
       redis.call('RPUSH', done, final)
@@ -187,15 +204,17 @@ end
 return written
 """
 
-# Jobs whose images were dropped unrun for their deadline: expired, counted once each, and
-# their long-polls woken.
-# KEYS[1] the stats hash; then per job, its hash and its done list
+# Jobs whose images were dropped unrun for their deadline: expired, counted once each, their
+# queued messages dropped (their references left in the lane now lead nowhere), and their
+# long-polls woken.
+# KEYS[1] the stats hash; then per job, its hash, its done list and its images hash
 # ARGV[1] now
 EXPIRE_JOBS = """
-for i = 2, #KEYS, 2 do
+for i = 2, #KEYS, 3 do
   local state = redis.call('HGET', KEYS[i], 'status')
   if state == 'queued' or state == 'running' then
     redis.call('HSET', KEYS[i], 'status', 'expired', 'finished', ARGV[1])
+    redis.call('DEL', KEYS[i + 2])
     redis.call('HINCRBY', KEYS[1], 'jobs:expired', 1)
     redis.call('RPUSH', KEYS[i + 1], 'expired')
     redis.call('PEXPIRE', KEYS[i + 1], redis.call('PTTL', KEYS[i]))
@@ -204,18 +223,28 @@ end
 return 0
 """
 
-# Cancel a job, or delete a finished one's result: the job's keys go; long-polls on it wake
-# (its done list lingers a second for them).
-# KEYS[1] the job's hash, KEYS[2] its results hash, KEYS[3] its done list, KEYS[4] the stats hash
-# Returns the job's fields as a flat list (empty when there is no such job). Its queued images
-# stay in the bulk lane until a worker reaches them and drops them unrun (START_JOBS).
+# Cancel a job, or delete a finished one's result: the job's keys go, its images still queued
+# leave the bulk lane (a worker that took some already finds nothing behind them), and
+# long-polls on it wake (its done list lingers a second for them).
+# KEYS[1] the job's hash, KEYS[2] its results hash, KEYS[3] its done list, KEYS[4] its images
+#      hash, KEYS[5] the stats hash, KEYS[6] the bulk lane
+# ARGV[1] the job's id
+# Returns {the job's fields as a flat list (empty when there is no such job), images taken out
+# of the lane}. Each reference is in the lane once, so LREM stops at it: measured 0.5 ms for
+# a 32-image job at the head of a full lane of 10,000, 8 ms at its tail.
 CANCEL_JOB = """
 local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then return fields end
+if #fields == 0 then return {fields, 0} end
 local state = redis.call('HGET', KEYS[1], 'status')
-if state == 'queued' or state == 'running' then redis.call('HINCRBY', KEYS[4], 'jobs:cancelled', 1) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local removed = 0
+if state == 'queued' or state == 'running' then
+  redis.call('HINCRBY', KEYS[5], 'jobs:cancelled', 1)
+  for index = 0, tonumber(redis.call('HGET', KEYS[1], 'images')) - 1 do
+    removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[1] .. ':' .. index)
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('RPUSH', KEYS[3], 'deleted')
 redis.call('PEXPIRE', KEYS[3], 1000)
-return fields
+return {fields, removed}
 """

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ import redis
 from settings import Settings
 
 from .batching import BatchCosts
-from .messages import BULK, Answer, Heartbeat, MessageError, Request
+from .messages import BULK, Answer, Heartbeat, JobImage, MessageError, Request
 from .models.classifier import Classifier
 from .queue import Batch, RedisQueue
 from .redis_client import patient_retry
@@ -87,13 +88,15 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
     return parsed
 
 
-def error_for_each(messages: list[bytes], text: str) -> list[Answer]:
-    """A 500 answer for every message whose sender can be read."""
+def error_for_each(batch: Batch, text: str) -> list[Answer]:
+    """A 500 answer for every image of the batch whose sender can be read."""
     answers = []
-    for raw in messages:
+    readers: list[tuple[bytes, Callable[[bytes], Request | JobImage]]]
+    readers = [(raw, Request.from_bytes) for raw in batch.interactive]
+    readers += [(raw, JobImage.from_bytes) for raw in batch.bulk]
+    for raw, read in readers:
         try:
-            request = Request.from_bytes(raw)
-            answers.append(Answer.error(request.reply, 500, text))
+            answers.append(Answer.error(read(raw).reply, 500, text))
         except MessageError as exc:
             if exc.reply:
                 answers.append(Answer.error(exc.reply, 500, text))
@@ -223,7 +226,7 @@ class ModelWorker:
             answers, (expired, size, seconds) = self.process(batch)
         except Exception:  # answer the batch anyway: a live worker's batch is never requeued
             log.exception("processing a batch of %d failed", len(batch))
-            answers, (expired, size, seconds) = error_for_each(batch.messages, BATCH_FAILED), (0, 0, 0.0)
+            answers, (expired, size, seconds) = error_for_each(batch, BATCH_FAILED), (0, 0, 0.0)
         self._write(answers)
         if size:
             self._last_model_seconds = seconds
@@ -239,9 +242,11 @@ class ModelWorker:
     def process(self, batch: Batch) -> tuple[list[Answer], tuple[int, int, float]]:
         """The answers for a batch, and (expired, images run, model seconds) for the observer."""
         started = time.time()
-        parsed = parse_batch(batch.messages, started, self._input_shape)
+        # A cancelled or ended job's images have no message any more: they are dropped here.
+        messages = batch.interactive + self.queue.open_job_images(batch.bulk)
+        parsed = parse_batch(messages, started, self._input_shape)
         self.queue.expire_jobs(parsed.expired_jobs)
-        requests = self._open_jobs_only(parsed.requests)
+        requests = parsed.requests
         if not requests:
             return parsed.answers, (parsed.expired, 0, 0.0)
         batch_id = uuid.uuid4().hex[:12]
@@ -275,15 +280,6 @@ class ModelWorker:
                 )
             )
         return answers, (parsed.expired, len(requests), model_seconds)
-
-    def _open_jobs_only(self, requests: list[Request]) -> list[Request]:
-        """Interactive images, and job images whose job is still open (now marked running): a
-        cancelled job's images are dropped here, never computed."""
-        bulk = [request for request in requests if request.lane == BULK]
-        if not bulk:
-            return requests
-        open_jobs = dict(zip((r.reply_to for r in bulk), self.queue.start_jobs([r.reply_to for r in bulk])))
-        return [request for request in requests if request.lane != BULK or open_jobs[request.reply_to]]
 
     def _write(self, answers: list[Answer]) -> None:
         """Write the answers, retrying while Redis is away: the clients may still be waiting."""

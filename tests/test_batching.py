@@ -12,7 +12,7 @@ import pytest
 
 from serving import batching
 from serving.batching import BatchCosts
-from serving.messages import BULK, Request
+from serving.messages import BULK, JobImage, Request
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
 
@@ -112,7 +112,7 @@ def test_a_short_grace_for_interactive_work_only_while_it_is_coming():
 def test_the_grace_catches_an_interactive_image_before_a_bulk_batch(redis_client):
     queue = RedisQueue(redis_client, "graceq")
     pixels = np.zeros((2, 2, 3), np.uint8)
-    redis_client.rpush(queue.keys.lane(BULK), Request("job", 0, pixels, 1, 0, 1e12, lane=BULK).to_bytes())
+    redis_client.rpush(queue.keys.lane(BULK), JobImage("job", 0).to_bytes())
     arriving = Request("now", 0, pixels, 1, 0, 1e12).to_bytes()
     threading.Timer(0.02, lambda: redis_client.rpush(queue.keys.lane("interactive"), arriving)).start()
     batch = queue.take_batch("w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8, grace=0.5)

@@ -5,7 +5,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.messages import BULK, Answer, Heartbeat, MessageError, ModelInfo, Request
+from serving.messages import BULK, Answer, Heartbeat, JobImage, MessageError, ModelInfo, Request
 
 
 def request(**changes) -> Request:
@@ -120,3 +120,12 @@ def test_heartbeat_round_trip_and_bad_heartbeats():
     ):
         with pytest.raises(MessageError):
             Heartbeat.from_bytes(raw)
+
+
+def test_job_image_references_round_trip_and_bad_ones_are_refused():
+    image = JobImage("5f0c" * 8, 31)
+    assert image.to_bytes() == b"5f0c5f0c5f0c5f0c5f0c5f0c5f0c5f0c:31"
+    assert JobImage.from_bytes(image.to_bytes()) == image and image.reply == (BULK, "5f0c" * 8, 31)
+    for raw in (b"", b"job", b"job:", b":3", b"job:-1", b"job:1e3", b"job:9999999", b"x" * 65 + b":0"):
+        with pytest.raises(MessageError):
+            JobImage.from_bytes(raw)

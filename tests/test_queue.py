@@ -1,13 +1,14 @@
 """The Redis queue on a real redis-server: lanes, bounds, batches, exactly-once answers, requeue."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
 import redis
 
-from serving.messages import BULK, INTERACTIVE, Answer, Heartbeat, ModelInfo, Request
-from serving.queue import RedisQueue
+from serving.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
+from serving.queue import JobSpec, RedisQueue
 
 from .support import leftover_keys
 
@@ -59,7 +60,7 @@ def test_take_batch_takes_in_order_up_to_the_batch_size(queue):
 
 
 def test_take_fills_from_the_interactive_lane_first_and_tops_up_from_bulk(queue):
-    bulk = [message("job", i, BULK) for i in range(6)]
+    bulk = [JobImage("job", i).to_bytes() for i in range(6)]
     queue.redis.rpush(queue.keys.lane(BULK), *bulk)
     interactive = fill(queue, 3)
     batch = queue.take("w1", 5)
@@ -86,12 +87,12 @@ def test_the_window_ends_as_soon_as_the_batch_is_full(queue):
 
 def test_a_blocked_worker_wakes_for_bulk_work_too(queue):
     def submit_bulk():  # as POST /jobs does it: the image, then the doorbell
-        queue.redis.rpush(queue.keys.lane(BULK), message("job", 0, BULK))
+        queue.redis.rpush(queue.keys.lane(BULK), JobImage("job", 0).to_bytes())
         queue.redis.rpush(queue.keys.doorbell, "1")
 
     threading.Timer(0.1, submit_bulk).start()
     batch = queue.take_batch("w1", 8, window=0, idle_timeout=4)
-    assert batch.bulk == [message("job", 0, BULK)]
+    assert batch.bulk == [JobImage("job", 0).to_bytes()]
 
 
 def test_concurrent_takers_never_share_a_message(queue, redis_server):
@@ -165,7 +166,7 @@ def test_withdraw_keeps_an_answer_that_landed_late_and_blocks_later_ones(queue):
 
 def test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order(queue):
     messages = fill(queue, 4)
-    bulk = [message("job", i, BULK) for i in range(2)]
+    bulk = [JobImage("job", i).to_bytes() for i in range(2)]
     queue.redis.rpush(queue.keys.lane(BULK), *bulk)
     queue.take("dead", 3)  # m0, m1, m2; no heartbeat: dead
     queue.take("alive", 2)  # m3 and the first bulk image
@@ -177,6 +178,68 @@ def test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order(queue
     assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"bulk-held-by-the-dead", bulk[1]]
     assert queue.redis.llen(queue.keys.processing("alive")) == 1
     assert set(queue.live_workers()) == {"alive"}
+
+
+def job(queue, job_id: str, images: int, deadline_in: float = 60.0) -> list[bytes]:
+    """Create a job as POST /jobs does; its image messages."""
+    now = time.time()
+    messages = [
+        Request(job_id, i, np.full((2, 2, 3), i, np.uint8), 1, now, now + deadline_in, lane=BULK).to_bytes()
+        for i in range(images)
+    ]
+    spec = JobSpec(job_id, now, now + deadline_in, top_k=1, as_list=True, result_ttl=60)
+    assert queue.create_job(spec, messages, max_length=10_000)
+    return messages
+
+
+def test_the_bulk_lane_holds_references_and_the_job_its_messages(queue):
+    messages = job(queue, "j1", 3)
+    assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"j1:0", b"j1:1", b"j1:2"]
+    batch = queue.take("w1", 2)
+    assert queue.open_job_images(batch.bulk) == messages[:2]
+    assert queue.redis.hget(queue.keys.job("j1"), "status") == b"running"
+
+
+def test_cancelling_takes_a_jobs_queued_images_out_of_the_lane(queue):
+    job(queue, "before", 2)
+    messages = job(queue, "cancelled", 3)
+    job(queue, "after", 1)
+    taken = queue.take("w1", 3)  # before:0, before:1 and cancelled:0, already in a worker's hands
+    assert queue.cancel_job("cancelled")["status"] == "queued"
+    assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"after:0"]
+    assert not queue.redis.exists(*queue.keys.job_keys("cancelled")[:2], queue.keys.job_images("cancelled"))
+    opened = queue.open_job_images(taken.bulk)  # the worker finds nothing behind the cancelled one
+    assert len(opened) == 2 and messages[0] not in opened
+    assert queue.cancel_job("cancelled") == {}
+
+
+def test_an_answered_job_image_is_not_computed_again_after_a_requeue(queue):
+    messages = job(queue, "j", 2)
+    taken = queue.take("frozen", 1)
+    assert queue.open_job_images(taken.bulk) == messages[:1]
+    done = Answer("j", 0, BULK, 200, {"predictions": []})
+    assert queue.answer("another", [done], result_ttl=60) == 1
+    assert queue.redis.hkeys(queue.keys.job_images("j")) == [b"1"]  # answered: its message went
+    assert queue.open_job_images(taken.bulk) == []  # the frozen worker's copy leads nowhere
+    queue.answer("another", [Answer("j", 1, BULK, 200, {"predictions": []})], result_ttl=60)
+    assert queue.redis.hget(queue.keys.job("j"), "status") == b"done"
+    assert not queue.redis.exists(queue.keys.job_images("j"))
+
+
+def test_an_expired_jobs_messages_go_and_its_references_lead_nowhere(queue):
+    job(queue, "late", 2)
+    taken = queue.take("w1", 1)
+    queue.expire_jobs(["late"])
+    assert queue.redis.hget(queue.keys.job("late"), "status") == b"expired"
+    assert not queue.redis.exists(queue.keys.job_images("late"))
+    assert queue.open_job_images(taken.bulk + queue.take("w1", 1).bulk) == []
+
+
+def test_a_bulk_entry_that_is_not_a_reference_is_dropped(queue, caplog):
+    messages = job(queue, "j", 1)
+    refs = [b"not a reference", b"j:99999999", b"j:", b"no-such-job:0", b"j:0"]
+    assert queue.open_job_images(refs) == messages
+    assert [record.args[1] for record in caplog.records] == refs[:3]  # logged; the unknown job's is not
 
 
 def test_a_heartbeat_that_cannot_be_read_is_skipped(queue, caplog):

@@ -8,9 +8,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from serving.messages import Request
+from serving.messages import BULK, Answer, Request
 from serving.models import load_classifier
 from serving.models.classifier import Classifier
+from serving.queue import JobSpec
 from serving.redis_client import open_queue
 from serving.worker import BatchObserver, ModelWorker
 
@@ -146,6 +147,22 @@ def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
     _send(worker.queue, "after", _pixels("red"))
     worker.step()
     assert _result(worker.queue, "after").body["predictions"][0]["label"] == "red"
+
+
+def test_a_failed_batch_answers_its_job_images_too(redis_client, redis_server, classifier, monkeypatch):
+    worker = _worker(redis_server, classifier)
+    now = time.time()
+    image = Request("job", 0, _pixels("red"), 3, now, now + 30, lane=BULK).to_bytes()
+    assert worker.queue.create_job(JobSpec("job", now, now + 30, 3, False, 60), [image], 100)
+    _send(worker.queue, "interactive", _pixels("blue"))
+    with monkeypatch.context() as patch:
+        patch.setattr(worker, "process", lambda batch: 1 / 0)
+        assert worker.step() == 2
+    assert _result(worker.queue, "interactive").status == 500
+    state, results = worker.queue.job_state("job")
+    assert state["status"] == "failed" and Answer.from_bytes(results[0], "job").status == 500
+    worker.queue.cancel_job("job")
+    wait_until(lambda: leftover_keys(redis_client, Q) == [], 5, "the job's keys to go")
 
 
 def test_expired_requests_are_dropped_not_computed(redis_client, redis_server, classifier):
