@@ -4,10 +4,12 @@ tests all start processes with.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,8 +60,30 @@ def wait_until(
         time.sleep(interval)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _terminate_when_parent_dies() -> Callable[[], None] | None:
+    """What a child runs between fork and exec so the kernel sends it SIGTERM when its parent
+    dies, even by SIGKILL (Linux only; None elsewhere). The signal comes when the thread that
+    started the child ends, so only children started from a thread that lives as long as the
+    process (the main thread) should ask for it."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+    parent = os.getpid()
+
+    def ask() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took hold
+            os._exit(1)
+
+    return ask
+
+
 class ChildProcess:
-    """A child process whose output goes to a log file (or nowhere), stopped with SIGTERM."""
+    """A child process whose output goes to a log file (or nowhere), stopped with SIGTERM.
+    With ``dies_with_parent`` it is also stopped when its parent is killed (Linux)."""
 
     def __init__(
         self,
@@ -69,8 +93,10 @@ class ChildProcess:
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
         cwd: Path = ROOT,
+        dies_with_parent: bool = False,
     ):
         self.args = [str(arg) for arg in args]
+        self.dies_with_parent = dies_with_parent
         self.name = name or Path(self.args[0]).name
         self.log_path = log_path
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
@@ -84,7 +110,12 @@ class ChildProcess:
             out = open(self.log_path, "wb")  # noqa: SIM115 - the child keeps it; closed below
         try:
             self.popen = subprocess.Popen(
-                self.args, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_terminate_when_parent_dies() if self.dies_with_parent else None,
             )
         finally:
             if not isinstance(out, int):

@@ -64,6 +64,7 @@ class EmbeddedRedis:
             ],
             name="redis-server",
             cwd=self.directory,
+            dies_with_parent=True,  # a server killed with SIGKILL must not leave its Redis running
         )
 
     @property

@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from serving.processes import ServerProcess
 from serving.queue import RedisQueue
 from serving.redis_server import EmbeddedRedis
 
-from .support import LiveServer, colour_image, colour_model_args, free_port, wait_until
+from .support import ROOT, LiveServer, colour_image, colour_model_args, free_port, wait_until
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
@@ -136,6 +137,35 @@ def test_gunicorn_keeps_answering_under_idle_and_slow_connections(redis_server, 
         wait_until(lambda: requests.get(web.url + "/readyz", timeout=5).status_code == 200, 120, "the worker")
         # Fewer slow clients than threads: each holds a thread until the read timeout cuts it off.
         check_service_survives(web.url, port, idle=200, slow=6, label="gunicorn")
+
+
+def test_an_embedded_redis_does_not_outlive_a_killed_server():
+    """`python run_keras_server.py` starts its own Redis when it finds none; SIGKILL skips its
+    clean-up, so the kernel stops that Redis instead (otherwise it runs on, holding the queue)."""
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from serving.redis_server import EmbeddedRedis as R; "
+            "print(R().start().process.pid, flush=True); input()",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    redis_pid = int(starter.stdout.readline())
+    assert psutil.Process(redis_pid).name().startswith("redis-server")
+    starter.kill()
+    starter.wait()
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(redis_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(gone, 10, "the orphaned redis-server to stop")
 
 
 def test_a_hung_redis_gives_fast_503s(tmp_path):
