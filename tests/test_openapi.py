@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,8 @@ def test_schemathesis_finds_no_response_outside_the_spec(server, tmp_path):
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         server.url + "/openapi.json",
         "--checks",
