@@ -138,6 +138,20 @@ def test_the_example_overlay_renders_with_its_secret(tmp_path):
     assert "registry.example.com/keras-redis-server:0.2.0" in images
 
 
+@needs_kubectl
+def test_an_overlay_in_another_namespace_points_keda_at_its_redis(tmp_path):
+    shutil.copytree(ROOT / "deploy" / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "example"
+    (overlay / "redis.env").write_text("password=rendered-in-a-test\n")
+    kustomization = overlay / "kustomization.yaml"
+    text = kustomization.read_text()
+    kustomization.write_text(text.replace("namespace: keras-server", "namespace: team-a"))
+    scaled = next(doc for doc in render(overlay) if doc["kind"] == "ScaledObject")
+    assert scaled["metadata"]["namespace"] == "team-a"
+    addresses = {trigger["metadata"]["address"] for trigger in scaled["spec"]["triggers"]}
+    assert addresses == {"redis.team-a.svc.cluster.local:6379"}
+
+
 def test_compose_names_the_images_ports_and_commands_the_readme_documents():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
