@@ -108,10 +108,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.interactive) + len(self.bulk)
 
-    @property
-    def messages(self) -> list[bytes]:
-        return self.interactive + self.bulk
-
 
 EMPTY = Batch([], [])
 

@@ -53,9 +53,9 @@ def test_a_request_of_several_images_is_queued_whole_and_awaited_per_image(queue
 
 def test_take_batch_takes_in_order_up_to_the_batch_size(queue):
     messages = fill(queue, 5)
-    assert queue.take_batch("w1", 3, window=0, idle_timeout=1).messages == messages[:3]
+    assert queue.take_batch("w1", 3, window=0, idle_timeout=1).interactive == messages[:3]
     assert queue.redis.lrange(queue.keys.processing("w1"), 0, -1) == messages[:3]
-    assert queue.take_batch("w1", 10, window=0.01, idle_timeout=1).messages == messages[3:]
+    assert queue.take_batch("w1", 10, window=0.01, idle_timeout=1).interactive == messages[3:]
     assert len(queue.take_batch("w1", 10, window=0, idle_timeout=0.1)) == 0
 
 
@@ -82,7 +82,7 @@ def test_the_window_ends_as_soon_as_the_batch_is_full(queue):
     threading.Timer(0.5, lambda: fill(queue, 1, prefix="too-late")).start()
     batch = queue.take_batch("w1", 4, window=2.0, idle_timeout=1)
     assert len(batch) == 4  # full at ~50 ms: the window did not run on to take the late one
-    assert queue.take_batch("w2", 4, window=0, idle_timeout=2).messages[0] == message("too-late0")
+    assert queue.take_batch("w2", 4, window=0, idle_timeout=2).interactive[0] == message("too-late0")
 
 
 def test_a_blocked_worker_wakes_for_bulk_work_too(queue):
@@ -103,10 +103,10 @@ def test_concurrent_takers_never_share_a_message(queue, redis_server):
 
     def take(worker):
         own = RedisQueue(redis.Redis.from_url(redis_server.url), Q)
-        mine = list(own.take_batch(worker, 7, window=0, idle_timeout=0.2).messages)
+        mine = list(own.take_batch(worker, 7, window=0, idle_timeout=0.2).interactive)
         everyone_has_a_batch.wait()  # then all race for the rest
         while batch := own.take_batch(worker, 7, window=0, idle_timeout=0.2):
-            mine += batch.messages
+            mine += batch.interactive
         taken[worker] = mine
 
     threads = [threading.Thread(target=take, args=(f"w{i}",)) for i in range(takers)]
