@@ -15,9 +15,12 @@ import numpy as np
 from helpers import ImageError, MemoryBudget, prepare_image
 from settings import Settings
 
+from . import request_log
 from .messages import Answer, ModelInfo, Request
 from .queue import RedisQueue
 from .responses import ServiceUnavailable
+from .services import Services, services
+from .uploads import Uploads, checked_top_k
 
 QUEUE_FULL = "The server is busy: the queue is full. Try again shortly."
 
@@ -53,6 +56,23 @@ def prepare_images(
                 raise
             raise ImageError(f"Image {number} of {len(uploads)}: {exc}") from None
     return prepared
+
+
+def prepare_uploads(serving: Services, uploads: Uploads) -> tuple[list[np.ndarray], int]:
+    """The uploads as model input, and the top_k to answer with; any bad image fails them all."""
+    model = serving.workers.model()
+    top_k = checked_top_k(uploads.top_k, serving.settings.top_k, model.classes)
+    images = prepare_images(uploads.images, model, serving.settings.max_image_pixels, serving.decode_budget)
+    return images, top_k
+
+
+def run_classification(images: list[np.ndarray], top_k: int, as_list: bool = False) -> Classification:
+    """Within a request: queue prepared images and wait; the request log learns the request id
+    and batches."""
+    serving = services()
+    result = classify(serving.queue, serving.settings, images, top_k, as_list)
+    request_log.note(request_id=result.request_id, batch=",".join(result.batch_ids) or None)
+    return result
 
 
 def classify(

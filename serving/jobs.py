@@ -17,8 +17,7 @@ import time
 from flask import Blueprint, request
 
 from . import request_log
-from .api import prepared
-from .classify import compose, new_request_id
+from .classify import compose, new_request_id, prepare_uploads
 from .messages import BULK, Answer, Request
 from .queue import JobSpec
 from .responses import ApiError, BadRequest, ServiceUnavailable, json_response
@@ -42,7 +41,7 @@ def submit():
     serving = services()
     settings = serving.settings
     uploads = read_uploads(settings.max_images_per_request)
-    images, top_k = prepared(serving, uploads)
+    images, top_k = prepare_uploads(serving, uploads)
     now = time.time()
     job = JobSpec(
         new_request_id(),

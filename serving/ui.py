@@ -17,7 +17,7 @@ from PIL import Image
 from helpers import ImageError, decode_image, decoded_side, fit_image
 
 from . import request_log
-from .api import run_classification
+from .classify import run_classification
 from .messages import ModelInfo
 from .responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
 from .services import services

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from .api import prepared, ready_state, run_classification
+from .classify import prepare_uploads, run_classification
 from .messages import ModelInfo
 from .responses import ApiError, describe_error, error_body, json_response
 from .services import services
 from .uploads import Uploads, parse_top_k
 from .v2_tensors import HEADER_LENGTH, INPUT_NAME, OUTPUT_TYPES, output_tensors, parse_request
+from .workers import ready_state
 
 blueprint = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -66,7 +67,7 @@ def live():
 
 @blueprint.get("/health/ready")
 def ready():
-    ready_state()  # 503 when Redis or every worker is away
+    ready_state(services().queue)  # 503 when Redis or every worker is away
     return json_response({"ready": True})
 
 
@@ -106,7 +107,7 @@ def infer(name: str, version: str | None = None):
     model = served(name, version)
     infer_request = parse_request(request.get_data(), request.headers.get(HEADER_LENGTH))
     top_k = None if infer_request.top_k is None else parse_top_k(infer_request.top_k)
-    images, top_k = prepared(services(), Uploads(infer_request.images, as_list=True, top_k=top_k))
+    images, top_k = prepare_uploads(services(), Uploads(infer_request.images, as_list=True, top_k=top_k))
     result = run_classification(images, top_k, as_list=True)
     if result.status != 200:
         return json_response({"error": result.body["error"]}, result.status)

@@ -5,11 +5,27 @@ from __future__ import annotations
 import threading
 import time
 
+import redis
+
 from .messages import Heartbeat, ModelInfo
 from .queue import RedisQueue
 from .responses import ServiceUnavailable
 
 NO_WORKER = "No model worker is running; try again shortly."
+
+
+def ready_state(queue: RedisQueue) -> dict:
+    """What a readiness probe answers when Redis answers and a model worker is alive; else 503.
+    Read fresh each time, not from a WorkerDirectory's cache."""
+    try:
+        workers = queue.live_workers()
+        depth = queue.depth()
+    except redis.RedisError:
+        raise ServiceUnavailable("Redis is unreachable.") from None
+    if not workers:
+        raise ServiceUnavailable("No model worker has sent a heartbeat recently.")
+    model = next(iter(workers.values())).model  # one model per queue; its runtime and precision
+    return {"ready": True, "workers": len(workers), "queue_depth": depth, "model": model.as_dict()}
 
 
 class WorkerDirectory:
