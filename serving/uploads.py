@@ -112,12 +112,10 @@ _URL_SAFE = str.maketrans("-_", "+/", " \n\r\t")
 
 def parse_top_k(value: Any) -> int:
     """A positive whole number (checked against the model's classes when the model is known)."""
-    if isinstance(value, bool):
-        raise BadRequest(f"top_k must be a whole number from 1, not {value!r}.")
     try:
-        top_k = int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"top_k must be a whole number from 1, not {value!r}.") from None
+        top_k = 0 if isinstance(value, bool) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        top_k = 0
     if top_k < 1 or (isinstance(value, float) and value != top_k):
         raise BadRequest(f"top_k must be a whole number from 1, not {value!r}.")
     return top_k
