@@ -97,7 +97,8 @@ def model_metadata(name: str, version: str | None = None):
 @blueprint.get("/models/<name>/ready")
 @blueprint.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
-    served(name, version)
+    served(name, version)  # the last model served is known while no worker runs: that is not ready
+    ready_state(services().queue)
     return json_response({"name": name, "ready": True})
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
+from serving.messages import Heartbeat, ModelInfo
+from serving.queue import RedisQueue
 from serving.v2_tensors import HEADER_LENGTH, deserialize_bytes, serialize_bytes
 
 from .support import COLOURS, colour_image, leftover_keys
@@ -56,6 +58,19 @@ def test_server_and_model_metadata_and_health(client):
     }
     assert client.get("/v2/models/colour/versions/1").status_code == 200
     assert client.get("/v2/models/colour/ready").status_code == 200
+
+
+def test_a_model_with_no_live_worker_is_not_ready(colour_apps, module_redis):
+    app = colour_apps(worker=False)
+    queue = RedisQueue(module_redis, app.config["QUEUE_NAME"])
+    queue.beat("gone", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60)
+    queue.sign_off("gone")  # scaled to zero: the model it served is still known
+    client = app.test_client()
+    assert client.get("/v2/models/colour").status_code == 200
+    for path in ("/v2/health/ready", "/v2/models/colour/ready"):
+        response = client.get(path)
+        assert response.status_code == 503 and set(response.json) == {"error"}, path
+    module_redis.delete(queue.keys.model)
 
 
 def test_unknown_models_and_paths_are_404_in_the_protocols_shape(client):
