@@ -30,6 +30,12 @@ def server(serve):
     return serve("--batch-size", "16", "--max-upload-bytes", "500000", "--web-threads", "48")
 
 
+def simple_request(server, *args: str) -> subprocess.CompletedProcess:
+    """Run the README's client against ``server``."""
+    command = [sys.executable, str(ROOT / "simple_request.py"), *args, "--url", server.url + "/predict"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_concurrent_clients_each_get_their_own_answer(server, redis_server):
     rng = random.Random(7)
     cases = []
@@ -82,12 +88,7 @@ def test_bad_input_through_the_real_server(server):
 def test_simple_request_prints_ranked_labels(server, tmp_path):
     image = tmp_path / "green.png"
     image.write_bytes(colour_image("green"))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "simple_request.py"), str(image), "--url", server.url + "/predict"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = simple_request(server, str(image))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "model: colour" and lines[1].startswith("1. green: ")
@@ -97,12 +98,7 @@ def test_simple_request_prints_ranked_labels(server, tmp_path):
 def test_simple_request_reports_server_errors(server, tmp_path):
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "simple_request.py"), str(text), "--url", server.url + "/predict"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = simple_request(server, str(text))
     assert out.returncode == 1 and "error (400)" in out.stderr and "not an image" in out.stderr
 
 
@@ -112,20 +108,7 @@ def test_simple_request_sends_several_images_with_a_top_k(server, tmp_path):
         path = tmp_path / f"{colour}.png"
         path.write_bytes(colour_image(colour))
         paths.append(str(path))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "simple_request.py"),
-            *paths,
-            "--top-k",
-            "1",
-            "--url",
-            server.url + "/predict",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = simple_request(server, *paths, "--top-k", "1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "blue.png: model: colour",
@@ -138,19 +121,7 @@ def test_simple_request_sends_several_images_with_a_top_k(server, tmp_path):
 def test_simple_request_async_submits_a_job_and_prints_its_answer(server, tmp_path):
     image = tmp_path / "green.png"
     image.write_bytes(colour_image("green"))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "simple_request.py"),
-            str(image),
-            "--async",
-            "--url",
-            server.url + "/predict",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = simple_request(server, str(image), "--async")
     assert out.returncode == 0, out.stderr
     assert out.stderr.startswith("job ") and "1 image(s) queued" in out.stderr
     assert out.stdout.splitlines()[:2] == ["model: colour", out.stdout.splitlines()[1]]
