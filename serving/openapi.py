@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from settings import Settings
 
+from .jobs import LONGEST_WAIT_SECONDS
 from .openapi_schemas import SCHEMAS, TOP_K, ref
 
 
@@ -122,8 +123,8 @@ def _jobs_paths(settings: Settings) -> dict:
         "name": "wait",
         "in": "query",
         "required": False,
-        "schema": {"type": "number", "minimum": 0, "maximum": 30},
-        "description": "Seconds to wait for the job to end (long-poll), at most 30.",
+        "schema": {"type": "number", "minimum": 0, "maximum": LONGEST_WAIT_SECONDS},
+        "description": f"Seconds to wait for the job to end (long-poll), at most {LONGEST_WAIT_SECONDS:g}.",
     }
     missing = "No such job: never submitted, deleted, or its result expired."
     submit = _predict(settings)["post"]
