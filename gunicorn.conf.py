@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serving.memory import limit_arenas
-from settings import load_settings
+from serving.settings import load_settings
+from serving.web.memory import limit_arenas
 
 _settings = load_settings([])
 
@@ -28,8 +28,8 @@ METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 bind = f"{_settings.host}:{_settings.port}"
 # Handlers spend their time blocked on Redis, not on the CPU: threads, not processes, carry the
-# load. gthread, guarded against idle and slow connections (serving/gunicorn_worker.py).
-worker_class = "serving.gunicorn_worker.GuardedThreadWorker"
+# load. gthread, guarded against idle and slow connections (serving/servers/gunicorn_worker.py).
+worker_class = "serving.servers.gunicorn_worker.GuardedThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = _settings.web_threads
 worker_connections = _settings.max_connections  # at the limit the longest-idle one makes way
@@ -58,7 +58,7 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    """Two malloc arenas for the web process's threads (serving/memory.py)."""
+    """Two malloc arenas for the web process's threads (serving/web/memory.py)."""
     limit_arenas()
 
 

@@ -13,57 +13,18 @@ import logging
 import signal
 import sys
 import threading
-import time
 
-from serving.app import create_app
-from serving.http_server import HttpServer
-from serving.memory import limit_arenas
 from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
-from serving.redis_server import DEFAULT_URL, resolve_redis
-from settings import Settings, SettingsError, load_settings
+from serving.queue.embedded import resolve_redis
+from serving.servers.waitress_server import HttpServer
+from serving.settings import SettingsError, load_settings
+from serving.web.app import create_app
+from serving.web.memory import limit_arenas
+from serving.worker.factory import create_worker
 
 __all__ = ["create_app", "create_worker", "main"]
 
 log = logging.getLogger("run_keras_server")
-
-
-def create_worker(settings: Settings):
-    """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the queue."""
-    from pathlib import Path
-
-    from serving.metrics import RedisBatchStats
-    from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
-    from serving.models.runtimes import default_cache_dir
-    from serving.redis_client import open_queue
-    from serving.worker import IDLE_TIMEOUT, ModelWorker
-
-    configure_tensorflow(settings.model_threads)
-    options = RuntimeOptions(
-        settings.runtime,
-        settings.precision,
-        settings.model_threads,
-        Path(settings.model_cache) if settings.model_cache else default_cache_dir(),
-    )
-    classifier = load_classifier(
-        settings.model, settings.weights, settings.labels, settings.preprocess, settings.resize, options
-    )
-    if classifier.note:
-        log.warning("%s", classifier.note)
-    started = time.perf_counter()
-    # Every batch size once, before the first heartbeat: ready means warm (OpenVINO prepares
-    # each new input shape on its first call, TensorFlow traces its graph once).
-    batch_seconds = classifier.warm_up(range(1, settings.batch_size + 1))
-    log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
-    queue = open_queue(
-        settings.redis_url or DEFAULT_URL,
-        settings.queue_name,
-        call_timeout=settings.redis_timeout,
-        longest_block=IDLE_TIMEOUT,
-    )
-    # Batch stats go to Redis, so /metrics on any web server reports every worker's.
-    return ModelWorker(
-        queue, classifier, settings, observer=RedisBatchStats(queue), batch_seconds=batch_seconds
-    )
 
 
 def _on_stop_signals(stop) -> None:

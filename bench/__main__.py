@@ -20,12 +20,12 @@ from pathlib import Path
 import orjson
 import requests
 
-from serving.redis_server import EmbeddedRedis
+from harness.launch import ROOT, python_server
+from serving.queue.embedded import EmbeddedRedis
 from stress_test import run_load
 
 from . import goals, overhead, priority, redis_memory
 from .plot import plot
-from .processes import ROOT, python_server
 from .report import table
 
 RESULTS = ROOT / "bench" / "results"
@@ -255,7 +255,7 @@ def multi_image(url: str, image: bytes, rate: float, args) -> dict:
 
 def run_autoscale(args, image: bytes) -> int:
     from serving.queue import RedisQueue
-    from serving.redis_client import connect
+    from serving.queue.connection import connect
 
     from .autoscale import (
         Autoscaler,

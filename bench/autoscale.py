@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from serving.messages import LANES
-from serving.processes import ROOT, ChildProcess
+from harness.processes import ROOT, ChildProcess
 from serving.queue import RedisQueue
+from serving.queue.messages import LANES
 
 
 @dataclass
@@ -140,7 +140,7 @@ def images_computed(queue: RedisQueue) -> Callable[[], int]:
 def publish_model(worker: ChildProcess, queue: RedisQueue, timeout: float = 180) -> None:
     """Run one worker until it has said what it serves, then stop it: the deployment's first start.
     Afterwards web servers queue images for that model while no worker runs (scaled to zero)."""
-    from serving.processes import wait_until
+    from harness.processes import wait_until
 
     wait_until(
         lambda: queue.last_model() is not None and queue.live_workers(),

@@ -11,7 +11,7 @@ import sys
 import orjson
 from flask import Flask, Response, request
 
-from helpers import ImageError, prepare_image
+from serving.images import ImageError, prepare_image
 
 
 def build_naive_app(classifier, top_k_count: int = 5) -> Flask:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import requests
 
-from serving.messages import Heartbeat, ModelInfo
+from harness.launch import python_server
 from serving.queue import RedisQueue
-from serving.redis_client import connect
-from serving.redis_server import EmbeddedRedis
-
-from .processes import python_server
+from serving.queue.connection import connect
+from serving.queue.embedded import EmbeddedRedis
+from serving.queue.messages import Heartbeat, ModelInfo
 
 QUEUE = "bench_queue"
 FLOAT32_DESIGN_BYTES = 4 * 224 * 224 * 3 * 4 // 3  # float32 pixels in base64: ~803 KB per image

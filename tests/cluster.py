@@ -22,10 +22,10 @@ import redis
 import requests
 from PIL import Image
 
-from serving.messages import Request
-from serving.processes import ChildProcess, ServerProcess, http_status, wait_until
+from harness.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
-from serving.redis_server import EmbeddedRedis
+from serving.queue.embedded import EmbeddedRedis
+from serving.queue.messages import Request
 
 from .support import COLOURS, ROOT, free_port, leftover_keys
 

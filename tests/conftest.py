@@ -7,7 +7,7 @@ import threading
 import pytest
 import redis
 
-from serving.redis_server import EmbeddedRedis
+from serving.queue.embedded import EmbeddedRedis
 
 from .cluster import Cluster
 from .support import LiveServer, build_colour_model, colour_model_args, free_port
@@ -102,10 +102,10 @@ def colour_apps(redis_server, colour_model):
     """Make apps in-process (Flask test client) on a real redis-server, each on a queue of its own
     with, unless ``worker=False``, a real worker thread serving the colour model. The app's
     settings are ``make_settings(**overrides)``; ``app.config["QUEUE_NAME"]`` names its queue."""
-    from serving.app import create_app
     from serving.models import load_classifier
-    from serving.redis_client import open_queue
-    from serving.worker import ModelWorker
+    from serving.queue.connection import open_queue
+    from serving.web.app import create_app
+    from serving.worker.loop import ModelWorker
 
     from .support import make_settings, wait_until
 

@@ -11,8 +11,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from serving.processes import ROOT, ServerProcess, free_port, wait_until
-from settings import Settings, load_settings
+from harness.processes import ROOT, ServerProcess, free_port, wait_until
+from serving.settings import Settings, load_settings
 
 __all__ = ["ROOT", "TESTDATA", "COLOURS", "TINY_INPUT", "free_port", "wait_until"]
 

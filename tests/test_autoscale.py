@@ -14,7 +14,7 @@ from bench.autoscale import (
     worker_process,
 )
 from serving.queue import RedisQueue
-from serving.redis_client import connect
+from serving.queue.connection import connect
 
 from .cluster import WebServer, distinct_answers, fire, tally
 from .support import colour_model_args, leftover_keys, wait_until

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from serving import batching
-from serving.batching import BatchCosts
-from serving.messages import BULK, JobImage, Request
+from serving.worker import batching
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
+from serving.queue.messages import BULK, JobImage, Request
+from serving.worker.batching import BatchCosts
 
 from .support import COLOURS, colour_image, wait_until
 

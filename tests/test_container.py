@@ -11,8 +11,8 @@ import sys
 import pytest
 import requests
 
-from serving.processes import ServerProcess, free_port, wait_until
-from serving.redis_server import EmbeddedRedis
+from harness.processes import ServerProcess, free_port, wait_until
+from serving.queue.embedded import EmbeddedRedis
 
 from .support import ROOT, colour_image, colour_model_args
 

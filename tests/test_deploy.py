@@ -12,10 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serving.messages import BULK
 from serving.queue import QueueKeys
-from serving.redis_server import DEFAULT_URL
-from settings import load_settings
+from serving.queue.embedded import DEFAULT_URL
+from serving.queue.messages import BULK
+from serving.settings import load_settings
 from tools.compose_nginx import compose_site
 
 from .support import ROOT

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ACCEPTED_FORMATS
-from serving.app import create_app
+from serving.images import ACCEPTED_FORMATS
 from serving.models.classifier import NullClassifier
-from serving.redis_client import open_queue
-from serving.worker import ModelWorker
+from serving.queue.connection import open_queue
+from serving.web.app import create_app
+from serving.worker.loop import ModelWorker
 
 from .support import leftover_keys, make_settings
 

@@ -20,10 +20,10 @@ import redis
 import requests
 from PIL import Image
 
-from serving.messages import Heartbeat, ModelInfo
-from serving.processes import ServerProcess
+from harness.processes import ServerProcess
 from serving.queue import RedisQueue
-from serving.redis_server import EmbeddedRedis
+from serving.queue.embedded import EmbeddedRedis
+from serving.queue.messages import Heartbeat, ModelInfo
 
 from .support import ROOT, LiveServer, colour_image, colour_model_args, free_port, wait_until
 
@@ -146,7 +146,7 @@ def test_an_embedded_redis_does_not_outlive_a_killed_server():
         [
             sys.executable,
             "-c",
-            "from serving.redis_server import EmbeddedRedis as R; "
+            "from serving.queue.embedded import EmbeddedRedis as R; "
             "print(R().start().process.pid, flush=True); input()",
         ],
         cwd=ROOT,

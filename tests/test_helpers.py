@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ACCEPTED_FORMATS, DecodeBusy, ImageError, MemoryBudget, prepare_image
+from serving.images import ACCEPTED_FORMATS, DecodeBusy, ImageError, MemoryBudget, prepare_image
 
 SIZE = (32, 24)  # (width, height)
 

@@ -71,8 +71,8 @@ def test_fifty_jobs_from_eight_clients_each_end_with_their_own_answer(colour_app
 def test_a_long_poll_returns_as_the_job_ends(colour_apps, module_redis):
     app = colour_apps(worker=False, heartbeat_ttl=60)
     client = app.test_client()
-    from serving.messages import Heartbeat, ModelInfo
     from serving.queue import RedisQueue
+    from serving.queue.messages import Heartbeat, ModelInfo
 
     RedisQueue(module_redis, app.config["QUEUE_NAME"]).beat(
         "not-yet", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
@@ -113,8 +113,8 @@ def test_a_job_cancelled_while_queued_is_never_computed(colour_apps, module_redi
     app = colour_apps(worker=False)
     client = app.test_client()
     queue = app.config["QUEUE_NAME"]
-    from serving.messages import Heartbeat, ModelInfo
     from serving.queue import RedisQueue
+    from serving.queue.messages import Heartbeat, ModelInfo
 
     RedisQueue(module_redis, queue).beat(
         "busy", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
@@ -139,8 +139,8 @@ def test_an_expired_job_says_so_and_then_goes(colour_apps, module_redis):
     app = colour_apps(worker=False, job_timeout=0.5, job_ttl=1)
     client = app.test_client()
     queue = app.config["QUEUE_NAME"]
-    from serving.messages import Heartbeat, ModelInfo
     from serving.queue import RedisQueue
+    from serving.queue.messages import Heartbeat, ModelInfo
 
     RedisQueue(module_redis, queue).beat(
         "away", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
@@ -198,8 +198,8 @@ def test_unknown_jobs_and_bad_waits(colour_app):
 def test_a_full_bulk_lane_is_503_with_retry_after(colour_apps, module_redis):
     app = colour_apps(worker=False, max_job_queue_length=1)
     client = app.test_client()
-    from serving.messages import Heartbeat, ModelInfo
     from serving.queue import RedisQueue
+    from serving.queue.messages import Heartbeat, ModelInfo
 
     queue = RedisQueue(module_redis, app.config["QUEUE_NAME"])
     queue.beat("idle", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60)
@@ -217,8 +217,8 @@ def test_with_no_worker_alive_images_of_the_last_model_queue_until_one_starts(co
     and a worker that starts meanwhile answers them."""
     app = colour_apps(worker=False, client_timeout=20)
     queue = app.config["QUEUE_NAME"]
-    from serving.messages import ModelInfo
     from serving.queue import RedisQueue
+    from serving.queue.messages import ModelInfo
 
     client = app.test_client()
     assert client.post("/predict", **multipart(colour_image("red"))).status_code == 503  # never seen: 503

@@ -5,7 +5,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.messages import BULK, Answer, Heartbeat, JobImage, MessageError, ModelInfo, Request
+from serving.queue.messages import BULK, Answer, Heartbeat, JobImage, MessageError, ModelInfo, Request
 
 
 def request(**changes) -> Request:

@@ -16,10 +16,10 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.messages import Heartbeat, ModelInfo, Request
-from serving.metrics import RedisBatchStats
-from serving.processes import ChildProcess, ServerProcess, http_status
+from harness.processes import ChildProcess, ServerProcess, http_status
 from serving.queue import RedisQueue
+from serving.queue.messages import Heartbeat, ModelInfo, Request
+from serving.worker.stats import RedisBatchStats
 
 from .support import ROOT, colour_image, free_port, wait_until
 
@@ -142,7 +142,7 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
     leave_stale_counts = (
-        "from serving.metrics import HTTP_REQUESTS; HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)"
+        "from serving.web.metrics import HTTP_REQUESTS; HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)"
     )
     subprocess.run(
         [sys.executable, "-c", leave_stale_counts],

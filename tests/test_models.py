@@ -77,7 +77,7 @@ def test_embedded_redis_starts_when_nothing_answers(monkeypatch, caplog):
 
     import redis
 
-    from serving import redis_server
+    from serving.queue import embedded as redis_server
     from tests.support import free_port
 
     monkeypatch.setattr(redis_server, "DEFAULT_URL", f"redis://127.0.0.1:{free_port()}/0")
@@ -94,7 +94,7 @@ def test_embedded_redis_starts_when_nothing_answers(monkeypatch, caplog):
 
 
 def test_warm_up_traces_the_one_graph_every_batch_size_then_uses(colour_model):
-    from helpers import prepare_image
+    from serving.images import prepare_image
 
     from .support import colour_image
 
@@ -128,7 +128,7 @@ def test_resnet50_loads_a_local_weights_file_and_explains_a_bad_one(tmp_path):
 
     expected = reference(caffe(pixels), training=False).numpy()
     np.testing.assert_allclose(classifier.predict(pixels), expected, rtol=1e-4, atol=1e-6)
-    assert classifier.info().note == ""
+    assert classifier.note == ""
 
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an HDF5 file")

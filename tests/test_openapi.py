@@ -14,10 +14,10 @@ import redis
 import requests
 import schemathesis
 
-from serving.messages import Heartbeat
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
-from serving.worker import ModelWorker
+from serving.queue.messages import Heartbeat
+from serving.worker.loop import ModelWorker, describe
 
 from .support import TINY_INPUT, colour_image, leftover_keys, make_settings
 
@@ -144,7 +144,7 @@ class BrokenClassifier(Classifier):
 def test_timeouts_and_model_failures_match_the_spec(redis_server, serve):
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), "stuckq")
     # A worker that announced itself and then hung: requests time out (504) and are withdrawn.
-    queue.beat("hung-worker", Heartbeat(BrokenClassifier().info(), "h", 1, 8), ttl=60)
+    queue.beat("hung-worker", Heartbeat(describe(BrokenClassifier()), "h", 1, 8), ttl=60)
     web = _web_only(serve, "stuckq")
     worker = thread = None
     try:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import redis
 
-from serving.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
 from serving.queue import JobSpec, RedisQueue
+from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
 
 from .support import leftover_keys
 

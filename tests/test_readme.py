@@ -2,7 +2,7 @@
 
 import re
 
-from settings import markdown_table
+from serving.settings import markdown_table
 
 from .support import ROOT
 

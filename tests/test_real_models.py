@@ -6,7 +6,7 @@ import sys
 import pytest
 import requests
 
-from serving.redis_server import DEFAULT_URL, answers
+from serving.queue.embedded import DEFAULT_URL, answers
 
 from .support import ROOT, TESTDATA, LiveServer
 

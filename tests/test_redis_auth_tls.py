@@ -10,8 +10,8 @@ import pytest
 import redis
 import requests
 
-from serving.processes import ChildProcess
-from serving.redis_server import redis_server_binary
+from harness.processes import ChildProcess
+from serving.queue.embedded import redis_server_binary
 
 from .support import LiveServer, colour_image, free_port, wait_until
 

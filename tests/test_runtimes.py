@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import prepare_image
+from serving.images import prepare_image
 from serving.models import RuntimeOptions, load_classifier
 from serving.models import runtimes as runtimes_module
 
@@ -37,7 +37,7 @@ def test_the_colour_model_answers_the_same_on_openvino_as_on_tensorflow(colour_m
     on_tf = colour_classifier(colour_model, tensorflow())
     on_ov = colour_classifier(colour_model, openvino(tmp_path))
     assert (on_tf.runtime, on_ov.runtime) == ("tensorflow", "openvino")
-    assert on_ov.info().runtime == "openvino" and on_ov.info().precision in ("f32", "bf16")
+    assert on_ov.runtime == "openvino" and on_ov.precision in ("f32", "bf16")
     images = np.stack(
         [
             prepare_image(colour_image(c, seed=i), (TINY_INPUT, TINY_INPUT), 10**6)

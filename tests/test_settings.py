@@ -1,6 +1,6 @@
 import pytest
 
-from settings import OPTIONS, SettingsError, load_settings
+from serving.settings import OPTIONS, SettingsError, load_settings
 
 
 def test_defaults():

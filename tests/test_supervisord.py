@@ -18,7 +18,7 @@ import redis
 import requests
 
 from serving.queue import RedisQueue
-from serving.redis_server import redis_server_binary
+from serving.queue.embedded import redis_server_binary
 
 from .cluster import ChildProcess, http_ok, post_image, tally, tinted, wait_until
 from .support import ROOT, free_port

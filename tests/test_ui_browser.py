@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import ACCEPTED_FORMATS
+from serving.images import ACCEPTED_FORMATS
 
 from .support import colour_image
 

@@ -10,9 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.messages import Heartbeat, ModelInfo
 from serving.queue import RedisQueue
-from serving.v2_tensors import HEADER_LENGTH, deserialize_bytes, serialize_bytes
+from serving.queue.messages import Heartbeat, ModelInfo
+from serving.web.v2_tensors import HEADER_LENGTH, deserialize_bytes, serialize_bytes
 
 from .support import COLOURS, colour_image, leftover_keys
 

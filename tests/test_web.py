@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from run_keras_server import create_app
-from serving.messages import Heartbeat, ModelInfo, Request
 from serving.queue import RedisQueue
-from settings import load_settings
+from serving.queue.messages import Heartbeat, ModelInfo, Request
+from serving.settings import load_settings
 
 from .support import ROOT, colour_image, free_port, leftover_keys
 

@@ -8,12 +8,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from serving.messages import BULK, Answer, Request
 from serving.models import load_classifier
 from serving.models.classifier import Classifier
 from serving.queue import JobSpec
-from serving.redis_client import open_queue
-from serving.worker import BatchObserver, ModelWorker
+from serving.queue.connection import open_queue
+from serving.queue.messages import BULK, Answer, Request
+from serving.worker.loop import ModelWorker
+from serving.worker.stats import BatchObserver
 
 from .support import COLOURS, TINY_INPUT, leftover_keys, make_settings, wait_until
 

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..messages import ModelInfo
-
 
 class ModelUnavailable(RuntimeError):
     """The chosen model cannot be loaded; the message tells the operator what to do instead."""
@@ -88,17 +86,6 @@ class Classifier:
                 predictions.append(prediction)
             ranked.append(predictions)
         return ranked
-
-    def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.name,
-            input_size=self.input_size,
-            classes=len(self.labels),
-            resize=self.resize,
-            runtime=self.runtime,
-            precision=self.precision,
-            note=self.note,
-        )
 
 
 class NullClassifier(Classifier):

@@ -31,9 +31,6 @@ from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("auto", "f32", "bf16")
-
 
 @dataclass(frozen=True)
 class RuntimeOptions:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from flask import Flask
 
-from helpers import MemoryBudget
-from settings import Settings, load_settings
-
-from . import api, jobs, memory, metrics, request_log, responses, ui, v2
-from .redis_client import open_queue
-from .redis_server import DEFAULT_URL
-from .services import EXTENSION, Services
-from .workers import WorkerDirectory
+from serving.images import MemoryBudget
+from serving.queue import DEFAULT_URL
+from serving.queue.connection import open_queue
+from serving.settings import Settings, load_settings
+from serving.web import memory, metrics, request_log, responses
+from serving.web.routes import api, jobs, ui, v2
+from serving.web.services import EXTENSION, Services
+from serving.web.worker_directory import WorkerDirectory
 
 FORM_PARTS = 64  # multipart parts a request may have: images, top_k, and room to spare
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from serving.settings import RESIZE_MODES
+
 
 def ref(name: str, kind: str = "schemas") -> dict:
     return {"$ref": f"#/components/{kind}/{name}"}
@@ -55,7 +57,7 @@ SCHEMAS: dict = {
             "classes": {"type": "integer", "minimum": 1},
             "resize": {
                 "type": "string",
-                "enum": ["crop", "squash"],
+                "enum": list(RESIZE_MODES),
                 "description": "How uploads are fitted.",
             },
             "runtime": {"type": "string", "enum": ["tensorflow", "openvino", "none"]},

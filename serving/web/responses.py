@@ -10,7 +10,7 @@ import redis
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from helpers import DecodeBusy, ImageError
+from serving.images import DecodeBusy, ImageError
 
 log = logging.getLogger(__name__)
 

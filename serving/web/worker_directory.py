@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from .messages import Heartbeat, ModelInfo
-from .queue import RedisQueue
-from .responses import ServiceUnavailable
+from serving.queue import RedisQueue
+from serving.queue.messages import Heartbeat, ModelInfo
+from serving.web.responses import ServiceUnavailable
 
 NO_WORKER = "No model worker is running; try again shortly."
 

@@ -16,10 +16,8 @@ No gauge is kept in the multiprocess files, so no per-process cleanup (mark_proc
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import threading
 import time
 
 import redis
@@ -35,16 +33,14 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from . import request_log
-from .messages import BULK, INTERACTIVE, LANES
-from .queue import RedisQueue
-from .services import services
-from .worker import BatchObserver
+from serving.queue import RedisQueue
+from serving.queue.messages import BULK, INTERACTIVE, LANES
+from serving.queue.stats import BATCH_SIZE_BUCKETS, MODEL_SECONDS_BUCKETS
+from serving.web import request_log
+from serving.web.services import services
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MODEL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 HTTP_REQUESTS = Counter(
@@ -58,77 +54,6 @@ HTTP_LATENCY = Histogram(
     ["method", "endpoint"],
     buckets=LATENCY_BUCKETS,
 )
-
-
-def _bucket_field(prefix: str, bounds: tuple, value: float) -> str:
-    """The hash field of the one (non-cumulative) bucket ``value`` falls in."""
-    for bound in bounds:
-        if value <= bound:
-            return f"{prefix}:{bound}"
-    return f"{prefix}:+Inf"
-
-
-class RedisBatchStats(BatchObserver):
-    """The model worker's observer: deployment-wide batch stats in one Redis hash.
-
-    Counts are added up in memory and written by a background thread, one MULTI every
-    ``flush_seconds``: the Redis round trip (~0.4 ms here) stays off the batch's answer path.
-    """
-
-    def __init__(self, queue: RedisQueue, flush_seconds: float = 0.25):
-        self.redis = queue.redis
-        self.key = queue.keys.stats
-        self.flush_seconds = flush_seconds
-        self._pending: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._flusher: threading.Thread | None = None
-
-    def batch_done(self, size: int, seconds: float) -> None:
-        self._add(
-            {
-                _bucket_field("batch_size", BATCH_SIZE_BUCKETS, size): 1,
-                "batch_size_sum": size,
-                _bucket_field("model_seconds", MODEL_SECONDS_BUCKETS, seconds): 1,
-                "model_seconds_sum": seconds,
-            }
-        )
-
-    def dropped_expired(self, count: int) -> None:
-        self._add({"dropped_expired": count})
-
-    def _add(self, increments: dict[str, float]) -> None:
-        with self._lock:
-            for field, amount in increments.items():
-                self._pending[field] = self._pending.get(field, 0) + amount
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, name="batch-stats", daemon=True)
-                self._flusher.start()
-                atexit.register(self.flush)
-
-    def flush(self) -> None:
-        """Write what has been counted so far; on failure keep it for the next try."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return
-        pipe = self.redis.pipeline(transaction=True)  # a scrape never sees half a batch
-        for field, amount in pending.items():
-            if field.endswith("seconds_sum"):
-                pipe.hincrbyfloat(self.key, field, amount)
-            else:
-                pipe.hincrby(self.key, field, int(amount))
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:  # metrics must never cost an answer: retry later
-            log.warning("could not record batch stats: %s", exc)
-            with self._lock:
-                for field, amount in pending.items():
-                    self._pending[field] = self._pending.get(field, 0) + amount
-
-    def _flush_loop(self) -> None:
-        while True:
-            time.sleep(self.flush_seconds)
-            self.flush()
 
 
 def _histogram(name: str, doc: str, stats: dict[str, str], prefix: str, bounds: tuple):

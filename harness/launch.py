@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from serving.processes import ROOT, ServerProcess, free_port
+from harness.processes import ROOT, ServerProcess, free_port
 
 __all__ = ["ROOT", "python_server"]
 

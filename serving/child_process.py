@@ -1,39 +1,20 @@
-"""Child processes and waiting on them: the one helper the embedded Redis, the benchmark and the
-tests all start processes with.
-"""
+"""A child process that logs to a file and stops with SIGTERM, and a poll for it to get ready:
+what the embedded Redis needs (and the test and benchmark harness builds on)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
-ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_status(url: str, timeout: float = 1.0) -> int | None:
-    """The status of a GET, or None when nothing answers."""
-    import requests
-
-    try:
-        return requests.get(url, timeout=timeout).status_code
-    except requests.RequestException:
-        return None
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def wait_until(
@@ -60,9 +41,6 @@ def wait_until(
         time.sleep(interval)
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
 def _terminate_when_parent_dies() -> Callable[[], None] | None:
     """What a child runs between fork and exec so the kernel sends it SIGTERM when its parent
     dies, even by SIGKILL (Linux only; None elsewhere). The signal comes when the thread that
@@ -87,21 +65,21 @@ class ChildProcess:
 
     def __init__(
         self,
-        args: Sequence[str],
+        args: Sequence[str | Path],
         *,
         name: str = "",
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
-        cwd: Path = ROOT,
+        cwd: Path | None = None,
         dies_with_parent: bool = False,
     ):
         self.args = [str(arg) for arg in args]
         self.dies_with_parent = dies_with_parent
         self.name = name or Path(self.args[0]).name
         self.log_path = log_path
-        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
-        self.popen: subprocess.Popen | None = None
+        self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ChildProcess:
         out: IO[bytes] | int = subprocess.DEVNULL
@@ -143,8 +121,7 @@ class ChildProcess:
             raise RuntimeError(f"{self.name} exited with {code}:\n{self.log(3000)}")
 
     def signal(self, signum: int) -> None:
-        if self.alive():
-            assert self.popen is not None
+        if self.popen is not None and self.alive():
             self.popen.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
@@ -165,42 +142,5 @@ class ChildProcess:
     def __enter__(self) -> ChildProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-class ServerProcess(ChildProcess):
-    """A child process that serves HTTP on ``port`` of loopback; ``start`` returns once
-    ``ready_path`` answers 200 (or, with ``ready_path=None``, at once)."""
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        port: int,
-        *,
-        ready_path: str | None = "/readyz",
-        ready_timeout: float = 120.0,
-        **kwargs,
-    ):
-        super().__init__(args, **kwargs)
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.ready_path = ready_path
-        self.ready_timeout = ready_timeout
-
-    def start(self) -> ServerProcess:
-        super().start()
-        if self.ready_path:
-            ready_url = self.url + self.ready_path
-            try:
-                wait_until(
-                    lambda: http_status(ready_url) == 200,
-                    self.ready_timeout,
-                    f"{self.name} to answer {self.ready_path}",
-                    self.check_alive,
-                    interval=0.2,
-                )
-            except BaseException:
-                self.stop()
-                raise
-        return self

@@ -16,13 +16,13 @@ import time
 
 from flask import Blueprint, request
 
-from . import request_log
-from .classify import compose, new_request_id, prepare_uploads
-from .messages import BULK, Answer, Request
-from .queue import JobSpec
-from .responses import ApiError, BadRequest, ServiceUnavailable, json_response
-from .services import services
-from .uploads import read_uploads
+from serving.queue import JobSpec
+from serving.queue.messages import BULK, Answer, Request
+from serving.web import request_log
+from serving.web.classify import compose, new_request_id, prepare_uploads
+from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
+from serving.web.services import services
+from serving.web.uploads import read_uploads
 
 blueprint = Blueprint("jobs", __name__)
 

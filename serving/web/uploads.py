@@ -19,9 +19,8 @@ from typing import Any
 import orjson
 from flask import request
 
-from helpers import ImageError
-
-from .responses import ApiError, BadRequest
+from serving.images import ImageError
+from serving.web.responses import ApiError, BadRequest
 
 ACCEPTED_TYPES = ("multipart/form-data", "application/json", "image/*", "application/octet-stream")
 DATA_URL = re.compile(r"^data:[\w.+-]*/?[\w.+-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)

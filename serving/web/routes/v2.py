@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from .classify import prepare_uploads, run_classification
-from .messages import ModelInfo
-from .responses import ApiError, describe_error, error_body, json_response
-from .services import services
-from .uploads import Uploads, parse_top_k
-from .v2_tensors import HEADER_LENGTH, INPUT_NAME, OUTPUT_TYPES, output_tensors, parse_request
-from .workers import ready_state
+from serving.queue.messages import ModelInfo
+from serving.web.classify import prepare_uploads, run_classification
+from serving.web.responses import ApiError, describe_error, error_body, json_response
+from serving.web.services import services
+from serving.web.uploads import Uploads, parse_top_k
+from serving.web.v2_tensors import HEADER_LENGTH, INPUT_NAME, OUTPUT_TYPES, output_tensors, parse_request
+from serving.web.worker_directory import ready_state
 
 blueprint = Blueprint("v2", __name__, url_prefix="/v2")
 

@@ -14,13 +14,12 @@ import redis
 from flask import Blueprint, Response, current_app, render_template, request
 from PIL import Image
 
-from helpers import ImageError, decode_image, decoded_side, fit_image
-
-from . import request_log
-from .classify import run_classification
-from .messages import ModelInfo
-from .responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
-from .services import services
+from serving.images import ImageError, decode_image, decoded_side, fit_image
+from serving.queue.messages import ModelInfo
+from serving.web import request_log
+from serving.web.classify import run_classification
+from serving.web.responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
+from serving.web.services import services
 
 blueprint = Blueprint("ui", __name__)
 

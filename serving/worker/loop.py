@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from settings import Settings
-
-from .batching import BatchCosts
-from .messages import BULK, Answer, Heartbeat, JobImage, MessageError, Request
-from .models.classifier import Classifier
-from .queue import Batch, RedisQueue
-from .redis_client import patient_retry
+from serving.models.classifier import Classifier
+from serving.queue import Batch, RedisQueue
+from serving.queue.connection import patient_retry
+from serving.queue.messages import BULK, Answer, Heartbeat, JobImage, MessageError, ModelInfo, Request
+from serving.settings import Settings
+from serving.worker.batching import BatchCosts
+from serving.worker.stats import BatchObserver
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,21 @@ BATCH_FAILED = "The server failed on this request's batch."
 MODEL_FAILED = "The model failed on this request's batch."
 
 
+def describe(classifier: Classifier) -> ModelInfo:
+    """The model as the wire records it: what web servers need to prepare its images."""
+    return ModelInfo(
+        name=classifier.name,
+        input_size=classifier.input_size,
+        classes=len(classifier.labels),
+        resize=classifier.resize,
+        runtime=classifier.runtime,
+        precision=classifier.precision,
+        note=classifier.note,
+    )
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-class BatchObserver:
-    """Where a worker reports its batches (metrics); the default reports nowhere."""
-
-    def batch_done(self, size: int, seconds: float) -> None:
-        pass
-
-    def dropped_expired(self, count: int) -> None:
-        pass
 
 
 @dataclass
@@ -125,12 +128,12 @@ class ModelWorker:
         # What batches cost decides how much bulk work they may carry (from warm-up, then followed).
         self.costs = BatchCosts(settings.batch_size, batch_seconds)
         self._heartbeat = Heartbeat(
-            model=classifier.info(),
+            model=describe(classifier),
             host=socket.gethostname(),
             pid=os.getpid(),
             batch_size=settings.batch_size,
         )
-        self._model = classifier.info().as_dict()  # as every answer names it
+        self._model = describe(classifier).as_dict()  # as every answer names it
         # Answers are worth writing while their clients may still wait: retry that long.
         self._answer_retry = patient_retry(settings.request_lifetime)
 
@@ -140,7 +143,7 @@ class ModelWorker:
         self.stopping.set()
 
     def run(self) -> None:
-        info = self.classifier.info()
+        info = describe(self.classifier)
         log.info(
             "worker %s serving %s (runtime %s, precision %s, resize %s), batches of up to %d",
             self.worker_id,

@@ -26,7 +26,7 @@ from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from settings import load_settings
+from serving.settings import load_settings
 
 
 class DeadlineSocket:
