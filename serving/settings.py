@@ -17,6 +17,8 @@ from PIL import Image
 # A request's keys and its handler outlive its deadline (--client-timeout) by this much: time to
 # send the answer. Drains, waiting markers and answer retries all count from it.
 ANSWER_GRACE_SECONDS = 5.0
+# The longest a job's long-poll (GET /jobs/<id>?wait=S) may wait; longer asks are a 400.
+LONGEST_JOB_WAIT_SECONDS = 30.0
 
 # The choices other modules check against: how uploads are fitted to a model's input, what runs
 # the model, at what precision.
@@ -158,6 +160,12 @@ class Settings:
     def request_lifetime(self) -> float:
         """Longest a request can be in flight: its deadline plus the time to send its answer."""
         return self.client_timeout + ANSWER_GRACE_SECONDS
+
+    @property
+    def longest_web_wait(self) -> float:
+        """The longest a web handler blocks in Redis on purpose: an answer or a long-poll. The
+        blocking client's socket timeout is derived from it (serving/queue/connection.py)."""
+        return max(self.client_timeout, LONGEST_JOB_WAIT_SECONDS)
 
 
 class SettingsError(ValueError):

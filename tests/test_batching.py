@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from serving.worker import batching
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
 from serving.queue.messages import BULK, JobImage, Request
-from serving.worker.batching import BatchCosts
+from serving.worker import batching
+from serving.worker.batching import BatchCosts, take_batch
 
 from .support import COLOURS, colour_image, wait_until
 
@@ -115,8 +115,8 @@ def test_the_grace_catches_an_interactive_image_before_a_bulk_batch(redis_client
     redis_client.rpush(queue.keys.lane(BULK), JobImage("job", 0).to_bytes())
     arriving = Request("now", 0, pixels, 1, 0, 1e12).to_bytes()
     threading.Timer(0.02, lambda: redis_client.rpush(queue.keys.lane("interactive"), arriving)).start()
-    batch = queue.take_batch("w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8, grace=0.5)
+    batch = take_batch(queue, "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8, grace=0.5)
     assert batch.interactive == [arriving] and batch.bulk == []
-    assert queue.take_batch(
-        "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8
+    assert take_batch(
+        queue, "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8
     ).bulk  # then the bulk one

@@ -5,7 +5,16 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.queue.messages import BULK, Answer, Heartbeat, JobImage, MessageError, ModelInfo, Request
+from serving.queue.messages import (
+    BULK,
+    Answer,
+    BatchInfo,
+    Heartbeat,
+    JobImage,
+    MessageError,
+    ModelInfo,
+    Request,
+)
 
 
 def request(**changes) -> Request:
@@ -92,8 +101,22 @@ def test_bytes_that_name_no_sender_are_refused_without_a_reply(raw):
 
 
 def test_answer_round_trip_and_bad_answers():
-    answer = Answer("r1", 3, "interactive", 200, {"predictions": []})
+    answer = Answer(
+        "r1",
+        3,
+        "interactive",
+        200,
+        predictions=[{"label": "cat", "probability": 0.9, "class_id": 281}],
+        model=ModelInfo("m", (224, 224), 1000, "crop", "openvino", "f32"),
+        batch=BatchInfo("b1", 4, "w1"),
+        queued_ms=1.5,
+        model_ms=20.25,
+    )
     assert Answer.from_bytes(answer.to_bytes(), "r1") == answer
+    failed = Answer.failed(("interactive", "r1", 0), 500, "The model failed.")
+    assert Answer.from_bytes(failed.to_bytes(), "r1") == failed and failed.body == {
+        "error": "The model failed."
+    }
     for raw in (b"{}", b"[]", b"garbage", orjson.dumps({"index": 1, "status": 99, "body": {}})):
         with pytest.raises(MessageError):
             Answer.from_bytes(raw, "r1")

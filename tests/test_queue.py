@@ -9,6 +9,7 @@ import redis
 
 from serving.queue import JobSpec, RedisQueue
 from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
+from serving.worker.batching import take_batch
 
 from .support import leftover_keys
 
@@ -32,8 +33,13 @@ def fill(queue, count, prefix="m"):
     return messages
 
 
-def answer(request_id: str, index: int = 0, **body) -> Answer:
-    return Answer(request_id, index, INTERACTIVE, 200, body)
+def answer(request_id: str, index: int = 0, label: str = "") -> Answer:
+    """An answer whose one prediction's ``label`` tells the copies of an answer apart."""
+    return Answer(request_id, index, INTERACTIVE, 200, predictions=[{"label": label, "probability": 1.0}])
+
+
+def labels(answers: list[Answer]) -> list[str]:
+    return [answer.predictions[0]["label"] for answer in answers]
 
 
 def test_enqueue_refuses_once_the_lane_holds_its_bound(queue):
@@ -53,10 +59,10 @@ def test_a_request_of_several_images_is_queued_whole_and_awaited_per_image(queue
 
 def test_take_batch_takes_in_order_up_to_the_batch_size(queue):
     messages = fill(queue, 5)
-    assert queue.take_batch("w1", 3, window=0, idle_timeout=1).interactive == messages[:3]
+    assert take_batch(queue, "w1", 3, window=0, idle_timeout=1).interactive == messages[:3]
     assert queue.redis.lrange(queue.keys.processing("w1"), 0, -1) == messages[:3]
-    assert queue.take_batch("w1", 10, window=0.01, idle_timeout=1).interactive == messages[3:]
-    assert len(queue.take_batch("w1", 10, window=0, idle_timeout=0.1)) == 0
+    assert take_batch(queue, "w1", 10, window=0.01, idle_timeout=1).interactive == messages[3:]
+    assert len(take_batch(queue, "w1", 10, window=0, idle_timeout=0.1)) == 0
 
 
 def test_take_fills_from_the_interactive_lane_first_and_tops_up_from_bulk(queue):
@@ -72,7 +78,7 @@ def test_take_fills_from_the_interactive_lane_first_and_tops_up_from_bulk(queue)
 def test_take_batch_waits_the_window_for_late_arrivals(queue):
     fill(queue, 1)
     threading.Timer(0.05, lambda: fill(queue, 2, prefix="late")).start()
-    batch = queue.take_batch("w1", 8, window=0.5, idle_timeout=1)
+    batch = take_batch(queue, "w1", 8, window=0.5, idle_timeout=1)
     assert len(batch) == 3
 
 
@@ -80,9 +86,9 @@ def test_the_window_ends_as_soon_as_the_batch_is_full(queue):
     fill(queue, 1)
     threading.Timer(0.05, lambda: fill(queue, 3, prefix="late")).start()
     threading.Timer(0.5, lambda: fill(queue, 1, prefix="too-late")).start()
-    batch = queue.take_batch("w1", 4, window=2.0, idle_timeout=1)
+    batch = take_batch(queue, "w1", 4, window=2.0, idle_timeout=1)
     assert len(batch) == 4  # full at ~50 ms: the window did not run on to take the late one
-    assert queue.take_batch("w2", 4, window=0, idle_timeout=2).interactive[0] == message("too-late0")
+    assert take_batch(queue, "w2", 4, window=0, idle_timeout=2).interactive[0] == message("too-late0")
 
 
 def test_a_blocked_worker_wakes_for_bulk_work_too(queue):
@@ -91,7 +97,7 @@ def test_a_blocked_worker_wakes_for_bulk_work_too(queue):
         queue.redis.rpush(queue.keys.doorbell, "1")
 
     threading.Timer(0.1, submit_bulk).start()
-    batch = queue.take_batch("w1", 8, window=0, idle_timeout=4)
+    batch = take_batch(queue, "w1", 8, window=0, idle_timeout=4)
     assert batch.bulk == [JobImage("job", 0).to_bytes()]
 
 
@@ -103,9 +109,9 @@ def test_concurrent_takers_never_share_a_message(queue, redis_server):
 
     def take(worker):
         own = RedisQueue(redis.Redis.from_url(redis_server.url), Q)
-        mine = list(own.take_batch(worker, 7, window=0, idle_timeout=0.2).interactive)
+        mine = list(take_batch(own, worker, 7, window=0, idle_timeout=0.2).interactive)
         everyone_has_a_batch.wait()  # then all race for the rest
-        while batch := own.take_batch(worker, 7, window=0, idle_timeout=0.2):
+        while batch := take_batch(own, worker, 7, window=0, idle_timeout=0.2):
             mine += batch.interactive
         taken[worker] = mine
 
@@ -121,12 +127,12 @@ def test_concurrent_takers_never_share_a_message(queue, redis_server):
 
 def test_answer_writes_once_and_clears_processing(queue):
     fill(queue, 2)
-    queue.take_batch("w1", 2, window=0, idle_timeout=1)
-    answers = [answer("m0", n=0), answer("m1", n=1)]
+    take_batch(queue, "w1", 2, window=0, idle_timeout=1)
+    answers = [answer("m0", label="0"), answer("m1", label="1")]
     assert queue.answer("w1", answers, result_ttl=60) == 2
     assert queue.answer("w1", answers, result_ttl=60) == 0  # a repeat (requeued copy) is dropped
-    assert queue.wait_answers("m0", 1, timeout=1)[0].body == {"n": 0}
-    assert queue.wait_answers("m1", 1, timeout=1)[0].body == {"n": 1}
+    assert labels(queue.wait_answers("m0", 1, timeout=1)) == ["0"]
+    assert labels(queue.wait_answers("m1", 1, timeout=1)) == ["1"]
     assert leftover_keys(queue.redis, Q) == []
 
 
@@ -135,9 +141,9 @@ def test_each_image_of_a_request_is_answered_once_and_collected_together(queue):
     queue.enqueue("multi", messages, max_length=10, keep_seconds=30)
     queue.take("w1", 3)
     queue.answer("w1", [answer("multi", 2), answer("multi", 0)], result_ttl=60)
-    queue.answer("w1", [answer("multi", 2, again=True), answer("multi", 1)], result_ttl=60)
+    queue.answer("w1", [answer("multi", 2, label="again"), answer("multi", 1)], result_ttl=60)
     got = queue.wait_answers("multi", 3, timeout=1)
-    assert sorted(a.index for a in got) == [0, 1, 2] and all(a.body == {} for a in got)
+    assert sorted(a.index for a in got) == [0, 1, 2] and labels(got) == ["", "", ""]
     assert leftover_keys(queue.redis, Q) == []
 
 
@@ -156,11 +162,11 @@ def test_withdraw_takes_queued_messages_back(queue):
 
 def test_withdraw_keeps_an_answer_that_landed_late_and_blocks_later_ones(queue):
     messages = fill(queue, 1)
-    queue.take_batch("w1", 1, window=0, idle_timeout=1)
-    queue.answer("w1", [answer("m0", late=True)], result_ttl=60)
+    take_batch(queue, "w1", 1, window=0, idle_timeout=1)
+    queue.answer("w1", [answer("m0", label="late")], result_ttl=60)
     removed, late = queue.withdraw("m0", messages)
-    assert removed == 0 and [a.body for a in late] == [{"late": True}]
-    assert queue.answer("w1", [answer("m0", again=True)], result_ttl=60) == 0
+    assert removed == 0 and labels(late) == ["late"]
+    assert queue.answer("w1", [answer("m0", label="again")], result_ttl=60) == 0
     assert leftover_keys(queue.redis, Q) == []
 
 
@@ -217,11 +223,11 @@ def test_an_answered_job_image_is_not_computed_again_after_a_requeue(queue):
     messages = job(queue, "j", 2)
     taken = queue.take("frozen", 1)
     assert queue.open_job_images(taken.bulk) == messages[:1]
-    done = Answer("j", 0, BULK, 200, {"predictions": []})
+    done = Answer("j", 0, BULK, 200)
     assert queue.answer("another", [done], result_ttl=60) == 1
     assert queue.redis.hkeys(queue.keys.job_images("j")) == [b"1"]  # answered: its message went
     assert queue.open_job_images(taken.bulk) == []  # the frozen worker's copy leads nowhere
-    queue.answer("another", [Answer("j", 1, BULK, 200, {"predictions": []})], result_ttl=60)
+    queue.answer("another", [Answer("j", 1, BULK, 200)], result_ttl=60)
     assert queue.redis.hget(queue.keys.job("j"), "status") == b"done"
     assert not queue.redis.exists(queue.keys.job_images("j"))
 
@@ -229,7 +235,7 @@ def test_an_answered_job_image_is_not_computed_again_after_a_requeue(queue):
 def test_an_expired_jobs_messages_go_and_its_references_lead_nowhere(queue):
     job(queue, "late", 2)
     taken = queue.take("w1", 1)
-    queue.expire_jobs(["late"])
+    queue.answer("w1", [], result_ttl=60, expired_jobs=["late"])
     assert queue.redis.hget(queue.keys.job("late"), "status") == b"expired"
     assert not queue.redis.exists(queue.keys.job_images("late"))
     assert queue.open_job_images(taken.bulk + queue.take("w1", 1).bulk) == []

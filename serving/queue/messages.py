@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import msgpack
 import numpy as np
@@ -129,6 +130,21 @@ class Request:
             raise MessageError(str(exc), reply) from None
 
 
+def image_messages(
+    reply_to: str,
+    images: Sequence[np.ndarray],
+    top_k: int,
+    queued_at: float,
+    deadline: float,
+    lane: str = INTERACTIVE,
+) -> list[bytes]:
+    """The queue messages for a request's or a job's images, one per image, in order."""
+    return [
+        Request(reply_to, index, pixels, top_k, queued_at, deadline, lane).to_bytes()
+        for index, pixels in enumerate(images)
+    ]
+
+
 def _pixels(data: dict) -> np.ndarray:
     shape, pixels = data.get("shape"), data.get("pixels")
     if not isinstance(shape, list) or len(shape) != 3 or shape[2] != 3:
@@ -164,40 +180,96 @@ class JobImage:
         return BULK, self.job_id, self.index
 
 
+class Prediction(TypedDict, total=False):
+    """One ranked class of an answer (``wnid`` for ImageNet models only)."""
+
+    label: str
+    probability: float
+    class_id: int
+    wnid: str
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """Which model call computed an answer."""
+
+    id: str
+    size: int
+    worker: str
+
+
+def _batch_info(data: Any) -> BatchInfo:
+    return BatchInfo(str(data["id"]), _integer(data["size"], "size", 0, MAX_INDEX), str(data["worker"]))
+
+
 @dataclass(frozen=True)
 class Answer:
-    """The answer for one image: status 200 with the per-image result, or an error."""
+    """The answer for one image: status 200 with its predictions, or an error sentence.
+
+    On the wire (JSON) a 200 carries ``predictions``, ``model``, ``batch`` and ``timings_ms``, the
+    per-image part of the HTTP answer; ``body`` builds that dict for the web tier."""
 
     reply_to: str
     index: int
     lane: str
     status: int
-    body: dict  # 200: predictions, model, batch, timings_ms; otherwise {"error": "..."}
+    error: str = ""  # the sentence, when status is not 200
+    predictions: list[Prediction] = field(default_factory=list)
+    model: ModelInfo | None = None
+    batch: BatchInfo | None = None
+    queued_ms: float = 0.0  # from queued to taken by the worker
+    model_ms: float = 0.0  # the batch's model call
 
     @classmethod
-    def error(cls, reply: tuple[str, str, int], status: int, message: str) -> Answer:
+    def failed(cls, reply: tuple[str, str, int], status: int, message: str) -> Answer:
         lane, reply_to, index = reply
-        return cls(reply_to, index, lane, status, {"error": message})
+        return cls(reply_to, index, lane, status, error=message)
 
     @property
     def ok(self) -> bool:
         return self.status == 200
 
+    @property
+    def body(self) -> dict[str, Any]:
+        """The image's part of the HTTP answer."""
+        if not self.ok:
+            return {"error": self.error}
+        body: dict[str, Any] = {"predictions": self.predictions}
+        if self.model is not None:
+            body["model"] = self.model.as_dict()
+        if self.batch is not None:
+            body["batch"] = {"id": self.batch.id, "size": self.batch.size, "worker": self.batch.worker}
+        body["timings_ms"] = {"queued": self.queued_ms, "model": self.model_ms}
+        return body
+
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"index": self.index, "status": self.status, "body": self.body})
+        return orjson.dumps({"index": self.index, "status": self.status, **self.body})
 
     @classmethod
     def from_bytes(cls, raw: bytes, reply_to: str, lane: str = INTERACTIVE) -> Answer:
         try:
             data = orjson.loads(raw)
+            index = _integer(data["index"], "index", 0, MAX_INDEX)
+            status = _integer(data["status"], "status", 100, 599)
+            if status != 200:
+                return cls(reply_to, index, lane, status, error=str(data["error"]))
+            predictions = data["predictions"]
+            if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
+                raise MessageError("predictions must be a list of objects")
+            batch = data.get("batch")
+            timings = data.get("timings_ms", {})
             return cls(
                 reply_to,
-                _integer(data["index"], "index", 0, MAX_INDEX),
+                index,
                 lane,
-                _integer(data["status"], "status", 100, 599),
-                dict(data["body"]),
+                status,
+                predictions=predictions,
+                model=None if data.get("model") is None else ModelInfo.from_dict(data["model"]),
+                batch=None if batch is None else _batch_info(batch),
+                queued_ms=_number(timings.get("queued", 0.0), "queued"),
+                model_ms=_number(timings.get("model", 0.0), "model"),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MessageError(f"not an answer record ({exc})") from None
 
 

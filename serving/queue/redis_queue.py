@@ -19,10 +19,6 @@ from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImag
 
 log = logging.getLogger(__name__)
 
-# A batching window is waited out in steps this long, taking what arrived after each, so it ends
-# as soon as the batch is full (Redis resolves blocking timeouts only to 1/hz, 100 ms by default).
-WINDOW_STEP_SECONDS = 0.001
-
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -80,6 +76,8 @@ class RedisQueue:
         """Queue a request's image messages (in image order) unless the interactive lane holds
         ``max_length`` or more. False means full. The request's waiting marker outlives the
         wait by ``keep_seconds`` at most, and so expires if its web server dies."""
+        if not messages:  # the upload path refuses requests without images before this
+            raise ValueError("a request to queue carries at least one image")
         keys = [self.keys.lane(INTERACTIVE), self.keys.waiting(request_id), self.keys.doorbell]
         return bool(self._enqueue(keys=keys, args=[max_length, int(keep_seconds * 1000), *messages]))
 
@@ -121,6 +119,8 @@ class RedisQueue:
     def create_job(self, job: JobSpec, messages: Sequence[bytes], max_length: int) -> bool:
         """Record a job and queue its images in the bulk lane unless it holds ``max_length`` or
         more. False means full. The job's keys live until its deadline plus its result TTL."""
+        if not messages:
+            raise ValueError("a job carries at least one image")
         keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell, self.keys.job_images(job.id)]
         keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
         fields = [len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
@@ -179,43 +179,6 @@ class RedisQueue:
         """Block until the doorbell rings or ``timeout`` passes. True when it rang."""
         return self.blocking.blpop([self.keys.doorbell], timeout=timeout) is not None
 
-    def take_batch(
-        self,
-        worker_id: str,
-        batch_size: int,
-        window: float,
-        idle_timeout: float,
-        bulk_caps: Sequence[int] | None = None,
-        grace: float = 0.0,
-    ) -> Batch:
-        """Up to ``batch_size`` messages; blocks up to ``idle_timeout`` while both lanes are empty.
-
-        Before a batch of bulk images only, waits up to ``grace`` seconds for interactive ones.
-        When a batch holding interactive images is not full, waits up to ``window`` seconds for
-        more (the batching delay of Triton and TF Serving), ending as soon as the batch is full.
-        Bulk images never wait: they only fill room that is there.
-        """
-        batch = self._first_take(worker_id, batch_size, bulk_caps, grace)
-        if not batch and self.wait_for_work(idle_timeout):
-            batch = self._first_take(worker_id, batch_size, bulk_caps, grace)
-        window_ends = time.monotonic() + window
-        while batch.interactive and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
-            time.sleep(min(WINDOW_STEP_SECONDS, left))
-            batch = self.take(worker_id, batch_size - len(batch), batch, bulk_caps)
-        return batch
-
-    def _first_take(self, worker_id: str, room: int, bulk_caps: Sequence[int] | None, grace: float) -> Batch:
-        if grace > 0:
-            interactive_only = [0] * (room + 1)
-            gives_up = time.monotonic() + grace
-            batch = self.take(worker_id, room, EMPTY, interactive_only)
-            while not batch and self.depth(BULK) and (left := gives_up - time.monotonic()) > 0:
-                time.sleep(min(WINDOW_STEP_SECONDS, left))
-                batch = self.take(worker_id, room, EMPTY, interactive_only)
-            if batch:
-                return batch
-        return self.take(worker_id, room, EMPTY, bulk_caps)
-
     def open_job_images(self, refs: Sequence[bytes]) -> list[bytes]:
         """The messages behind the job image references a worker took, marking their jobs
         running. An image whose job was cancelled or has ended, or that was answered already, has
@@ -232,17 +195,17 @@ class RedisQueue:
         messages = self._open_job_images(keys=keys, args=[image.index for image in images])
         return [message for message in messages if message is not None]
 
-    def expire_jobs(self, job_ids: Sequence[str]) -> None:
-        """Jobs whose images were dropped for their deadline: mark them expired."""
-        if job_ids:
-            keys = [self.keys.stats]
-            for job_id in sorted(set(job_ids)):
-                keys += [self.keys.job(job_id), self.keys.job_done(job_id), self.keys.job_images(job_id)]
-            self._expire_jobs(keys=keys, args=[time.time()])
-
-    def answer(self, worker_id: str, answers: Sequence[Answer], result_ttl: int, job_ttl: int = 3600) -> int:
-        """Write the answers (interactive ones only while awaited, job ones once each) and clear
-        this worker's processing lists, in one transaction. Returns how many were written."""
+    def answer(
+        self,
+        worker_id: str,
+        answers: Sequence[Answer],
+        result_ttl: int,
+        job_ttl: int = 3600,
+        expired_jobs: Sequence[str] = (),
+    ) -> int:
+        """Write the answers (interactive ones only while awaited, job ones once each), mark the
+        ``expired_jobs`` (their images were dropped for their deadline) and clear this worker's
+        processing lists, in one transaction. Returns how many answers were written."""
         pipe = self.redis.pipeline(transaction=True)
         waiting_keys: list[str] = []
         waiting_args: list = [result_ttl]
@@ -262,6 +225,15 @@ class RedisQueue:
         if len(job_keys) > 1:
             self._answer_jobs(keys=job_keys, args=job_args, client=pipe)
             scripts_run += 1
+        if expired_jobs:
+            expire_keys = [self.keys.stats]
+            for job_id in sorted(set(expired_jobs)):
+                expire_keys += [
+                    self.keys.job(job_id),
+                    self.keys.job_done(job_id),
+                    self.keys.job_images(job_id),
+                ]
+            self._expire_jobs(keys=expire_keys, args=[time.time()], client=pipe)
         pipe.delete(self.keys.processing(worker_id), self.keys.processing(worker_id, BULK))
         results = pipe.execute()
         return sum(int(written) for written in results[:scripts_run])

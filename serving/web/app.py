@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url or DEFAULT_URL,
         settings.queue_name,
         call_timeout=settings.redis_timeout,
-        longest_block=settings.client_timeout,
+        longest_block=settings.longest_web_wait,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes

@@ -6,9 +6,8 @@ real ones. tests/test_openapi.py fuzzes the live server against it with schemath
 
 from __future__ import annotations
 
-from serving.settings import Settings
+from serving.settings import LONGEST_JOB_WAIT_SECONDS, Settings
 from serving.web.openapi_schemas import SCHEMAS, TOP_K, ref
-from serving.web.routes.jobs import LONGEST_WAIT_SECONDS
 
 
 def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
@@ -122,8 +121,8 @@ def _jobs_paths(settings: Settings) -> dict:
         "name": "wait",
         "in": "query",
         "required": False,
-        "schema": {"type": "number", "minimum": 0, "maximum": LONGEST_WAIT_SECONDS},
-        "description": f"Seconds to wait for the job to end (long-poll), at most {LONGEST_WAIT_SECONDS:g}.",
+        "schema": {"type": "number", "minimum": 0, "maximum": LONGEST_JOB_WAIT_SECONDS},
+        "description": f"Seconds to wait for the job to end (long-poll), at most {LONGEST_JOB_WAIT_SECONDS:g}.",
     }
     missing = "No such job: never submitted, deleted, or its result expired."
     submit = _predict(settings)["post"]

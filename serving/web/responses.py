@@ -1,5 +1,5 @@
-"""JSON responses and errors: every error the API answers is ``{"success": false, "error": "..."}``
-with the right status (the v2 protocol routes use their own shape, serving/v2.py)."""
+"""JSON responses and errors, in one place: every error is a status and a plain sentence, answered
+as ``{"success": false, "error": "..."}``, or as the protocol's ``{"error": "..."}`` under /v2."""
 
 from __future__ import annotations
 
@@ -42,13 +42,18 @@ def json_response(body: dict, status: int = 200, headers: dict | None = None) ->
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
-def error_body(status: int, message: str) -> tuple[dict, int, dict | None]:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
-    return {"success": False, "error": message}, status, headers
+V2_PREFIX = "/v2"
+
+
+def _speaks_v2() -> bool:
+    """Whether the request is one of the Open Inference Protocol's, matched route or not."""
+    return request.path == V2_PREFIX or request.path.startswith(V2_PREFIX + "/")
 
 
 def error_response(status: int, message: str) -> Response:
-    body, status, headers = error_body(status, message)
+    """The error in the shape its route speaks; a 503 says when to try again."""
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    body = {"error": message} if _speaks_v2() else {"success": False, "error": message}
     return json_response(body, status, headers)
 
 
@@ -89,13 +94,8 @@ def _too_large() -> str:
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
-    def any_error(exc: Exception):
-        status, message = describe_error(exc)
-        if request.path == "/v2" or request.path.startswith("/v2/"):  # the protocol's own shape
-            body, status, headers = error_body(status, message)
-            response = json_response({"error": message}, status, headers)
-        else:
-            response = error_response(status, message)
+    def any_error(exc: Exception) -> Response:
+        response = error_response(*describe_error(exc))
         allowed = getattr(exc, "valid_methods", None)
         if allowed:  # a 405 says which methods the path takes
             response.headers["Allow"] = ", ".join(allowed)

@@ -37,8 +37,9 @@ class Uploads:
     top_k: int | None  # asked for; None: the server's --top-k
 
 
-def read_uploads(max_images: int) -> Uploads:
-    """The request's images and top_k, or a 400 / 415 that says what to send instead."""
+def read_uploads() -> Uploads:
+    """The request's images and top_k, or a 400 / 415 that says what to send instead. The limits
+    on what they carry are checked on the one path to the queue (serving/web/classify.py)."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         uploads = _from_form()
@@ -55,10 +56,6 @@ def read_uploads(max_images: int) -> Uploads:
         raise UnsupportedMediaType(
             f"Content-Type {mimetype or '(none)'} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}."
         )
-    if not uploads.images:
-        raise ImageError("The request carries no image.")
-    if len(uploads.images) > max_images:
-        raise ImageError(f"The request carries {len(uploads.images)} images; the limit is {max_images}.")
     query_top_k = request.args.get("top_k")
     if uploads.top_k is None and query_top_k is not None:
         return Uploads(uploads.images, uploads.as_list, parse_top_k(query_top_k))

@@ -9,6 +9,7 @@ little-endian length followed by its bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ def _images(inputs: list, binary: bytes) -> list[bytes]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape) or not shape:
         raise BadRequest("The input's shape must be a list of sizes, e.g. [2] for two images.")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python integers: a huge shape cannot overflow to a small count
     size = _object(tensor.get("parameters"), "parameters").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or not 0 <= size <= len(binary):

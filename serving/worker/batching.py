@@ -1,4 +1,11 @@
-"""How much bulk (job) work a batch may carry, from what the model's batches cost.
+"""The batching policy, in one place: when a batch is ready and what it may carry.
+
+When: a worker blocks on the doorbell while both lanes are empty, then takes what is queued;
+while a batch holding interactive images is not full it waits up to the batching window for more
+(``--batch-wait-ms``, or a tenth of the last batch's model time under load), ending as soon as
+the batch is full. Each take is one atomic Lua step (``RedisQueue.take``).
+
+What: how much bulk (job) work a batch may carry follows what the model's batches cost.
 
 On a GPU a batch of 8 costs about what a batch of 1 does, so bulk images fill any room for free.
 On a CPU a batch costs about in proportion to its size: a bulk image in an interactive batch
@@ -20,6 +27,10 @@ interactive request after a quiet spell waits for at most one batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+
+from serving.queue import EMPTY, Batch, RedisQueue
+from serving.queue.messages import BULK
 
 BULK_ALONE = 1.5
 TOP_UP = 1.25
@@ -27,6 +38,13 @@ GRACE_SHARE = 0.2  # of a one-image batch's time
 LONGEST_GRACE = 0.05
 QUIET_SECONDS = 5.0
 FOLLOW = 0.2  # weight of each new batch's time in the running estimate
+# Under load the batching window may grow to this share of the last batch's model time: clients
+# answered by one batch send their next images a few ms later, and waiting 40 ms to fill a
+# 400 ms batch costs little next to running a batch of one.
+WINDOW_SHARE_OF_BATCH = 0.1
+# A window is waited out in steps this long, taking what arrived after each, so it ends as soon
+# as the batch is full (Redis resolves blocking timeouts only to 1/hz, 100 ms by default).
+WINDOW_STEP_SECONDS = 0.001
 
 
 class BatchCosts:
@@ -81,3 +99,83 @@ class BatchCosts:
                 )
             )
         return caps
+
+
+class BatchPolicy:
+    """When a worker's next batch is ready and what it may carry, from the costs it has seen."""
+
+    def __init__(self, batch_size: int, batch_wait_seconds: float, measured: dict[int, float] | None = None):
+        self.batch_size = batch_size
+        self.batch_wait_seconds = batch_wait_seconds
+        self.costs = BatchCosts(batch_size, measured)
+        self._last_size = batch_size  # start as under load: wait the window
+        self._last_model_seconds = 0.0
+
+    def window(self) -> float:
+        """The batching window: the configured wait, or a tenth of the last batch's model time
+        when that is longer; skipped right after a lone request, since when requests come one at
+        a time (c = 1) the window only adds its delay."""
+        if self._last_size <= 1:
+            return 0.0
+        return max(self.batch_wait_seconds, WINDOW_SHARE_OF_BATCH * self._last_model_seconds)
+
+    def took(self, size: int) -> None:
+        self._last_size = size
+
+    def ran(self, size: int, seconds: float, interactive: bool) -> None:
+        """A model call of ``size`` images took ``seconds``."""
+        self._last_model_seconds = seconds
+        self.costs.observe(size, seconds, interactive)
+
+    def next_batch(self, queue: RedisQueue, worker_id: str, idle_timeout: float) -> Batch:
+        """Take the next batch; blocks up to ``idle_timeout`` while both lanes are empty."""
+        return take_batch(
+            queue,
+            worker_id,
+            self.batch_size,
+            self.window(),
+            idle_timeout,
+            self.costs.bulk_caps(),
+            self.costs.interactive_grace(),
+        )
+
+
+def take_batch(
+    queue: RedisQueue,
+    worker_id: str,
+    batch_size: int,
+    window: float,
+    idle_timeout: float,
+    bulk_caps: Sequence[int] | None = None,
+    grace: float = 0.0,
+) -> Batch:
+    """Up to ``batch_size`` messages; blocks up to ``idle_timeout`` while both lanes are empty.
+
+    Before a batch of bulk images only, waits up to ``grace`` seconds for interactive ones.
+    When a batch holding interactive images is not full, waits up to ``window`` seconds for
+    more (the batching delay of Triton and TF Serving), ending as soon as the batch is full.
+    Bulk images never wait: they only fill room that is there.
+    """
+    batch = _first_take(queue, worker_id, batch_size, bulk_caps, grace)
+    if not batch and queue.wait_for_work(idle_timeout):
+        batch = _first_take(queue, worker_id, batch_size, bulk_caps, grace)
+    window_ends = time.monotonic() + window
+    while batch.interactive and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
+        time.sleep(min(WINDOW_STEP_SECONDS, left))
+        batch = queue.take(worker_id, batch_size - len(batch), batch, bulk_caps)
+    return batch
+
+
+def _first_take(
+    queue: RedisQueue, worker_id: str, room: int, bulk_caps: Sequence[int] | None, grace: float
+) -> Batch:
+    if grace > 0:
+        interactive_only = [0] * (room + 1)
+        gives_up = time.monotonic() + grace
+        batch = queue.take(worker_id, room, EMPTY, interactive_only)
+        while not batch and queue.depth(BULK) and (left := gives_up - time.monotonic()) > 0:
+            time.sleep(min(WINDOW_STEP_SECONDS, left))
+            batch = queue.take(worker_id, room, EMPTY, interactive_only)
+        if batch:
+            return batch
+    return queue.take(worker_id, room, EMPTY, bulk_caps)

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import redis
@@ -17,18 +17,23 @@ import redis
 from serving.models.classifier import Classifier
 from serving.queue import Batch, RedisQueue
 from serving.queue.connection import patient_retry
-from serving.queue.messages import BULK, Answer, Heartbeat, JobImage, MessageError, ModelInfo, Request
+from serving.queue.messages import (
+    BULK,
+    Answer,
+    BatchInfo,
+    Heartbeat,
+    JobImage,
+    MessageError,
+    ModelInfo,
+    Request,
+)
 from serving.settings import Settings
-from serving.worker.batching import BatchCosts
+from serving.worker.batching import BatchPolicy
 from serving.worker.stats import BatchObserver
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 1.0  # longest block on empty lanes, so a stop request is seen within a second
-# Under load the batching window may grow to this share of the last batch's model time: clients
-# answered by one batch send their next images a few ms later, and waiting 40 ms to fill a
-# 400 ms batch costs little next to running a batch of one.
-WINDOW_SHARE_OF_BATCH = 0.1
 BATCH_FAILED = "The server failed on this request's batch."
 MODEL_FAILED = "The model failed on this request's batch."
 
@@ -48,6 +53,17 @@ def describe(classifier: Classifier) -> ModelInfo:
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch came to: an answer for every image that gets one, and what happened."""
+
+    answers: list[Answer]
+    computed: int = 0  # images the model ran
+    model_seconds: float = 0.0
+    expired: int = 0  # images dropped unrun for their deadline
+    expired_jobs: tuple[str, ...] = ()  # the jobs those belonged to
 
 
 @dataclass
@@ -71,7 +87,9 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
             if exc.reply is None:
                 log.error("dropping a message that is not a request (%s): %.60r", exc, raw)
             else:
-                parsed.answers.append(Answer.error(exc.reply, 500, f"The queued message is invalid ({exc})."))
+                parsed.answers.append(
+                    Answer.failed(exc.reply, 500, f"The queued message is invalid ({exc}).")
+                )
             continue
         if request.deadline < now:
             parsed.expired += 1
@@ -79,7 +97,7 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
                 parsed.expired_jobs.append(request.reply_to)
         elif request.pixels.shape != input_shape:
             parsed.answers.append(
-                Answer.error(
+                Answer.failed(
                     request.reply,
                     500,
                     f"The queued image is {list(request.pixels.shape)}; this worker's model takes "
@@ -99,10 +117,10 @@ def error_for_each(batch: Batch, text: str) -> list[Answer]:
     readers += [(raw, JobImage.from_bytes) for raw in batch.bulk]
     for raw, read in readers:
         try:
-            answers.append(Answer.error(read(raw).reply, 500, text))
+            answers.append(Answer.failed(read(raw).reply, 500, text))
         except MessageError as exc:
             if exc.reply:
-                answers.append(Answer.error(exc.reply, 500, text))
+                answers.append(Answer.failed(exc.reply, 500, text))
     return answers
 
 
@@ -123,17 +141,12 @@ class ModelWorker:
         self.stopping = threading.Event()
         self.observer = observer or BatchObserver()
         self._input_shape = (classifier.input_size[1], classifier.input_size[0], 3)
-        self._last_batch_size = settings.batch_size  # start as under load: wait the window
-        self._last_model_seconds = 0.0
-        # What batches cost decides how much bulk work they may carry (from warm-up, then followed).
-        self.costs = BatchCosts(settings.batch_size, batch_seconds)
+        # When a batch is ready and how much bulk work it may carry (from warm-up, then followed).
+        self.policy = BatchPolicy(settings.batch_size, settings.batch_wait_ms / 1000, batch_seconds)
+        self._model = describe(classifier)  # as every answer names it
         self._heartbeat = Heartbeat(
-            model=describe(classifier),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            batch_size=settings.batch_size,
+            model=self._model, host=socket.gethostname(), pid=os.getpid(), batch_size=settings.batch_size
         )
-        self._model = describe(classifier).as_dict()  # as every answer names it
         # Answers are worth writing while their clients may still wait: retry that long.
         self._answer_retry = patient_retry(settings.request_lifetime)
 
@@ -178,30 +191,15 @@ class ModelWorker:
     def step(self) -> int:
         """Take and answer one batch. Returns how many messages it took."""
         try:
-            batch = self.queue.take_batch(
-                self.worker_id,
-                self.settings.batch_size,
-                self._batch_window(),
-                IDLE_TIMEOUT,
-                self.costs.bulk_caps(),
-                self.costs.interactive_grace(),
-            )
+            batch = self.policy.next_batch(self.queue, self.worker_id, IDLE_TIMEOUT)
         except redis.RedisError as exc:
             log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
             self.stopping.wait(1.0)
             return 0
         if batch:
-            self._last_batch_size = len(batch)
+            self.policy.took(len(batch))
             self.answer(batch)
         return len(batch)
-
-    def _batch_window(self) -> float:
-        """The batching window: --batch-wait-ms, or a tenth of the last batch's model time when
-        that is longer; skipped right after a lone request, since when requests come one at a
-        time (c = 1) the window only adds its delay. It ends as soon as the batch is full."""
-        if self._last_batch_size <= 1:
-            return 0.0
-        return max(self.settings.batch_wait_ms / 1000, WINDOW_SHARE_OF_BATCH * self._last_model_seconds)
 
     def _beat(self) -> None:
         self.queue.beat(self.worker_id, self._heartbeat, self.settings.heartbeat_ttl)
@@ -226,32 +224,33 @@ class ModelWorker:
         """Compute and write the batch's answers; then tell the observer, which must never cost
         an answer."""
         try:
-            answers, (expired, size, seconds) = self.process(batch)
+            result = self.process(batch)
         except Exception:  # answer the batch anyway: a live worker's batch is never requeued
             log.exception("processing a batch of %d failed", len(batch))
-            answers, (expired, size, seconds) = error_for_each(batch, BATCH_FAILED), (0, 0, 0.0)
-        self._write(answers)
-        if size:
-            self._last_model_seconds = seconds
-            self.costs.observe(size, seconds, interactive=bool(batch.interactive))
+            result = BatchResult(error_for_each(batch, BATCH_FAILED))
+        self._write(result)
+        if result.computed:
+            self.policy.ran(result.computed, result.model_seconds, interactive=bool(batch.interactive))
         try:
-            if expired:
-                self.observer.dropped_expired(expired)
-            if size:
-                self.observer.batch_done(size, seconds)
+            if result.expired:
+                self.observer.dropped_expired(result.expired)
+            if result.computed:
+                self.observer.batch_done(result.computed, result.model_seconds)
         except Exception:
             log.exception("the batch observer failed; the answers were written")
 
-    def process(self, batch: Batch) -> tuple[list[Answer], tuple[int, int, float]]:
-        """The answers for a batch, and (expired, images run, model seconds) for the observer."""
+    def process(self, batch: Batch) -> BatchResult:
+        """The answers for a batch, computed in one model call."""
         started = time.time()
         # A cancelled or ended job's images have no message any more: they are dropped here.
-        messages = batch.interactive + self.queue.open_job_images(batch.bulk)
+        messages = (
+            batch.interactive + self.queue.open_job_images(batch.bulk) if batch.bulk else batch.interactive
+        )
         parsed = parse_batch(messages, started, self._input_shape)
-        self.queue.expire_jobs(parsed.expired_jobs)
         requests = parsed.requests
+        decided = BatchResult(parsed.answers, expired=parsed.expired, expired_jobs=tuple(parsed.expired_jobs))
         if not requests:
-            return parsed.answers, (parsed.expired, 0, 0.0)
+            return decided
         batch_id = uuid.uuid4().hex[:12]
         model_started = time.perf_counter()
         try:
@@ -259,43 +258,45 @@ class ModelWorker:
             ranked = self.classifier.top_k(probabilities, max(r.top_k for r in requests))
         except Exception:
             log.exception("model failed on batch %s of %d", batch_id, len(requests))
-            failed = [Answer.error(r.reply, 500, MODEL_FAILED) for r in requests]
-            return parsed.answers + failed, (parsed.expired, 0, 0.0)
+            failed = [Answer.failed(r.reply, 500, MODEL_FAILED) for r in requests]
+            return replace(decided, answers=parsed.answers + failed)
         model_seconds = time.perf_counter() - model_started
-        log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_seconds * 1000)
-        answers = parsed.answers
-        for request, predictions in zip(requests, ranked):
-            answers.append(
-                Answer(
-                    request.reply_to,
-                    request.index,
-                    request.lane,
-                    200,
-                    {
-                        "predictions": predictions[: request.top_k],
-                        "model": self._model,
-                        "batch": {"id": batch_id, "size": len(requests), "worker": self.worker_id},
-                        "timings_ms": {
-                            "queued": round((started - request.queued_at) * 1000, 2),
-                            "model": round(model_seconds * 1000, 2),
-                        },
-                    },
-                )
+        model_ms = round(model_seconds * 1000, 2)
+        log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_ms)
+        info = BatchInfo(batch_id, len(requests), self.worker_id)
+        answers = parsed.answers + [
+            Answer(
+                request.reply_to,
+                request.index,
+                request.lane,
+                200,
+                predictions=predictions[: request.top_k],
+                model=self._model,
+                batch=info,
+                queued_ms=round((started - request.queued_at) * 1000, 2),
+                model_ms=model_ms,
             )
-        return answers, (parsed.expired, len(requests), model_seconds)
+            for request, predictions in zip(requests, ranked)
+        ]
+        return replace(decided, answers=answers, computed=len(requests), model_seconds=model_seconds)
 
-    def _write(self, answers: list[Answer]) -> None:
-        """Write the answers, retrying while Redis is away: the clients may still be waiting."""
+    def _write(self, result: BatchResult) -> None:
+        """Write the answers (and mark jobs whose images expired), retrying while Redis is away:
+        the clients may still be waiting."""
 
         def failed(exc: Exception) -> None:
-            log.warning("writing %d answers failed (%s); retrying", len(answers), exc)
+            log.warning("writing %d answers failed (%s); retrying", len(result.answers), exc)
 
         try:
             self._answer_retry.call_with_retry(
                 lambda: self.queue.answer(
-                    self.worker_id, answers, self.settings.result_ttl, self.settings.job_ttl
+                    self.worker_id,
+                    result.answers,
+                    self.settings.result_ttl,
+                    self.settings.job_ttl,
+                    expired_jobs=result.expired_jobs,
                 ),
                 failed,
             )
         except redis.RedisError as exc:
-            log.error("could not write %d answers: %s", len(answers), exc)
+            log.error("could not write %d answers: %s", len(result.answers), exc)

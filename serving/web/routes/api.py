@@ -18,10 +18,7 @@ blueprint = Blueprint("api", __name__)
 
 @blueprint.post("/predict")
 def predict():
-    serving = services()
-    uploads = read_uploads(serving.settings.max_images_per_request)
-    images, top_k = prepare_uploads(serving, uploads)
-    result = run_classification(images, top_k, uploads.as_list)
+    result = run_classification(prepare_uploads(services(), read_uploads()))
     body = result.body
     if result.status == 200:
         body.setdefault("timings_ms", {})["total"] = request_log.elapsed_ms()

@@ -17,7 +17,8 @@ import time
 from flask import Blueprint, request
 
 from serving.queue import JobSpec
-from serving.queue.messages import BULK, Answer, Request
+from serving.queue.messages import BULK, Answer, image_messages
+from serving.settings import LONGEST_JOB_WAIT_SECONDS
 from serving.web import request_log
 from serving.web.classify import compose, new_request_id, prepare_uploads
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
@@ -27,7 +28,6 @@ from serving.web.uploads import read_uploads
 blueprint = Blueprint("jobs", __name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-LONGEST_WAIT_SECONDS = 30.0
 BULK_FULL = "The server is busy: the job queue is full. Try again shortly."
 FINAL = ("done", "failed", "expired")
 
@@ -43,25 +43,16 @@ class JobNotFound(ApiError):
 def submit():
     serving = services()
     settings = serving.settings
-    uploads = read_uploads(settings.max_images_per_request)
-    images, top_k = prepare_uploads(serving, uploads)
+    prepared = prepare_uploads(serving, read_uploads())
     now = time.time()
     job = JobSpec(
-        new_request_id(),
-        now,
-        now + settings.job_timeout,
-        top_k,
-        uploads.as_list or len(images) > 1,
-        settings.job_ttl,
+        new_request_id(), now, now + settings.job_timeout, prepared.top_k, prepared.as_list, settings.job_ttl
     )
-    messages = [
-        Request(job.id, index, pixels, top_k, now, job.deadline, lane=BULK).to_bytes()
-        for index, pixels in enumerate(images)
-    ]
+    messages = image_messages(job.id, prepared.images, prepared.top_k, now, job.deadline, lane=BULK)
     if not serving.queue.create_job(job, messages, settings.max_job_queue_length):
         raise ServiceUnavailable(BULK_FULL)
     request_log.note(request_id=job.id)
-    body = {"id": job.id, "status": "queued", "images": len(images)}
+    body = {"id": job.id, "status": "queued", "images": len(messages)}
     return json_response(body, 202, {"Location": f"/jobs/{job.id}"})
 
 
@@ -109,8 +100,8 @@ def _wait_seconds() -> float:
         wait = float(raw)
     except ValueError:
         wait = float("nan")
-    if not 0 <= wait <= LONGEST_WAIT_SECONDS:  # NaN fails this too
-        raise BadRequest(f"wait must be a number of seconds up to {LONGEST_WAIT_SECONDS:g}, not {raw!r}.")
+    if not 0 <= wait <= LONGEST_JOB_WAIT_SECONDS:  # NaN fails this too
+        raise BadRequest(f"wait must be a number of seconds up to {LONGEST_JOB_WAIT_SECONDS:g}, not {raw!r}.")
     return wait
 
 

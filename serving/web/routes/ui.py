@@ -14,12 +14,13 @@ import redis
 from flask import Blueprint, Response, current_app, render_template, request
 from PIL import Image
 
-from serving.images import ImageError, decode_image, decoded_side, fit_image
+from serving.images import ImageError
 from serving.queue.messages import ModelInfo
 from serving.web import request_log
-from serving.web.classify import run_classification
+from serving.web.classify import prepare_uploads, run_classification
 from serving.web.responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
 from serving.web.services import services
+from serving.web.uploads import Uploads
 
 blueprint = Blueprint("ui", __name__)
 
@@ -74,27 +75,19 @@ def index():
 
 
 @blueprint.post("/")
-def classify_form():
-    """POST /predict for browsers without JavaScript: the same answer, as a page."""
-    serving = services()
+def classify_form() -> Response:
+    """POST /predict for browsers without JavaScript: the same path and answer, as a page."""
+    decoded: list[Image.Image] = []  # the upload as decoded, for the thumbnail
     try:
         upload = request.files.get("image")
         if upload is None:
             raise ImageError("Choose an image first.")
-        model = serving.workers.model()
-        size = model.input_size
-        image = decode_image(
-            upload.read(),
-            serving.settings.max_image_pixels,
-            decoded_side(size, model.resize),
-            serving.decode_budget,
-        )
-        top_k = min(serving.settings.top_k, model.classes)
-        result = run_classification([fit_image(image, size, model.resize)], top_k)
+        uploads = Uploads([upload.read()], as_list=False, top_k=None)
+        result = run_classification(prepare_uploads(services(), uploads, on_decoded=decoded.append))
     except Exception as exc:  # the same status and sentence /predict would answer
         status, message = describe_error(exc)
         return _page(status, error=message)
     if result.status != 200:
         return _page(result.status, error=result.body["error"])
     result.body["timings_ms"]["total"] = request_log.elapsed_ms()
-    return _page(result=result.body, thumbnail=_thumbnail_data_url(image))
+    return _page(result=result.body, thumbnail=_thumbnail_data_url(decoded[0]))

@@ -17,13 +17,13 @@ from flask import Blueprint, Response, request
 
 from serving.queue.messages import ModelInfo
 from serving.web.classify import prepare_uploads, run_classification
-from serving.web.responses import ApiError, describe_error, error_body, json_response
+from serving.web.responses import V2_PREFIX, ApiError, error_response, json_response
 from serving.web.services import services
 from serving.web.uploads import Uploads, parse_top_k
 from serving.web.v2_tensors import HEADER_LENGTH, INPUT_NAME, OUTPUT_TYPES, output_tensors, parse_request
 from serving.web.worker_directory import ready_state
 
-blueprint = Blueprint("v2", __name__, url_prefix="/v2")
+blueprint = Blueprint("v2", __name__, url_prefix=V2_PREFIX)
 
 SERVER = {
     "name": "keras-redis-server",
@@ -35,15 +35,6 @@ VERSION = "1"  # one version of one model per queue
 
 class NotFound(ApiError):
     status = 404
-
-
-def v2_error(exc: Exception) -> Response:
-    status, message = describe_error(exc)
-    _, _, headers = error_body(status, message)
-    return json_response({"error": message}, status, headers)
-
-
-blueprint.register_error_handler(Exception, v2_error)
 
 
 def served(name: str, version: str | None) -> ModelInfo:
@@ -108,13 +99,11 @@ def infer(name: str, version: str | None = None):
     model = served(name, version)
     infer_request = parse_request(request.get_data(), request.headers.get(HEADER_LENGTH))
     top_k = None if infer_request.top_k is None else parse_top_k(infer_request.top_k)
-    images, top_k = prepare_uploads(services(), Uploads(infer_request.images, as_list=True, top_k=top_k))
-    result = run_classification(images, top_k, as_list=True)
+    uploads = Uploads(infer_request.images, as_list=True, top_k=top_k)
+    result = run_classification(prepare_uploads(services(), uploads))
     if result.status != 200:
-        return json_response({"error": result.body["error"]}, result.status)
-    tensors, binary = output_tensors(
-        [answer.body["predictions"] for answer in result.answers], infer_request.outputs
-    )
+        return error_response(result.status, result.body["error"])
+    tensors, binary = output_tensors([answer.predictions for answer in result.answers], infer_request.outputs)
     body = {"model_name": model.name, "model_version": VERSION, "outputs": tensors}
     if infer_request.id is not None:
         body["id"] = infer_request.id
