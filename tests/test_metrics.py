@@ -141,7 +141,10 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
     port = free_port()
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
-    leave_stale_counts = "from serving.web.metrics import HTTP_REQUESTS; HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)"
+    leave_stale_counts = (
+        "from serving.web.metrics import HTTP_REQUESTS; "
+        "HTTP_REQUESTS.labels('POST', '/predict', '200').inc(100)"
+    )
     subprocess.run(
         [sys.executable, "-c", leave_stale_counts],
         cwd=ROOT,

@@ -122,7 +122,9 @@ def _jobs_paths(settings: Settings) -> dict:
         "in": "query",
         "required": False,
         "schema": {"type": "number", "minimum": 0, "maximum": LONGEST_JOB_WAIT_SECONDS},
-        "description": f"Seconds to wait for the job to end (long-poll), at most {LONGEST_JOB_WAIT_SECONDS:g}.",
+        "description": (
+            f"Seconds to wait for the job to end (long-poll), at most {LONGEST_JOB_WAIT_SECONDS:g}."
+        ),
     }
     missing = "No such job: never submitted, deleted, or its result expired."
     submit = _predict(settings)["post"]
