@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 import requests
 
-from harness.launch import ROOT, python_server
+from harness.launch import on_queue, python_server
+from harness.processes import ROOT
 from serving.queue.embedded import EmbeddedRedis
 from stress_test import run_load
 
@@ -87,10 +88,7 @@ def server_args(model: str, args, redis_url: str, *flags: str) -> list[str]:
         model,
         "--weights",
         args.weights,
-        "--redis-url",
-        redis_url,
-        "--queue-name",
-        f"bench_{model}",
+        *on_queue(None, redis_url, f"bench_{model}"),
         "--model-threads",
         str(args.model_threads),
         "--log-level",
@@ -272,8 +270,6 @@ def run_autoscale(args, image: bytes) -> int:
         args.model,
         "--weights",
         args.weights,
-        "--queue-name",
-        "bench_autoscale",
         "--model-threads",
         str(args.model_threads),
         "--log-level",
@@ -281,18 +277,11 @@ def run_autoscale(args, image: bytes) -> int:
     ]
     redis_server = EmbeddedRedis().start()
     try:
-        worker_args += ["--redis-url", redis_server.url]
+        worker_args = on_queue(None, redis_server.url, "bench_autoscale", *worker_args)
         queue = RedisQueue(connect(redis_server.url, timeout=5), "bench_autoscale")
         web_args = [
             "run_keras_server.py",
-            "--role",
-            "web",
-            "--redis-url",
-            redis_server.url,
-            "--queue-name",
-            "bench_autoscale",
-            "--client-timeout",
-            "120",
+            *on_queue("web", redis_server.url, "bench_autoscale", "--client-timeout", "120"),
             "--log-level",
             "WARNING",
         ]

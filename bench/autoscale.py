@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.processes import ROOT, ChildProcess
+from harness.launch import server_command
+from harness.processes import ChildProcess
 from serving.queue import RedisQueue
 from serving.queue.messages import LANES
 
@@ -112,7 +112,7 @@ class Autoscaler:
 
 def worker_process(args: list[str], log_dir, number: int) -> ChildProcess:
     return ChildProcess(
-        [sys.executable, str(ROOT / "run_keras_server.py"), "--role", "worker", *args],
+        server_command("--role", "worker", *args),
         name=f"autoscaled-worker-{number}",
         log_path=log_dir / f"autoscaled-worker-{number}.log",
     ).start()

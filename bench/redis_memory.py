@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from harness.launch import python_server
+from harness.launch import on_queue, python_server
 from serving.queue import RedisQueue
 from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
@@ -39,14 +39,7 @@ def measure(
         _fake_worker(queue, input_size)
         args = [
             "run_keras_server.py",
-            "--role",
-            "web",
-            "--redis-url",
-            redis_server.url,
-            "--queue-name",
-            QUEUE,
-            "--client-timeout",
-            str(wait_seconds),
+            *on_queue("web", redis_server.url, QUEUE, "--client-timeout", str(wait_seconds)),
             "--log-level",
             "WARNING",
         ]

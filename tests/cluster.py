@@ -10,7 +10,6 @@ import io
 import os
 import re
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import redis
 import requests
 from PIL import Image
 
+from harness.launch import GUNICORN, on_queue, queue_env, server_command
 from harness.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
 from serving.queue.embedded import EmbeddedRedis
@@ -46,18 +46,17 @@ class WebServer(ServerProcess):
 
     def __init__(self, name: str, redis_url: str, queue_name: str, log_dir: Path, **env: str):
         port = free_port()
-        settings = {
-            "PORT": str(port),
-            "REDIS_URL": redis_url,
-            "QUEUE_NAME": queue_name,
-            "WEB_CONCURRENCY": "1",
-            "WEB_THREADS": "16",
-            "LOG_LEVEL": "INFO",
+        settings = queue_env(
+            redis_url,
+            queue_name,
+            PORT=str(port),
+            WEB_CONCURRENCY="1",
+            WEB_THREADS="16",
+            LOG_LEVEL="INFO",
             **env,
-        }
-        args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"]
+        )
         super().__init__(
-            args,
+            GUNICORN,
             port,
             ready_path="/healthz",
             ready_timeout=60,
@@ -79,14 +78,7 @@ class Worker(ChildProcess):
         self, name: str, redis_url: str, queue_name: str, model: tuple[Path, Path], log_dir: Path, *extra: str
     ):
         args = [
-            sys.executable,
-            str(ROOT / "run_keras_server.py"),
-            "--role",
-            "worker",
-            "--redis-url",
-            redis_url,
-            "--queue-name",
-            queue_name,
+            *server_command(*on_queue("worker", redis_url, queue_name)),
             "--model",
             str(model[0]),
             "--labels",

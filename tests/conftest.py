@@ -7,6 +7,7 @@ import threading
 import pytest
 import redis
 
+from harness.launch import on_queue
 from serving.queue.embedded import EmbeddedRedis
 
 from .cluster import Cluster
@@ -72,14 +73,9 @@ def serve(redis_server, colour_model, tmp_path_factory):
         ready_path: str | None = "/readyz",
     ) -> LiveServer:
         queue = queue or f"q{next(_queue_numbers)}"
-        args = [
-            "--redis-url",
-            redis_server.url,
-            "--queue-name",
-            queue,
-            *(colour_model_args(colour_model) if model else ()),
-            *flags,
-        ]
+        args = on_queue(
+            None, redis_server.url, queue, *(colour_model_args(colour_model) if model else ()), *flags
+        )
         server = LiveServer(
             *args, env=env, ready_path=ready_path, log_path=log_dir / f"server-{len(started) + 1}-{queue}.log"
         )

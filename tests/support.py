@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import requests
 from PIL import Image
 
+from harness.launch import server_command
 from harness.processes import ROOT, ServerProcess, free_port, wait_until
 from serving.settings import Settings, load_settings
 
@@ -97,7 +97,7 @@ class LiveServer(ServerProcess):
     ):
         port = free_port()
         super().__init__(
-            [sys.executable, str(ROOT / "run_keras_server.py"), "--port", str(port), *args],
+            server_command("--port", str(port), *args),
             port,
             ready_path=ready_path,
             ready_timeout=ready_timeout,

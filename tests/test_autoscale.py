@@ -13,6 +13,7 @@ from bench.autoscale import (
     publish_model,
     worker_process,
 )
+from harness.launch import on_queue
 from serving.queue import RedisQueue
 from serving.queue.connection import connect
 
@@ -27,11 +28,7 @@ QUEUE = "autoscaleq"
 def test_a_burst_scales_workers_from_zero_and_back(redis_server, colour_model, tmp_path):
     queue = RedisQueue(connect(redis_server.url, timeout=5), QUEUE)
     worker_args = [
-        "--redis-url",
-        redis_server.url,
-        "--queue-name",
-        QUEUE,
-        *colour_model_args(colour_model),
+        *on_queue(None, redis_server.url, QUEUE, *colour_model_args(colour_model)),
         "--top-k",
         "3",
         "--model-threads",

@@ -14,6 +14,8 @@ import pytest
 import redis
 import requests
 
+from harness.launch import on_queue
+
 from .support import COLOURS, LiveServer, colour_image, colour_model_args, leftover_keys, wait_until
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
@@ -29,26 +31,13 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(
     client = redis.Redis.from_url(redis_server.url)
     client.delete(*client.keys(f"{QUEUE}*") or ["-"])
     worker = LiveServer(
-        "--role",
-        "worker",
-        "--redis-url",
-        redis_server.url,
-        "--queue-name",
-        QUEUE,
-        *colour_model_args(colour_model),
+        *on_queue("worker", redis_server.url, QUEUE, *colour_model_args(colour_model)),
         log_path=tmp_path / "worker.log",
         ready_path=None,
     )
     worker.start()
     web = LiveServer(
-        "--role",
-        "web",
-        "--redis-url",
-        redis_server.url,
-        "--queue-name",
-        QUEUE,
-        "--client-timeout",
-        "30",
+        *on_queue("web", redis_server.url, QUEUE, "--client-timeout", "30"),
         log_path=tmp_path / "web.log",
     )
     try:

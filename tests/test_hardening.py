@@ -20,6 +20,7 @@ import redis
 import requests
 from PIL import Image
 
+from harness.launch import GUNICORN, on_queue, queue_env
 from harness.processes import ServerProcess
 from serving.queue import RedisQueue
 from serving.queue.embedded import EmbeddedRedis
@@ -106,16 +107,11 @@ def test_waitress_keeps_answering_under_idle_and_slow_connections(serve):
 def test_gunicorn_keeps_answering_under_idle_and_slow_connections(redis_server, colour_model, tmp_path):
     queue = "gunicorn-guard"
     port = free_port()
-    env = {
-        "PORT": str(port),
-        "REDIS_URL": redis_server.url,
-        "QUEUE_NAME": queue,
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "8",
-        **GUARD_FLAGS,
-    }
+    env = queue_env(
+        redis_server.url, queue, PORT=str(port), WEB_CONCURRENCY="1", WEB_THREADS="8", **GUARD_FLAGS
+    )
     web = ServerProcess(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"],
+        GUNICORN,
         port,
         ready_path="/healthz",
         env=env,
@@ -123,13 +119,7 @@ def test_gunicorn_keeps_answering_under_idle_and_slow_connections(redis_server, 
         name="gunicorn",
     )
     worker = LiveServer(
-        "--role",
-        "worker",
-        "--redis-url",
-        redis_server.url,
-        "--queue-name",
-        queue,
-        *colour_model_args(colour_model),
+        *on_queue("worker", redis_server.url, queue, *colour_model_args(colour_model)),
         ready_path=None,
         log_path=tmp_path / "worker.log",
     )
@@ -174,12 +164,7 @@ def test_a_hung_redis_gives_fast_503s(tmp_path):
     queue = RedisQueue(redis.Redis.from_url(embedded.url), "hungq")
     queue.beat("w", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=300)
     web = LiveServer(
-        "--role",
-        "web",
-        "--redis-url",
-        embedded.url,
-        "--queue-name",
-        "hungq",
+        *on_queue("web", embedded.url, "hungq"),
         log_path=tmp_path / "web.log",
         ready_path="/healthz",
     ).start()

@@ -16,12 +16,13 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.launch import GUNICORN, queue_env, server_command
 from harness.processes import ChildProcess, ServerProcess, http_status
 from serving.queue import RedisQueue
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.worker.stats import RedisBatchStats
 
-from .support import ROOT, colour_image, free_port, wait_until
+from .support import ROOT, colour_image, colour_model_args, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -152,16 +153,16 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)},
     )
     assert list(multiproc_dir.glob("*.db"))
-    env = {
-        "REDIS_URL": redis_server.url,
-        "QUEUE_NAME": "gunq",
-        "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "WEB_THREADS": "8",
-    }
+    env = queue_env(
+        redis_server.url,
+        "gunq",
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir),
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+        WEB_THREADS="8",
+    )
     web = ServerProcess(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "run_keras_server:create_app()"],
+        GUNICORN,
         port,
         ready_path=None,
         env=env,
@@ -169,18 +170,7 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
         name="gunicorn",
     )
     worker = ChildProcess(
-        [
-            sys.executable,
-            "run_keras_server.py",
-            "--role",
-            "worker",
-            "--model",
-            str(model_path),
-            "--labels",
-            str(labels_path),
-            "--preprocess",
-            "unit",
-        ],
+        server_command("--role", "worker", *colour_model_args((model_path, labels_path))),
         env=env,
         log_path=tmp_path / "worker.log",
         name="worker",
