@@ -1,91 +1,22 @@
-"""Redis-queued, batching Keras image classification over HTTP.
+"""Redis-queued, batching Keras image classification over HTTP: the entry point.
 
     python run_keras_server.py                 # web + model worker in one process
     python run_keras_server.py --role web      # HTTP only (or: gunicorn "run_keras_server:create_app()")
     python run_keras_server.py --role worker   # model worker only
 
-Run with --help for every setting; each is also an environment variable (see settings.py).
+Run with --help for every setting; each is also an environment variable (see settings.py). The
+code lives in the ``serving`` package: serving/cli.py (roles), serving/web (the web tier, from
+``create_app``), serving/worker (the model worker, from ``create_worker``), serving/queue (the
+wire between them).
 """
 
-from __future__ import annotations
-
-import logging
-import signal
 import sys
-import threading
 
-from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
-from serving.queue.embedded import resolve_redis
-from serving.servers.waitress_server import HttpServer
-from serving.settings import SettingsError, load_settings
+from serving.cli import main
 from serving.web.app import create_app
-from serving.web.memory import limit_arenas
 from serving.worker.factory import create_worker
 
 __all__ = ["create_app", "create_worker", "main"]
-
-log = logging.getLogger("run_keras_server")
-
-
-def _on_stop_signals(stop) -> None:
-    """SIGTERM or Ctrl-C: stop gracefully with ``stop``; a second one exits at once."""
-
-    def handler(signum, frame):
-        if handler.stopping:
-            log.warning("received signal %d again: exiting now", signum)
-            raise SystemExit(1)
-        handler.stopping = True
-        log.info("received signal %d: finishing the work in hand, then exiting", signum)
-        stop()
-
-    handler.stopping = False
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.role == "web":
-        limit_arenas()  # a web process's threads decode images; its model workers are elsewhere
-
-    embedded = None
-    if settings.role == "all":  # one process on a laptop: find a Redis, or start one
-        redis_url, embedded = resolve_redis(settings.redis_url)
-        settings = settings.replace(redis_url=redis_url)
-    try:
-        if settings.role == "worker":
-            worker = create_worker(settings)
-            _on_stop_signals(worker.stop)  # the batch in hand is answered first
-            worker.run()
-            return 0
-        worker = create_worker(settings) if settings.role == "all" else None
-        http = HttpServer(create_app(settings), settings)
-        # Stop listening, answer the requests in flight (the worker thread keeps running), exit.
-        _on_stop_signals(http.request_stop)
-        worker_thread = (
-            threading.Thread(target=worker.run, name="model-worker", daemon=True) if worker else None
-        )
-        if worker_thread:
-            worker_thread.start()
-        http.run()
-        if worker and worker_thread:
-            worker.stop()
-            worker_thread.join(timeout=settings.client_timeout)
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    except ModelUnavailable as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        if embedded:
-            embedded.stop()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,10 +11,11 @@ import sys
 import pytest
 import requests
 
+from harness.launch import on_queue
 from harness.processes import ServerProcess, free_port, wait_until
 from serving.queue.embedded import EmbeddedRedis
 
-from .support import ROOT, colour_image, colour_model_args
+from .support import ROOT, LiveServer, colour_image, colour_model_args
 
 pytestmark = pytest.mark.slow  # installs every pinned requirement into a new virtualenv
 
@@ -30,16 +31,24 @@ def venv(tmp_path_factory):
     frozen = subprocess.run(
         [str(path / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True
     )
-    pinned = [
-        line.split("#")[0].strip()
-        for line in (ROOT / "requirements.txt").read_text().splitlines()
-        if "==" in line
-    ]
+    pinned = pins("requirements.txt")
     installed = {canonical(line) for line in frozen.stdout.splitlines()}
     missing = [pin for pin in pinned if canonical(pin) not in installed]
     assert missing == [], "the image would not have the pinned versions"
     assert not any(line.startswith(("pytest", "ruff", "selenium")) for line in installed)  # no test tools
     return path
+
+
+def pins(name: str) -> list[str]:
+    """The name==version lines of a requirements file and the files it includes with -r."""
+    found = []
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            found += pins(line[3:].strip())
+        elif "==" in line:
+            found.append(line)
+    return found
 
 
 def canonical(requirement: str) -> str:
@@ -120,3 +129,58 @@ def test_every_role_runs_from_the_installed_environment(venv, colour_model, tmp_
     unknown = subprocess.run([*entrypoint, "--role", "chef"], capture_output=True, text=True, timeout=30)
     assert unknown.returncode == 2 and "unknown role 'chef'" in unknown.stderr
     assert sys.executable  # the test process's own Python played no part above
+
+
+def test_the_web_install_has_no_model_runtime_and_serves(colour_model, tmp_path):
+    """`pip install .[web]` into a fresh virtualenv: no TensorFlow, no OpenVINO, and a web server
+    started from it (outside the repository) answers /predict with a worker of the full install."""
+    venv = tmp_path / "web-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[web]"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    frozen = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True).stdout.lower()
+    names = {re.split(r"[=@ ]", line, maxsplit=1)[0] for line in frozen.splitlines()}
+    for runtime in ("tensorflow", "tensorflow-cpu", "openvino", "keras", "h5py"):
+        assert runtime not in names, f"the web install pulled in {runtime}"
+    installed = {canonical(line) for line in frozen.splitlines()}
+    assert [pin for pin in pins("requirements-web.txt") if canonical(pin) not in installed] == []
+    redis = EmbeddedRedis(port=free_port()).start()
+    port = free_port()
+    outside = tmp_path / "elsewhere"  # not the repository: the installed package serves
+    outside.mkdir()
+    web = ServerProcess(
+        [
+            str(venv / "bin" / "keras-redis-server"),
+            *on_queue("web", redis.url, "webinstallq"),
+            "--port",
+            str(port),
+        ],
+        port,
+        ready_path="/healthz",
+        cwd=outside,
+        env={"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": ""},
+        log_path=tmp_path / "web.log",
+        name="web-install",
+    )
+    worker = LiveServer(
+        *on_queue("worker", redis.url, "webinstallq", *colour_model_args(colour_model)),
+        ready_path=None,
+        log_path=tmp_path / "worker.log",
+    )
+    try:
+        with web.start(), worker.start():
+            wait_until(
+                lambda: requests.get(web.url + "/readyz", timeout=5).status_code == 200, 120, "the worker"
+            )
+            response = requests.post(
+                web.url + "/predict", files={"image": ("r.png", colour_image("red"))}, timeout=30
+            )
+            assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "red"
+    finally:
+        redis.stop()

@@ -1,0 +1,299 @@
+"""Every operation on the Redis queue between web servers and model workers. Key names come
+from serving/queue/keys.py; every change that touches more than one key is one Lua script
+(serving/queue/scripts.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import orjson
+import redis
+
+from serving.queue import scripts
+from serving.queue.keys import QueueKeys
+from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, MessageError, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a new job records about itself."""
+
+    id: str
+    created: float  # epoch seconds
+    deadline: float  # its images not computed by then are dropped unrun; the job is expired
+    top_k: int
+    as_list: bool  # answer with a list of results, as /predict does for a list
+    result_ttl: int  # seconds its result is kept once it ends
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a worker took: interactive messages, then job image references."""
+
+    interactive: list[bytes]
+    bulk: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.interactive) + len(self.bulk)
+
+
+EMPTY = Batch([], [])
+
+
+class RedisQueue:
+    """The queue, over two clients: ``redis`` for short calls (it should have a short socket
+    timeout, so a hung Redis fails fast) and ``blocking`` for the calls that block on purpose."""
+
+    def __init__(self, client: redis.Redis, name: str, blocking: redis.Redis | None = None):
+        self.redis = client
+        self.blocking = blocking or client
+        self.keys = QueueKeys(name)
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._take = client.register_script(scripts.TAKE)
+        self._answer_requests = client.register_script(scripts.ANSWER_REQUESTS)
+        self._withdraw = client.register_script(scripts.WITHDRAW)
+        self._requeue = client.register_script(scripts.REQUEUE)
+        self._create_job = client.register_script(scripts.CREATE_JOB)
+        self._open_job_images = client.register_script(scripts.OPEN_JOB_IMAGES)
+        self._answer_jobs = client.register_script(scripts.ANSWER_JOBS)
+        self._expire_jobs = client.register_script(scripts.EXPIRE_JOBS)
+        self._cancel_job = client.register_script(scripts.CANCEL_JOB)
+
+    @property
+    def name(self) -> str:
+        return self.keys.name
+
+    # Web side ------------------------------------------------------------------
+    def enqueue(
+        self, request_id: str, messages: Sequence[bytes], max_length: int, keep_seconds: float
+    ) -> bool:
+        """Queue a request's image messages (in image order) unless the interactive lane holds
+        ``max_length`` or more. False means full. The request's waiting marker outlives the
+        wait by ``keep_seconds`` at most, and so expires if its web server dies."""
+        if not messages:  # the upload path refuses requests without images before this
+            raise ValueError("a request to queue carries at least one image")
+        keys = [self.keys.lane(INTERACTIVE), self.keys.waiting(request_id), self.keys.doorbell]
+        return bool(self._enqueue(keys=keys, args=[max_length, int(keep_seconds * 1000), *messages]))
+
+    def wait_answers(self, request_id: str, count: int, timeout: float) -> list[Answer]:
+        """Block until ``count`` answers arrived or ``timeout`` passed; returns those that did."""
+        key = self.keys.result(request_id)
+        answers: list[Answer] = []
+        give_up = time.monotonic() + timeout
+        while len(answers) < count:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            popped = self.blocking.blpop([key], timeout=remaining)
+            if popped is None:
+                break
+            raws: list[bytes] = [cast(bytes, popped[1])]
+            if count - len(answers) > 1:  # the rest of a multi-image request often lands at once
+                raws += cast(list, self.redis.lpop(key, count - len(answers) - 1) or [])
+            answers += [Answer.from_bytes(raw, request_id) for raw in raws]
+        return answers
+
+    def withdraw(self, request_id: str, unanswered: Sequence[bytes]) -> tuple[int, list[Answer]]:
+        """Give up on a request: take back its unanswered messages still queued. Returns how many
+        were taken back and the answers that landed meanwhile."""
+        keys = [
+            self.keys.lane(INTERACTIVE),
+            self.keys.waiting(request_id),
+            self.keys.result(request_id),
+            self.keys.lane(BULK),
+            self.keys.doorbell,
+        ]
+        removed, late = self._withdraw(keys=keys, args=list(unanswered))
+        return int(removed), [Answer.from_bytes(raw, request_id) for raw in late]
+
+    def depth(self, lane: str = INTERACTIVE) -> int:
+        return int(self.redis.llen(self.keys.lane(lane)))
+
+    # Jobs (the bulk lane) -----------------------------------------------------
+    def create_job(self, job: JobSpec, messages: Sequence[bytes], max_length: int) -> bool:
+        """Record a job and queue its images in the bulk lane unless it holds ``max_length`` or
+        more. False means full. The job's keys live until its deadline plus its result TTL."""
+        if not messages:
+            raise ValueError("a job carries at least one image")
+        keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell, self.keys.job_images(job.id)]
+        keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
+        fields = [len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
+        return bool(self._create_job(keys=keys, args=[max_length, keep_ms, *fields, job.id, *messages]))
+
+    def job_state(self, job_id: str) -> tuple[dict[str, str], dict[int, bytes]] | None:
+        """A job's fields and its answers so far by image index; None when there is no such job."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.keys.job(job_id))
+        pipe.hgetall(self.keys.job_results(job_id))
+        fields, results = pipe.execute()
+        if not fields:
+            return None
+        return (
+            {key.decode(): value.decode() for key, value in fields.items()},
+            {int(index): answer for index, answer in results.items()},
+        )
+
+    def wait_job(self, job_id: str, timeout: float) -> bool:
+        """Block until the job ends (or is deleted) or ``timeout`` passes. True when it ended.
+        The token is rotated, not taken, so every waiter wakes."""
+        key = self.keys.job_done(job_id)
+        return self.blocking.blmove(key, key, cast(int, timeout), "LEFT", "RIGHT") is not None
+
+    def cancel_job(self, job_id: str) -> dict[str, str]:
+        """Delete a job, taking its queued images out of the bulk lane if it has not ended; its
+        fields, or {} when there was none."""
+        keys = [*self.keys.job_keys(job_id), self.keys.stats, self.keys.lane(BULK)]
+        flat, removed = self._cancel_job(keys=keys, args=[job_id])
+        if removed:
+            log.info("job %s cancelled: %d queued images taken out of the bulk lane", job_id, removed)
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    # Worker side ---------------------------------------------------------------
+    def take(
+        self, worker_id: str, room: int, holding: Batch = EMPTY, bulk_caps: Sequence[int] | None = None
+    ) -> Batch:
+        """Take up to ``room`` more messages for a batch ``holding`` these already, into this worker's
+        processing lists: interactive first, then bulk up to ``bulk_caps[interactive count]``
+        (None: no cap)."""
+        if room <= 0:
+            return EMPTY
+        caps = bulk_caps if bulk_caps is not None else [len(holding) + room] * (len(holding) + room + 1)
+        keys = [
+            self.keys.lane(INTERACTIVE),
+            self.keys.lane(BULK),
+            self.keys.processing(worker_id),
+            self.keys.processing(worker_id, BULK),
+            self.keys.doorbell,
+        ]
+        args = [room, len(holding.interactive), len(holding.bulk), *caps]
+        interactive, bulk = self._take(keys=keys, args=args)
+        return Batch(holding.interactive + interactive, holding.bulk + bulk)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until the doorbell rings or ``timeout`` passes. True when it rang."""
+        return self.blocking.blpop([self.keys.doorbell], timeout=timeout) is not None
+
+    def open_job_images(self, refs: Sequence[bytes]) -> list[bytes]:
+        """The messages behind the job image references a worker took, marking their jobs
+        running. An image whose job was cancelled or has ended, or that was answered already, has
+        none and is left out, never computed; so is a reference that cannot be read."""
+        images = []
+        for raw in refs:
+            try:
+                images.append(JobImage.from_bytes(raw))
+            except MessageError as exc:
+                log.error("dropping a bulk lane entry that is not a job image (%s): %.60r", exc, raw)
+        if not images:
+            return []
+        keys = [key for i in images for key in (self.keys.job(i.job_id), self.keys.job_images(i.job_id))]
+        messages = self._open_job_images(keys=keys, args=[image.index for image in images])
+        return [message for message in messages if message is not None]
+
+    def answer(
+        self,
+        worker_id: str,
+        answers: Sequence[Answer],
+        result_ttl: int,
+        job_ttl: int = 3600,
+        expired_jobs: Sequence[str] = (),
+    ) -> int:
+        """Write the answers (interactive ones only while awaited, job ones once each), mark the
+        ``expired_jobs`` (their images were dropped for their deadline) and clear this worker's
+        processing lists, in one transaction. Returns how many answers were written."""
+        pipe = self.redis.pipeline(transaction=True)
+        waiting_keys: list[str] = []
+        waiting_args: list = [result_ttl]
+        job_keys: list[str] = [self.keys.stats]
+        job_args: list = [job_ttl * 1000, time.time()]
+        for answer in answers:
+            if answer.lane == BULK:
+                job_keys += self.keys.job_keys(answer.reply_to)
+                job_args += [answer.index, answer.status, answer.to_bytes()]
+            else:
+                waiting_keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
+                waiting_args += [answer.index, answer.to_bytes()]
+        scripts_run = 0
+        if waiting_keys:
+            self._answer_requests(keys=waiting_keys, args=waiting_args, client=pipe)
+            scripts_run += 1
+        if len(job_keys) > 1:
+            self._answer_jobs(keys=job_keys, args=job_args, client=pipe)
+            scripts_run += 1
+        if expired_jobs:
+            expire_keys = [self.keys.stats]
+            for job_id in sorted(set(expired_jobs)):
+                expire_keys += [
+                    self.keys.job(job_id),
+                    self.keys.job_done(job_id),
+                    self.keys.job_images(job_id),
+                ]
+            self._expire_jobs(keys=expire_keys, args=[time.time()], client=pipe)
+        pipe.delete(self.keys.processing(worker_id), self.keys.processing(worker_id, BULK))
+        results = pipe.execute()
+        return sum(int(written) for written in results[:scripts_run])
+
+    def beat(self, worker_id: str, heartbeat: Heartbeat, ttl: float) -> None:
+        """Say this worker is alive (for ``ttl``) and what it serves; the model outlives it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.heartbeat(worker_id), heartbeat.to_bytes(), px=int(ttl * 1000))
+        pipe.set(self.keys.model, orjson.dumps(heartbeat.model.as_dict()))
+        pipe.execute()
+
+    def last_model(self) -> ModelInfo | None:
+        """The model the workers last served, though none may be alive now."""
+        raw = self.redis.get(self.keys.model)
+        if raw is None:
+            return None
+        try:
+            return ModelInfo.from_dict(orjson.loads(cast(bytes, raw)))
+        except (orjson.JSONDecodeError, MessageError) as exc:
+            log.warning("ignoring the last model record: %s", exc)
+            return None
+
+    def sign_off(self, worker_id: str) -> None:
+        self.redis.delete(self.keys.heartbeat(worker_id))
+
+    def live_workers(self) -> dict[str, Heartbeat]:
+        """Worker id -> heartbeat, for every worker whose heartbeat has not expired. A heartbeat
+        that cannot be read (a worker of another version) is logged and left out."""
+        prefix = self.keys.heartbeat("")
+        keys = list(self.redis.scan_iter(match=prefix + "*", count=200))
+        if not keys:
+            return {}
+        workers = {}
+        for key, raw in zip(keys, self.redis.mget(keys)):
+            if raw is None:
+                continue  # expired between SCAN and MGET
+            worker_id = key.decode(errors="replace")[len(prefix) :]
+            try:
+                workers[worker_id] = Heartbeat.from_bytes(cast(bytes, raw))
+            except MessageError as exc:
+                log.warning("ignoring the heartbeat of worker %r: %s", worker_id, exc)
+        return workers
+
+    def requeue_dead(self) -> int:
+        """Return the messages of every worker whose heartbeat expired. Returns how many."""
+        workers = set()
+        for lane in (INTERACTIVE, BULK):
+            prefix = self.keys.processing("", lane)
+            workers |= {
+                key.decode()[len(prefix) :] for key in self.redis.scan_iter(match=prefix + "*", count=200)
+            }
+        moved = 0
+        for worker_id in workers:
+            keys = [
+                self.keys.processing(worker_id),
+                self.keys.processing(worker_id, BULK),
+                self.keys.heartbeat(worker_id),
+                self.keys.lane(INTERACTIVE),
+                self.keys.lane(BULK),
+                self.keys.doorbell,
+            ]
+            moved += int(self._requeue(keys=keys))
+        return moved

@@ -1,0 +1,1 @@
+"""HTTP servers for the web tier: waitress for one process, gunicorn in production."""

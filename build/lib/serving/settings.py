@@ -1,0 +1,247 @@
+"""Every setting of the service, in one place.
+
+Each setting is a CLI flag (``--batch-size``) and an environment variable of the same
+name in upper case (``BATCH_SIZE``). Precedence: flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+# A request's keys and its handler outlive its deadline (--client-timeout) by this much: time to
+# send the answer. Drains, waiting markers and answer retries all count from it.
+ANSWER_GRACE_SECONDS = 5.0
+# The longest a job's long-poll (GET /jobs/<id>?wait=S) may wait; longer asks are a 400.
+LONGEST_JOB_WAIT_SECONDS = 30.0
+
+# The choices other modules check against: how uploads are fitted to a model's input, what runs
+# the model, at what precision.
+RESIZE_MODES = ("crop", "squash")
+RUNTIMES = ("tensorflow", "openvino")
+PRECISIONS = ("f32", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return self.name.upper()
+
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    Option("role", str, "all", "what this process runs: web + worker thread, web only, worker only",
+           ("all", "web", "worker")),
+    Option("host", str, "127.0.0.1", "address the HTTP server binds to"),
+    Option("port", int, 5000, "port the HTTP server listens on"),
+    Option("web_threads", int, 32, "HTTP worker threads (handlers mostly wait on Redis)"),
+    Option("redis_url", str, None,
+           "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
+           "else an embedded redis-server"),
+    Option("queue_name", str, "image_queue", "Redis list of queued images; prefix of all keys"),
+    Option("batch_size", int, 8, "most images the worker runs in one model call "
+           "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)"),
+    Option("batch_wait_ms", float, 5.0,
+           "longest wait for more images once one has arrived; ends as soon as the batch is full"),
+    Option("client_timeout", float, 10.0, "seconds a request waits for its result before 504"),
+    Option("redis_timeout", float, 1.0,
+           "seconds any Redis call but the wait for a result may take before the request gets 503"),
+    Option("result_ttl", int, 60, "seconds an unread result stays in Redis"),
+    Option("max_queue_length", int, 256, "queued interactive images at which new requests get 503"),
+    Option("job_timeout", float, 600.0,
+           "seconds a job's images may wait to be computed; after that the job is expired and its "
+           "queued images are dropped unrun"),
+    Option("job_ttl", int, 3600, "seconds a finished job's result is kept"),
+    Option("max_job_queue_length", int, 10_000, "queued bulk (job) images at which new jobs get 503"),
+    Option("max_upload_bytes", int, 10 * 1024 * 1024, "largest request body accepted (413 above)"),
+    Option("max_images_per_request", int, 32,
+           "images one request may carry (400 above); each is its own queue message"),
+    Option("max_image_pixels", int, 25_000_000,
+           "largest image, width x height, refused (400) before it is decoded: a classifier sees "
+           "224-600 pixels a side, and 25 MP takes a 6000x4000 camera photo"),
+    Option("decode_memory_mb", int, 400,
+           "decoded pixels one web process holds at once, shared by its threads; a large PNG "
+           "waits for room (503 after 5 s)"),
+    Option("max_connections", int, 1000,
+           "open client connections one web process keeps; at the limit the longest-idle one is "
+           "closed for a new one"),
+    Option("idle_timeout", float, 5.0, "seconds an idle (kept-alive) client connection stays open"),
+    Option("read_timeout", float, 30.0,
+           "seconds a request's headers and body may take to arrive (slow clients are cut off; "
+           "put nginx in front for slow uploads)"),
+    Option("model", str, "auto",
+           "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
+           "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0"),
+    Option("weights", str, "imagenet", "resnet50 weights: imagenet, none (random), or a .h5 path"),
+    Option("labels", str, None, "labels file for a custom model (JSON list, JSON dict, .npy dict)"),
+    Option("preprocess", str, "caffe", "input scaling for a custom model",
+           ("caffe", "tf", "torch", "unit", "none")),
+    Option("resize", str, "auto",
+           "how an upload is fitted to the model input: crop (shorter side to input/0.875, centre "
+           "crop, as ImageNet models are evaluated) or squash (the whole image stretched, as Keras "
+           "trains from directories); auto: crop for the bundled ImageNet models, squash for yours",
+           ("auto", *RESIZE_MODES)),
+    Option("runtime", str, "auto",
+           "what runs the Keras model: auto (OpenVINO when TensorFlow sees no GPU and OpenVINO "
+           "imports, else TensorFlow), tensorflow, openvino", ("auto", *RUNTIMES)),
+    Option("precision", str, "auto",
+           "OpenVINO inference precision; auto: bf16 where the CPU supports it, else f32",
+           ("auto", *PRECISIONS)),
+    Option("model_cache", str, None,
+           "folder for converted (OpenVINO) models, so a restart does not convert again; "
+           "unset: $XDG_CACHE_HOME/keras-redis-server or ~/.cache/keras-redis-server"),
+    Option("top_k", int, 5, "predictions returned per image"),
+    Option("model_threads", int, 0,
+           "threads for one model call (TensorFlow's intra-op pool, which also caps its inter-op "
+           "pool at 2; OpenVINO's inference threads); 0: one per core"),
+    Option("heartbeat_ttl", float, 10.0, "seconds a silent worker counts as alive"),
+    Option("log_level", str, "INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+)
+# fmt: on
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    role: str
+    host: str
+    port: int
+    web_threads: int
+    redis_url: str | None
+    queue_name: str
+    batch_size: int
+    batch_wait_ms: float
+    client_timeout: float
+    redis_timeout: float
+    result_ttl: int
+    max_queue_length: int
+    job_timeout: float
+    job_ttl: int
+    max_job_queue_length: int
+    max_upload_bytes: int
+    max_images_per_request: int
+    max_image_pixels: int
+    decode_memory_mb: int
+    max_connections: int
+    idle_timeout: float
+    read_timeout: float
+    model: str
+    weights: str
+    labels: str | None
+    preprocess: str
+    resize: str
+    runtime: str
+    precision: str
+    model_cache: str | None
+    top_k: int
+    model_threads: int
+    heartbeat_ttl: float
+    log_level: str
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def request_lifetime(self) -> float:
+        """Longest a request can be in flight: its deadline plus the time to send its answer."""
+        return self.client_timeout + ANSWER_GRACE_SECONDS
+
+    @property
+    def longest_web_wait(self) -> float:
+        """The longest a web handler blocks in Redis on purpose: an answer or a long-poll. The
+        blocking client's socket timeout is derived from it (serving/queue/connection.py)."""
+        return max(self.client_timeout, LONGEST_JOB_WAIT_SECONDS)
+
+
+class SettingsError(ValueError):
+    """A setting's value cannot be used."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Redis-queued, batching Keras image classification over HTTP.",
+        epilog="Every flag can also be set by the environment variable of the same name "
+        "in upper case, e.g. --batch-size / BATCH_SIZE.",
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            type=option.kind,
+            default=None,
+            choices=option.choices,
+            metavar=option.env_var,
+            help=f"{option.help} (default: {'unset' if option.default is None else option.default})",
+        )
+    return parser
+
+
+def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(option.env_var)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = option.kind(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{option.env_var}={raw!r} is not a valid {option.kind.__name__}") from exc
+    if option.choices and value not in option.choices:
+        raise SettingsError(f"{option.env_var}={raw!r} must be one of {', '.join(option.choices)}")
+    return value
+
+
+ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads"})  # 0 means none / the default
+
+
+def _validate(settings: Settings) -> None:
+    for option in OPTIONS:
+        value = getattr(settings, option.name)
+        if option.kind in (int, float) and (value < 0 or (value == 0 and option.name not in ZERO_ALLOWED)):
+            raise SettingsError(f"{option.name} must be positive, got {value}")
+    # Pillow refuses images beyond twice its own MAX_IMAGE_PIXELS whatever we allow: a higher
+    # limit would be a promise the decoder breaks.
+    decoder_cap = 2 * (Image.MAX_IMAGE_PIXELS or 0) or settings.max_image_pixels
+    if settings.max_image_pixels > decoder_cap:
+        raise SettingsError(
+            f"max_image_pixels is {settings.max_image_pixels}; the image decoder refuses "
+            f"more than {decoder_cap}"
+        )
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every option: CLI flag, then environment variable, then default."""
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args([] if argv is None else list(argv)))
+    values = {}
+    for option in OPTIONS:
+        value = flags[option.name]
+        if value is None:
+            value = _from_env(option, environ)
+        values[option.name] = option.default if value is None else value
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def markdown_table() -> str:
+    """The README's table of settings, written from OPTIONS: ``python settings.py``."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        default = "(unset)" if option.default is None else f"`{option.default}`"
+        choices = f" ({', '.join(option.choices)})" if option.choices else ""
+        rows.append(f"| `{option.flag}` | `{option.env_var}` | {default} | {option.help}{choices} |")
+    return "\n".join(rows)

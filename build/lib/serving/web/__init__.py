@@ -1,0 +1,1 @@
+"""The web tier: the app factory, front doors, the upload path, responses, OpenAPI, metrics."""

@@ -1,0 +1,45 @@
+"""The one Flask app factory: settings and the queue in ``app.extensions``, the API and the upload
+page as blueprints, JSON errors, the request log and /metrics.
+
+    gunicorn -c gunicorn.conf.py "run_keras_server:create_app()"
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from serving.images import MemoryBudget
+from serving.queue import DEFAULT_URL
+from serving.queue.connection import open_queue
+from serving.settings import Settings, load_settings
+from serving.web import memory, metrics, request_log, responses
+from serving.web.routes import api, jobs, ui, v2
+from serving.web.services import EXTENSION, Services
+from serving.web.worker_directory import WorkerDirectory
+
+FORM_PARTS = 64  # multipart parts a request may have: images, top_k, and room to spare
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The web tier, configured from the environment when no settings are given (gunicorn)."""
+    settings = settings or load_settings([])
+    # Only the wait for a request's answers may block for long; every other call fails fast.
+    queue = open_queue(
+        settings.redis_url or DEFAULT_URL,
+        settings.queue_name,
+        call_timeout=settings.redis_timeout,
+        longest_block=settings.longest_web_wait,
+    )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["MAX_FORM_PARTS"] = FORM_PARTS
+    budget = MemoryBudget(settings.decode_memory_mb * 2**20, release=memory.release_freed_memory)
+    app.extensions[EXTENSION] = Services(settings, queue, WorkerDirectory(queue), budget)
+    request_log.register_request_log(app)
+    metrics.register_metrics(app)
+    responses.register_error_handlers(app)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(ui.blueprint)
+    app.register_blueprint(v2.blueprint)
+    return app

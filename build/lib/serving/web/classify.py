@@ -1,0 +1,147 @@
+"""The one path from a front door to the queue. Every door (/predict, /jobs, /v2, the upload
+page) turns what it received into ``Uploads``; ``prepare_uploads`` applies every request-level
+limit (at least one image, at most --max-images-per-request, top_k within the model's classes)
+and decodes each image to the model's input; ``classify`` queues one message per image and
+waits for every answer within the deadline. Only the shape of the HTTP answer differs by door.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from serving.images import ImageError, MemoryBudget, decode_image, decoded_side, fit_image
+from serving.queue import RedisQueue
+from serving.queue.messages import Answer, ModelInfo, image_messages
+from serving.settings import Settings
+from serving.web import request_log
+from serving.web.responses import ServiceUnavailable
+from serving.web.services import Services, services
+from serving.web.uploads import Uploads, checked_top_k
+
+QUEUE_FULL = "The server is busy: the queue is full. Try again shortly."
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request's images as the model's input, and how to answer it."""
+
+    images: list[np.ndarray]
+    top_k: int
+    as_list: bool  # answer with a list of results, even for one image
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The outcome of one request: its status and JSON body, as /predict answers them."""
+
+    request_id: str
+    status: int
+    body: dict
+    answers: tuple[Answer, ...] = ()  # per image, in upload order, when every image was answered
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return sorted({answer.batch.id for answer in self.answers if answer.batch})
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """Every door's request-level limit on images: at least one, at most ``limit``."""
+    if count == 0:
+        raise ImageError("The request carries no image.")
+    if count > limit:
+        raise ImageError(f"The request carries {count} images; the limit is {limit}.")
+
+
+def prepare_images(
+    uploads: Sequence[bytes],
+    model: ModelInfo,
+    max_pixels: int,
+    budget: MemoryBudget | None = None,
+    on_decoded: Callable[[Image.Image], None] | None = None,
+) -> list[np.ndarray]:
+    """Every upload as the model's input; one that cannot be read fails them all, by its number.
+    ``on_decoded`` sees each decoded image before it is fitted (the page's thumbnail)."""
+    prepared = []
+    for number, data in enumerate(uploads, start=1):
+        try:
+            image = decode_image(data, max_pixels, decoded_side(model.input_size, model.resize), budget)
+            if on_decoded:
+                on_decoded(image)
+            prepared.append(fit_image(image, model.input_size, model.resize))
+        except ImageError as exc:
+            if len(uploads) == 1:
+                raise
+            raise ImageError(f"Image {number} of {len(uploads)}: {exc}") from None
+    return prepared
+
+
+def prepare_uploads(
+    serving: Services, uploads: Uploads, on_decoded: Callable[[Image.Image], None] | None = None
+) -> Prepared:
+    """The uploads checked against every request-level limit and decoded; any bad image fails
+    them all, before anything is queued."""
+    settings = serving.settings
+    check_image_count(len(uploads.images), settings.max_images_per_request)
+    model = serving.workers.model()
+    top_k = checked_top_k(uploads.top_k, settings.top_k, model.classes)
+    images = prepare_images(
+        uploads.images, model, settings.max_image_pixels, serving.decode_budget, on_decoded
+    )
+    return Prepared(images, top_k, uploads.as_list or len(images) > 1)
+
+
+def run_classification(prepared: Prepared) -> Classification:
+    """Within a request: queue prepared images and wait; the request log learns the request id
+    and batches."""
+    serving = services()
+    result = classify(serving.queue, serving.settings, prepared.images, prepared.top_k, prepared.as_list)
+    request_log.note(request_id=result.request_id, batch=",".join(result.batch_ids) or None)
+    return result
+
+
+def classify(
+    queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int, as_list: bool = False
+) -> Classification:
+    """Queue the images as one request and wait for all their answers, within the deadline;
+    ``as_list`` answers with a list of results even for one image."""
+    request_id = new_request_id()
+    now = time.time()
+    messages = image_messages(request_id, images, top_k, now, now + settings.client_timeout)
+    if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
+        raise ServiceUnavailable(QUEUE_FULL)
+    answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
+    if len(answers) < len(messages):
+        answered = {answer.index for answer in answers}
+        _, late = queue.withdraw(request_id, [m for i, m in enumerate(messages) if i not in answered])
+        answers += late
+    if len(answers) < len(messages):
+        error = f"No result within {settings.client_timeout:g} s; the request was withdrawn."
+        return Classification(request_id, 504, {"success": False, "error": error, "request_id": request_id})
+    ordered = tuple(sorted(answers, key=lambda answer: answer.index))
+    status, body = compose(ordered, as_list or len(ordered) > 1)
+    body["request_id"] = request_id
+    return Classification(request_id, status, body, ordered)
+
+
+def compose(answers: Sequence[Answer], as_list: bool) -> tuple[int, dict]:
+    """The status and body for a request's answers (in image order): a single result, or a list
+    of them; the first failed image fails the request."""
+    failed = next((answer for answer in answers if not answer.ok), None)
+    if failed:
+        error = failed.error or "The request failed."
+        if len(answers) > 1:
+            error = f"Image {failed.index + 1} of {len(answers)}: {error}"
+        return failed.status, {"success": False, "error": error}
+    if as_list:
+        return 200, {"success": True, "results": [answer.body for answer in answers]}
+    return 200, {"success": True, **answers[0].body}

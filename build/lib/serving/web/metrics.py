@@ -1,0 +1,177 @@
+"""Prometheus metrics: HTTP metrics per web process, queue and model metrics from Redis.
+
+Two sources, because the web processes and the model workers may live on different hosts:
+
+- HTTP requests (count by status, latency) are recorded by prometheus-client in the web
+  process that answered. Under gunicorn, PROMETHEUS_MULTIPROC_DIR (an empty directory, set
+  before the app is imported; gunicorn.conf.py sees to both) makes every scrape sum all the
+  processes of that server.
+- Queue depth, live workers, batch sizes, model time and dropped requests describe the whole
+  deployment, so they live in Redis: each worker adds its batch stats to one hash under the
+  queue name (one MULTI every quarter second), and /metrics reads Redis at scrape time. Every web
+  server therefore reports the same deployment-wide values: aggregate them with max(), not sum().
+
+No gauge is kept in the multiprocess files, so no per-process cleanup (mark_process_dead) is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import redis
+from flask import Flask, Response, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from serving.queue import RedisQueue
+from serving.queue.messages import BULK, INTERACTIVE, LANES
+from serving.queue.stats import BATCH_SIZE_BUCKETS, MODEL_SECONDS_BUCKETS
+from serving.web import request_log
+from serving.worker.stats import BatchObserver  # noqa: F401
+from serving.web.services import services
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HTTP_REQUESTS = Counter(
+    "inference_http_requests",
+    "HTTP requests answered, by route and status.",
+    ["method", "endpoint", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "inference_http_request_duration_seconds",
+    "Time from request received to response ready, by route.",
+    ["method", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def _histogram(name: str, doc: str, stats: dict[str, str], prefix: str, bounds: tuple):
+    """Cumulative Prometheus buckets from the per-bucket counts the workers wrote."""
+    buckets, running = [], 0
+    for bound in (*bounds, "+Inf"):
+        running += int(stats.get(f"{prefix}:{bound}", 0))
+        buckets.append((str(float(bound)) if bound != "+Inf" else bound, running))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(stats.get(f"{prefix}_sum", 0)))
+
+
+class QueueCollector:
+    """Read at scrape time from Redis: queue depth, live workers and the workers' batch stats."""
+
+    def __init__(self, queue: RedisQueue, capacities: dict[str, int]):
+        self.queue = queue
+        self.capacities = capacities  # per lane: the depth at which new work gets 503
+
+    def collect(self):
+        up = GaugeMetricFamily("inference_redis_up", "1 if Redis answered this scrape, else 0.")
+        try:
+            pipe = self.queue.redis.pipeline(transaction=False)
+            for lane in LANES:
+                pipe.llen(self.queue.keys.lane(lane))
+            pipe.hgetall(self.queue.keys.stats)
+            *depths, raw_stats = pipe.execute()
+            workers = self.queue.live_workers()
+        except redis.RedisError as exc:
+            log.warning("metrics scrape could not read Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
+        depth = GaugeMetricFamily(
+            "inference_queue_depth", "Images waiting in the Redis queue, by lane.", labels=["lane"]
+        )
+        capacity = GaugeMetricFamily(
+            "inference_queue_capacity", "Lane depth at which new work gets 503.", labels=["lane"]
+        )
+        for lane, waiting in zip(LANES, depths):
+            depth.add_metric([lane], waiting)
+            capacity.add_metric([lane], self.capacities[lane])
+        yield depth
+        yield capacity
+        jobs = CounterMetricFamily("inference_jobs", "Jobs that ended, by final status.", labels=["status"])
+        for final in ("done", "failed", "expired", "cancelled"):
+            jobs.add_metric([final], int(stats.get(f"jobs:{final}", 0)))
+        yield jobs
+        yield GaugeMetricFamily(
+            "inference_workers_live", "Model workers with a live heartbeat.", value=len(workers)
+        )
+        info = GaugeMetricFamily(
+            "inference_worker_info",
+            "One per live model worker (value 1).",
+            labels=["worker", "host", "model"],
+        )
+        for worker_id, beat in sorted(workers.items()):
+            info.add_metric([worker_id, beat.host, beat.model.name], 1)
+        yield info
+        yield _histogram(
+            "inference_batch_size",
+            "Images per model call, all workers.",
+            stats,
+            "batch_size",
+            BATCH_SIZE_BUCKETS,
+        )
+        yield _histogram(
+            "inference_model_seconds",
+            "Model time per batch, all workers.",
+            stats,
+            "model_seconds",
+            MODEL_SECONDS_BUCKETS,
+        )
+        yield CounterMetricFamily(
+            "inference_dropped_expired",
+            "Queued images dropped unprocessed because their deadline had passed.",
+            value=int(stats.get("dropped_expired", 0)),
+        )
+
+
+class _Scrape:
+    def __init__(self, *sources):
+        self.sources = sources
+
+    def collect(self):
+        for source in self.sources:
+            yield from source.collect()
+
+
+def _process_metrics():
+    """This process's metrics, or every process's of this server under gunicorn."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def register_metrics(app: Flask) -> None:
+    @app.after_request
+    def count_request(response: Response):
+        # The route pattern, not the path, keeps the label set bounded whatever clients send.
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        method = request.method if request.method in ("GET", "POST", "HEAD", "DELETE") else "other"
+        HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - request_log.started_at())
+        return response
+
+    @app.get("/metrics")
+    def metrics():
+        serving = services()
+        capacities = {
+            INTERACTIVE: serving.settings.max_queue_length,
+            BULK: serving.settings.max_job_queue_length,
+        }
+        queue_metrics = QueueCollector(serving.queue, capacities)
+        body = generate_latest(_Scrape(_process_metrics(), queue_metrics))
+        return Response(body, mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,136 @@
+"""Submit now, fetch later: asynchronous jobs on the bulk lane of the same queue.
+
+    POST   /jobs            the same inputs as /predict; 202 at once, Location: /jobs/<id>
+    GET    /jobs/<id>       queued | running | done | failed | expired; ?wait=S long-polls
+    DELETE /jobs/<id>       cancel a job (its queued images are never computed) or delete its result
+
+A job's images go to the bulk lane, which workers take only to top up a batch after the
+interactive lane, so bulk work never makes an interactive request wait for more than one batch.
+Job state lives only in Redis: any web server answers for any job, and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from flask import Blueprint, request
+
+from serving.queue import JobSpec
+from serving.queue.messages import BULK, Answer, image_messages
+from serving.settings import LONGEST_JOB_WAIT_SECONDS
+from serving.web import request_log
+from serving.web.classify import compose, new_request_id, prepare_uploads
+from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
+from serving.web.services import services
+from serving.web.uploads import read_uploads
+
+blueprint = Blueprint("jobs", __name__)
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+BULK_FULL = "The server is busy: the job queue is full. Try again shortly."
+FINAL = ("done", "failed", "expired")
+
+
+class JobNotFound(ApiError):
+    status = 404
+
+    def __init__(self, job_id: str, why: str = "it never existed, was deleted, or its result expired"):
+        super().__init__(f"No job {job_id}: {why}.")
+
+
+@blueprint.post("/jobs")
+def submit():
+    serving = services()
+    settings = serving.settings
+    prepared = prepare_uploads(serving, read_uploads())
+    now = time.time()
+    job = JobSpec(
+        new_request_id(), now, now + settings.job_timeout, prepared.top_k, prepared.as_list, settings.job_ttl
+    )
+    messages = image_messages(job.id, prepared.images, prepared.top_k, now, job.deadline, lane=BULK)
+    if not serving.queue.create_job(job, messages, settings.max_job_queue_length):
+        raise ServiceUnavailable(BULK_FULL)
+    request_log.note(request_id=job.id)
+    body = {"id": job.id, "status": "queued", "images": len(messages)}
+    return json_response(body, 202, {"Location": f"/jobs/{job.id}"})
+
+
+@blueprint.get("/jobs/<job_id>")
+def status(job_id: str):
+    queue = services().queue
+    state = _state(job_id)
+    wait = _wait_seconds()
+    if wait and state["status"] not in FINAL:
+        queue.wait_job(job_id, wait)
+        state = _state(job_id)
+    return json_response(state)
+
+
+@blueprint.delete("/jobs/<job_id>")
+def delete(job_id: str):
+    _check_id(job_id)
+    fields = services().queue.cancel_job(job_id)
+    if not fields:
+        raise JobNotFound(job_id)
+    images, answered = int(fields["images"]), int(fields["answered"])
+    if fields["status"] in FINAL:
+        return json_response({"id": job_id, "status": "deleted", "images": images})
+    return json_response(
+        {
+            "id": job_id,
+            "status": "cancelled",
+            "images": images,
+            "done": answered,
+            "cancelled": images - answered,
+        }
+    )
+
+
+def _check_id(job_id: str) -> None:
+    if not JOB_ID.match(job_id):  # not one this server made: 404 without asking Redis
+        raise JobNotFound(job_id, "job ids are 32 hexadecimal digits")
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = float("nan")
+    if not 0 <= wait <= LONGEST_JOB_WAIT_SECONDS:  # NaN fails this too
+        raise BadRequest(f"wait must be a number of seconds up to {LONGEST_JOB_WAIT_SECONDS:g}, not {raw!r}.")
+    return wait
+
+
+def _state(job_id: str) -> dict:
+    """The job as GET answers it: its progress, then the same body /predict gives once it ends."""
+    _check_id(job_id)
+    found = services().queue.job_state(job_id)
+    if found is None:
+        raise JobNotFound(job_id)
+    fields, results = found
+    status, images, answered = fields["status"], int(fields["images"]), int(fields["answered"])
+    deadline = float(fields["deadline"])
+    if status in ("queued", "running") and time.time() > deadline:
+        status = "expired"  # no worker has reached it yet to say so
+    body: dict = {
+        "id": job_id,
+        "status": status,
+        "images": images,
+        "done": answered,
+        "created": float(fields["created"]),
+        "deadline": deadline,
+    }
+    if status == "expired":
+        body.update(
+            success=False,
+            error=f"The job's images were not computed within its {deadline - float(fields['created']):g} s.",
+        )
+    elif status in ("done", "failed"):
+        answers = [Answer.from_bytes(results[index], job_id, BULK) for index in sorted(results)]
+        body.update(compose(answers, fields["as_list"] == "1")[1])
+        body["finished"] = float(fields["finished"])
+    return body

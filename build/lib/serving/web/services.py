@@ -1,0 +1,26 @@
+"""What every view needs, built once per app by serving/app.py and read from the current app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from serving.images import MemoryBudget
+from serving.queue import RedisQueue
+from serving.settings import Settings
+from serving.web.worker_directory import WorkerDirectory
+
+EXTENSION = "keras_serving"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    queue: RedisQueue
+    workers: WorkerDirectory
+    decode_budget: MemoryBudget  # decoded pixels this process holds at once
+
+
+def services() -> Services:
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,48 @@
+"""The worker tier's factory, beside the web tier's ``create_app``: load the model on its
+runtime, warm it up, and connect a worker to the queue."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
+from serving.models.runtimes import default_cache_dir
+from serving.queue import DEFAULT_URL, open_queue
+from serving.settings import Settings
+from serving.worker.loop import IDLE_TIMEOUT, ModelWorker
+from serving.worker.stats import RedisBatchStats
+
+log = logging.getLogger(__name__)
+
+
+def create_worker(settings: Settings) -> ModelWorker:
+    """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the queue."""
+    configure_tensorflow(settings.model_threads)
+    options = RuntimeOptions(
+        settings.runtime,
+        settings.precision,
+        settings.model_threads,
+        Path(settings.model_cache) if settings.model_cache else default_cache_dir(),
+    )
+    classifier = load_classifier(
+        settings.model, settings.weights, settings.labels, settings.preprocess, settings.resize, options
+    )
+    if classifier.note:
+        log.warning("%s", classifier.note)
+    started = time.perf_counter()
+    # Every batch size once, before the first heartbeat: ready means warm (OpenVINO prepares
+    # each new input shape on its first call, TensorFlow traces its graph once).
+    batch_seconds = classifier.warm_up(range(1, settings.batch_size + 1))
+    log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
+    queue = open_queue(
+        settings.redis_url or DEFAULT_URL,
+        settings.queue_name,
+        call_timeout=settings.redis_timeout,
+        longest_block=IDLE_TIMEOUT,
+    )
+    # Batch stats go to Redis, so /metrics on any web server reports every worker's.
+    return ModelWorker(
+        queue, classifier, settings, observer=RedisBatchStats(queue), batch_seconds=batch_seconds
+    )

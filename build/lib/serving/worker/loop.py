@@ -1,0 +1,302 @@
+"""The model worker: take a batch from Redis, run the model once, answer every image in it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import redis
+
+from serving.models.classifier import Classifier
+from serving.queue import Batch, RedisQueue
+from serving.queue.connection import patient_retry
+from serving.queue.messages import (
+    BULK,
+    Answer,
+    BatchInfo,
+    Heartbeat,
+    JobImage,
+    MessageError,
+    ModelInfo,
+    Request,
+)
+from serving.settings import Settings
+from serving.worker.batching import BatchPolicy
+from serving.worker.stats import BatchObserver
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 1.0  # longest block on empty lanes, so a stop request is seen within a second
+BATCH_FAILED = "The server failed on this request's batch."
+MODEL_FAILED = "The model failed on this request's batch."
+
+
+def describe(classifier: Classifier) -> ModelInfo:
+    """The model as the wire records it: what web servers need to prepare its images."""
+    return ModelInfo(
+        name=classifier.name,
+        input_size=classifier.input_size,
+        classes=len(classifier.labels),
+        resize=classifier.resize,
+        runtime=classifier.runtime,
+        precision=classifier.precision,
+        note=classifier.note,
+    )
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch came to: an answer for every image that gets one, and what happened."""
+
+    answers: list[Answer]
+    computed: int = 0  # images the model ran
+    model_seconds: float = 0.0
+    expired: int = 0  # images dropped unrun for their deadline
+    expired_jobs: tuple[str, ...] = ()  # the jobs those belonged to
+
+
+@dataclass
+class Parsed:
+    """A batch's messages sorted out: images to run, and answers already decided."""
+
+    requests: list[Request]
+    answers: list[Answer]
+    expired: int = 0
+    expired_jobs: list[str] = field(default_factory=list)  # jobs with images dropped for their deadline
+
+
+def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, int]) -> Parsed:
+    """Read every message; a bad one gets its own error answer (or is dropped when it names no
+    sender), an expired one is dropped unrun: its client has been told 504 already."""
+    parsed = Parsed([], [])
+    for raw in messages:
+        try:
+            request = Request.from_bytes(raw)
+        except MessageError as exc:
+            if exc.reply is None:
+                log.error("dropping a message that is not a request (%s): %.60r", exc, raw)
+            else:
+                parsed.answers.append(
+                    Answer.failed(exc.reply, 500, f"The queued message is invalid ({exc}).")
+                )
+            continue
+        if request.deadline < now:
+            parsed.expired += 1
+            if request.lane == BULK:
+                parsed.expired_jobs.append(request.reply_to)
+        elif request.pixels.shape != input_shape:
+            parsed.answers.append(
+                Answer.failed(
+                    request.reply,
+                    500,
+                    f"The queued image is {list(request.pixels.shape)}; this worker's model takes "
+                    f"{list(input_shape)}.",
+                )
+            )
+        else:
+            parsed.requests.append(request)
+    return parsed
+
+
+def error_for_each(batch: Batch, text: str) -> list[Answer]:
+    """A 500 answer for every image of the batch whose sender can be read."""
+    answers = []
+    readers: list[tuple[bytes, Callable[[bytes], Request | JobImage]]]
+    readers = [(raw, Request.from_bytes) for raw in batch.interactive]
+    readers += [(raw, JobImage.from_bytes) for raw in batch.bulk]
+    for raw, read in readers:
+        try:
+            answers.append(Answer.failed(read(raw).reply, 500, text))
+        except MessageError as exc:
+            if exc.reply:
+                answers.append(Answer.failed(exc.reply, 500, text))
+    return answers
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        queue: RedisQueue,
+        classifier: Classifier,
+        settings: Settings,
+        worker_id: str | None = None,
+        observer: BatchObserver | None = None,
+        batch_seconds: dict[int, float] | None = None,
+    ):
+        self.queue = queue
+        self.classifier = classifier
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.stopping = threading.Event()
+        self.observer = observer or BatchObserver()
+        self._input_shape = (classifier.input_size[1], classifier.input_size[0], 3)
+        # When a batch is ready and how much bulk work it may carry (from warm-up, then followed).
+        self.policy = BatchPolicy(settings.batch_size, settings.batch_wait_ms / 1000, batch_seconds)
+        self._model = describe(classifier)  # as every answer names it
+        self._heartbeat = Heartbeat(
+            model=self._model, host=socket.gethostname(), pid=os.getpid(), batch_size=settings.batch_size
+        )
+        # Answers are worth writing while their clients may still wait: retry that long.
+        self._answer_retry = patient_retry(settings.request_lifetime)
+
+    # Lifecycle -----------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from ``run``."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        info = describe(self.classifier)
+        log.info(
+            "worker %s serving %s (runtime %s, precision %s, resize %s), batches of up to %d",
+            self.worker_id,
+            info.name,
+            info.runtime or "-",
+            info.precision or "-",
+            info.resize,
+            self.settings.batch_size,
+        )
+        try:  # alive before the first take, or another worker could requeue what this one holds
+            self._beat()
+        except redis.RedisError:
+            pass  # Redis is down; the heartbeat loop keeps trying
+        heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heart.start()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.step()
+                except Exception:  # a bug must not take the worker down with it
+                    log.exception("worker step failed; continuing")
+                    self.stopping.wait(1.0)
+        finally:
+            self.stopping.set()
+            heart.join(timeout=2)
+            try:
+                self.queue.sign_off(self.worker_id)
+            except redis.RedisError:
+                pass
+            log.info("worker %s stopped", self.worker_id)
+
+    def step(self) -> int:
+        """Take and answer one batch. Returns how many messages it took."""
+        try:
+            batch = self.policy.next_batch(self.queue, self.worker_id, IDLE_TIMEOUT)
+        except redis.RedisError as exc:
+            log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
+            self.stopping.wait(1.0)
+            return 0
+        if batch:
+            self.policy.took(len(batch))
+            self.answer(batch)
+        return len(batch)
+
+    def _beat(self) -> None:
+        self.queue.beat(self.worker_id, self._heartbeat, self.settings.heartbeat_ttl)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_ttl / 3
+        next_reap = 0.0
+        while not self.stopping.is_set():
+            try:
+                self._beat()
+                if time.monotonic() >= next_reap:
+                    moved = self.queue.requeue_dead()
+                    if moved:
+                        log.warning("returned %d messages of dead workers to the queue", moved)
+                    next_reap = time.monotonic() + self.settings.heartbeat_ttl
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+            self.stopping.wait(interval)
+
+    # One batch -----------------------------------------------------------------
+    def answer(self, batch: Batch) -> None:
+        """Compute and write the batch's answers; then tell the observer, which must never cost
+        an answer."""
+        try:
+            result = self.process(batch)
+        except Exception:  # answer the batch anyway: a live worker's batch is never requeued
+            log.exception("processing a batch of %d failed", len(batch))
+            result = BatchResult(error_for_each(batch, BATCH_FAILED))
+        self._write(result)
+        if result.computed:
+            self.policy.ran(result.computed, result.model_seconds, interactive=bool(batch.interactive))
+        try:
+            if result.expired:
+                self.observer.dropped_expired(result.expired)
+            if result.computed:
+                self.observer.batch_done(result.computed, result.model_seconds)
+        except Exception:
+            log.exception("the batch observer failed; the answers were written")
+
+    def process(self, batch: Batch) -> BatchResult:
+        """The answers for a batch, computed in one model call."""
+        started = time.time()
+        # A cancelled or ended job's images have no message any more: they are dropped here.
+        messages = (
+            batch.interactive + self.queue.open_job_images(batch.bulk) if batch.bulk else batch.interactive
+        )
+        parsed = parse_batch(messages, started, self._input_shape)
+        requests = parsed.requests
+        decided = BatchResult(parsed.answers, expired=parsed.expired, expired_jobs=tuple(parsed.expired_jobs))
+        if not requests:
+            return decided
+        batch_id = uuid.uuid4().hex[:12]
+        model_started = time.perf_counter()
+        try:
+            probabilities = self.classifier.predict(np.stack([r.pixels for r in requests]))
+            ranked = self.classifier.top_k(probabilities, max(r.top_k for r in requests))
+        except Exception:
+            log.exception("model failed on batch %s of %d", batch_id, len(requests))
+            failed = [Answer.failed(r.reply, 500, MODEL_FAILED) for r in requests]
+            return replace(decided, answers=parsed.answers + failed)
+        model_seconds = time.perf_counter() - model_started
+        model_ms = round(model_seconds * 1000, 2)
+        log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_ms)
+        info = BatchInfo(batch_id, len(requests), self.worker_id)
+        answers = parsed.answers + [
+            Answer(
+                request.reply_to,
+                request.index,
+                request.lane,
+                200,
+                predictions=predictions[: request.top_k],
+                model=self._model,
+                batch=info,
+                queued_ms=round((started - request.queued_at) * 1000, 2),
+                model_ms=model_ms,
+            )
+            for request, predictions in zip(requests, ranked)
+        ]
+        return replace(decided, answers=answers, computed=len(requests), model_seconds=model_seconds)
+
+    def _write(self, result: BatchResult) -> None:
+        """Write the answers (and mark jobs whose images expired), retrying while Redis is away:
+        the clients may still be waiting."""
+
+        def failed(exc: Exception) -> None:
+            log.warning("writing %d answers failed (%s); retrying", len(result.answers), exc)
+
+        try:
+            self._answer_retry.call_with_retry(
+                lambda: self.queue.answer(
+                    self.worker_id,
+                    result.answers,
+                    self.settings.result_ttl,
+                    self.settings.job_ttl,
+                    expired_jobs=result.expired_jobs,
+                ),
+                failed,
+            )
+        except redis.RedisError as exc:
+            log.error("could not write %d answers: %s", len(result.answers), exc)
