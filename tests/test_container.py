@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -137,8 +138,15 @@ def test_the_web_install_has_no_model_runtime_and_serves(colour_model, tmp_path)
     venv = tmp_path / "web-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
+    source = tmp_path / "source"  # a copy of the tracked tree: pip builds in place and leaves build/
+    source.mkdir()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[web]"],
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{source}[web]"],
         capture_output=True,
         text=True,
         timeout=1200,

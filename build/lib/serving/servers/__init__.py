@@ -1,1 +1,0 @@
-"""HTTP servers for the web tier: waitress for one process, gunicorn in production."""

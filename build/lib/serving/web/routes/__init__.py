@@ -1,1 +1,0 @@
-"""The front doors: /predict and the probes, /jobs, the Open Inference Protocol, the upload page."""

@@ -1,1 +1,0 @@
-"""The model worker: the loop, the batching policy, batch stats, and its factory."""
