@@ -84,4 +84,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if embedded:
             embedded.stop()
-
