@@ -7,14 +7,21 @@ HOST, PORT, WEB_THREADS, CLIENT_TIMEOUT, LOG_LEVEL, REDIS_URL, ... Processes per
 WEB_CONCURRENCY (gunicorn's own variable). Any gunicorn flag given on the command line wins.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving.settings import load_settings
 from serving.web.memory import limit_arenas
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 _settings = load_settings([])
 
@@ -46,7 +53,7 @@ errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)sB %(M)sms pid=%(p)s request_id=%({x-request-id}o)s'
 
 
-def on_starting(server):
+def on_starting(server: Arbiter) -> None:
     """The app's own log lines (one per /predict with its batch id) go to stderr beside gunicorn's;
     counts left by an earlier run are wiped."""
     logging.basicConfig(
@@ -57,11 +64,11 @@ def on_starting(server):
         stale.unlink()
 
 
-def post_fork(server, worker):
+def post_fork(server: Arbiter, worker: Worker) -> None:
     """Two malloc arenas for the web process's threads (serving/web/memory.py)."""
     limit_arenas()
 
 
-def on_exit(server):
+def on_exit(server: Arbiter) -> None:
     if _own_metrics_dir:
         shutil.rmtree(METRICS_DIR, ignore_errors=True)

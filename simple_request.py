@@ -14,13 +14,16 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:5000/predict"
 
 
-def classify(images: list[Path], url: str, timeout: float, top_k: int | None = None) -> tuple[int, dict]:
+def classify(
+    images: list[Path], url: str, timeout: float, top_k: int | None = None
+) -> tuple[int, dict[str, Any]]:
     with ExitStack() as files:
         fields = [("image", (image.name, files.enter_context(image.open("rb")))) for image in images]
         params = {"top_k": top_k} if top_k else None
@@ -29,7 +32,7 @@ def classify(images: list[Path], url: str, timeout: float, top_k: int | None = N
 
 def classify_later(
     images: list[Path], url: str, timeout: float, top_k: int | None = None
-) -> tuple[int, dict]:
+) -> tuple[int, dict[str, Any]]:
     """Submit a job, then long-poll it until it ends or ``timeout`` passes."""
     jobs_url = url.rsplit("/predict", 1)[0] + "/jobs"
     status, body = classify(images, jobs_url, timeout, top_k)
@@ -47,14 +50,14 @@ def classify_later(
     return status, body
 
 
-def _answer(response: requests.Response) -> tuple[int, dict]:
+def _answer(response: requests.Response) -> tuple[int, dict[str, Any]]:
     try:
         return response.status_code, response.json()
     except ValueError:
         return response.status_code, {"success": False, "error": response.text.strip()[:200]}
 
 
-def print_result(body: dict, name: str | None = None) -> None:
+def print_result(body: dict[str, Any], name: str | None = None) -> None:
     model = body.get("model", {})
     heading = f"{name}: " if name else ""
     note = f" ({model['note']})" if model.get("note") else ""

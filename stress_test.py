@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 BUSY_STATUSES = frozenset({503, 504})
@@ -33,7 +34,7 @@ class LoadResult:
     statuses: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds, one per request
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         ok = sorted(lat for lat, status in zip(self.latencies, self.statuses) if status == 200)
         return {
             "concurrency": self.concurrency,
@@ -96,10 +97,11 @@ def run_load(
     bar = tqdm(total=requests, unit="req", disable=not progress, leave=False, file=sys.stderr)
 
     def client() -> None:
-        connection = None
+        connection: http.client.HTTPConnection | None = None
         while next(tickets) < requests:
             if connection is None:
-                connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+                host = cast(str, parts.hostname)  # the URL names its host
+                connection = http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
             started = time.perf_counter()
             try:
                 connection.request("POST", path, body=body, headers=headers)
@@ -111,6 +113,7 @@ def run_load(
                     connection = None
             except (OSError, http.client.HTTPException):
                 status = CONNECTION_ERROR
+                assert connection is not None  # opened before the try, dropped only after an answer
                 connection.close()
                 connection = None
             elapsed = time.perf_counter() - started
@@ -132,7 +135,7 @@ def run_load(
     return result
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     statuses = ", ".join(f"{k}: {v}" for k, v in summary["statuses"].items())
     return (
         f"c={summary['concurrency']} requests={summary['requests']} in {summary['seconds']:.2f} s | "

@@ -12,6 +12,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
 from serving.queue.embedded import resolve_redis
@@ -21,23 +24,27 @@ from serving.web.app import create_app
 from serving.web.memory import limit_arenas
 from serving.worker.factory import create_worker
 
+if TYPE_CHECKING:
+    from serving.worker.loop import ModelWorker
+
 __all__ = ["main"]
 
 log = logging.getLogger("serving")
 
 
-def _on_stop_signals(stop) -> None:
+def _on_stop_signals(stop: Callable[[], None]) -> None:
     """SIGTERM or Ctrl-C: stop gracefully with ``stop``; a second one exits at once."""
+    stopping = False
 
-    def handler(signum, frame):
-        if handler.stopping:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
             log.warning("received signal %d again: exiting now", signum)
             raise SystemExit(1)
-        handler.stopping = True
+        stopping = True
         log.info("received signal %d: finishing the work in hand, then exiting", signum)
         stop()
 
-    handler.stopping = False
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_arenas()  # a web process's threads decode images; its model workers are elsewhere
 
     embedded = None
+    worker: ModelWorker | None
     if settings.role == "all":  # one process on a laptop: find a Redis, or start one
         redis_url, embedded = resolve_redis(settings.redis_url)
         settings = settings.replace(redis_url=redis_url)

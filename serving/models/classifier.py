@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,8 @@ class ModelUnavailable(RuntimeError):
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def look_like_probabilities(outputs: np.ndarray) -> bool:
@@ -65,7 +67,7 @@ class Classifier:
             seconds[size] = time.perf_counter() - started
         return seconds
 
-    def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict]]:
+    def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
         """Per row, the k most probable classes, highest first, with their ids."""
         k = min(k, probabilities.shape[1])
         best = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
@@ -76,7 +78,7 @@ class Classifier:
         for row, indexes in enumerate(best.tolist()):
             predictions = []
             for index in indexes:
-                prediction = {
+                prediction: dict[str, Any] = {
                     "label": self.labels[index],
                     "probability": float(probabilities[row, index]),
                     "class_id": index,

@@ -20,7 +20,10 @@ this is exactly the zero padding the PyTorch port applies explicitly
 stride-2 layers), because both reproduce TensorFlow's "SAME" rule.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -58,7 +61,7 @@ STAGES = (
 )
 
 
-def block_configs() -> list[dict]:
+def block_configs() -> list[dict[str, Any]]:
     """Per-block settings in network order (16 blocks), with Keras name prefixes.
 
     Block ``i`` of this list corresponds to ``_blocks.i`` of the PyTorch port.
@@ -79,7 +82,9 @@ def block_configs() -> list[dict]:
     return configs
 
 
-def _conv_bn(x, filters, kernel_size, strides, name, activation=True):
+def _conv_bn(
+    x: keras.KerasTensor, filters: int, kernel_size: int, strides: int, name: str, activation: bool = True
+) -> keras.KerasTensor:
     x = layers.Conv2D(
         filters,
         kernel_size,
@@ -94,7 +99,15 @@ def _conv_bn(x, filters, kernel_size, strides, name, activation=True):
     return x
 
 
-def _mbconv_block(x, name, kernel_size, strides, expand_ratio, filters_in, filters_out):
+def _mbconv_block(
+    x: keras.KerasTensor,
+    name: str,
+    kernel_size: int,
+    strides: int,
+    expand_ratio: int,
+    filters_in: int,
+    filters_out: int,
+) -> keras.KerasTensor:
     """Mobile inverted bottleneck without squeeze-and-excitation (Lite variant)."""
     inputs = x
     if expand_ratio != 1:

@@ -4,6 +4,7 @@ included), probabilities."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,8 +12,11 @@ from .classifier import Classifier, look_like_probabilities, softmax
 from .preprocessing import Preprocessing
 from .runtimes import DEFAULT_OPTIONS, RuntimeOptions, compile_model
 
+if TYPE_CHECKING:
+    import keras
 
-def ends_in_softmax(model) -> bool:
+
+def ends_in_softmax(model: keras.Model) -> bool:
     """Whether the model's last layer is a softmax (a Softmax layer, or a softmax activation)."""
     import keras
 
@@ -24,7 +28,7 @@ def ends_in_softmax(model) -> bool:
 class KerasClassifier(Classifier):
     def __init__(
         self,
-        model,
+        model: keras.Model,
         name: str,
         labels: Sequence[str],
         preprocess: Preprocessing,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,7 @@ IMAGENET_LABELS_PATH = Path(__file__).resolve().parents[1] / "data" / "imagenet_
 
 
 @cache
-def _imagenet_entries() -> tuple[dict, ...]:
+def _imagenet_entries() -> tuple[dict[str, str], ...]:
     return tuple(json.loads(IMAGENET_LABELS_PATH.read_text()))
 
 
@@ -26,7 +27,7 @@ def imagenet_wnids() -> tuple[str, ...]:
     return tuple(entry["wnid"] for entry in _imagenet_entries())
 
 
-def _from_mapping(mapping: dict) -> list[str]:
+def _from_mapping(mapping: dict[Any, Any]) -> list[str]:
     """{label: index} as Keras's class_indices writes it, or {index: label}."""
     if all(isinstance(v, int | np.integer) for v in mapping.values()):
         by_index = {int(index): str(label) for label, index in mapping.items()}

@@ -24,10 +24,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import keras
+    import openvino
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,7 @@ def silence_openvino_telemetry() -> None:
     Hiding openvino_telemetry before OpenVINO is first imported makes its converter fall back to
     the built-in no-op stub; if OpenVINO was imported earlier, the stub is put in its place.
     """
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None blocks the import
     import openvino.tools.ovc.convert_impl as convert_impl
     import openvino.tools.ovc.telemetry_stub as stub
     import openvino.tools.ovc.telemetry_utils as telemetry_utils
@@ -74,7 +81,7 @@ def silence_openvino_telemetry() -> None:
 
 
 def compile_model(
-    model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool = True
+    model: keras.Model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool = True
 ) -> CompiledModel:
     """The model, behind its preprocessing, on the runtime ``options`` ask for; auto: OpenVINO on
     a CPU-only host when it imports, else TensorFlow. Any OpenVINO failure falls back to TensorFlow."""
@@ -111,14 +118,14 @@ def choose_runtime(requested: str) -> tuple[str, str]:
     return "openvino", "no GPU, and OpenVINO is installed"
 
 
-def tensorflow_model(model, preprocessing: Preprocessing) -> CompiledModel:
+def tensorflow_model(model: keras.Model, preprocessing: Preprocessing) -> CompiledModel:
     import tensorflow as tf
 
     _, height, width, channels = model.input_shape
     mean = tf.constant(preprocessing.mean, tf.float32)
     scale = tf.constant(preprocessing.scale, tf.float32)
 
-    def run(pixels):
+    def run(pixels: tf.Tensor) -> tf.Tensor:
         x = tf.cast(pixels, tf.float32)
         if preprocessing.reverse_channels:
             x = tf.reverse(x, axis=[-1])
@@ -132,7 +139,7 @@ def tensorflow_model(model, preprocessing: Preprocessing) -> CompiledModel:
 
 
 def openvino_model(
-    model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool
+    model: keras.Model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool
 ) -> CompiledModel:
     silence_openvino_telemetry()
     import openvino as ov
@@ -163,13 +170,14 @@ def openvino_model(
         request = getattr(requests, "request", None)
         if request is None:
             request = requests.request = compiled.create_infer_request()
-        return request.infer([batch], share_inputs=True)[0].copy()  # the next call reuses the buffer
+        outputs: np.ndarray = request.infer([batch], share_inputs=True)[0]
+        return outputs.copy()  # the next call reuses the buffer
 
     log.info("Running %s with OpenVINO %s on the CPU in %s", model.name, ov.get_version().split("-")[0], used)
     return CompiledModel(call, "openvino", used)
 
 
-def _with_preprocessing(ov, ir, preprocessing: Preprocessing):
+def _with_preprocessing(ov: ModuleType, ir: openvino.Model, preprocessing: Preprocessing) -> openvino.Model:
     """The converted model taking uint8 NHWC pixels, its input scaling run by OpenVINO."""
     from openvino.preprocess import PrePostProcessor
 
@@ -186,7 +194,7 @@ def _with_preprocessing(ov, ir, preprocessing: Preprocessing):
     return ppp.build()
 
 
-def cache_key(model, ov_version: str) -> str:
+def cache_key(model: keras.Model, ov_version: str) -> str:
     """The model's content (architecture and every weight) and the OpenVINO version."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(ov_version.encode())
@@ -196,7 +204,9 @@ def cache_key(model, ov_version: str) -> str:
     return digest.hexdigest()
 
 
-def _converted(model, ov, core, cache_dir: Path | None, why_not_cached: str = ""):
+def _converted(
+    model: keras.Model, ov: ModuleType, core: openvino.Core, cache_dir: Path | None, why_not_cached: str = ""
+) -> openvino.Model:
     """The OpenVINO model, from the disk cache when this model was converted before."""
     started = time.perf_counter()
     if cache_dir is None:
@@ -232,13 +242,13 @@ def _converted(model, ov, core, cache_dir: Path | None, why_not_cached: str = ""
     return converted
 
 
-def _convert(ov, model):
+def _convert(ov: ModuleType, model: keras.Model) -> openvino.Model:
     with warnings.catch_warnings():  # Keras notes that the converter names the input differently
         warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match", UserWarning)
         return ov.convert_model(model)
 
 
-def _save_atomically(ov, converted, entry: Path) -> None:
+def _save_atomically(ov: ModuleType, converted: openvino.Model, entry: Path) -> None:
     """Written aside, then renamed into place: a reader never sees half a model."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=entry.parent))

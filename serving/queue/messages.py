@@ -62,7 +62,7 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
-def _unpack(raw: bytes) -> dict:
+def _unpack(raw: bytes) -> dict[str, Any]:
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -91,7 +91,7 @@ class Request:
 
     def to_bytes(self) -> bytes:
         pixels = np.ascontiguousarray(self.pixels, dtype=np.uint8)
-        return msgpack.packb(
+        packed: bytes = msgpack.packb(
             {
                 "reply_to": self.reply_to,
                 "index": self.index,
@@ -103,6 +103,7 @@ class Request:
                 "pixels": pixels.tobytes(),
             }
         )
+        return packed
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Request:
@@ -145,7 +146,7 @@ def image_messages(
     ]
 
 
-def _pixels(data: dict) -> np.ndarray:
+def _pixels(data: dict[str, Any]) -> np.ndarray:
     shape, pixels = data.get("shape"), data.get("pixels")
     if not isinstance(shape, list) or len(shape) != 3 or shape[2] != 3:
         raise MessageError("shape must be [height, width, 3]")
@@ -285,7 +286,7 @@ class ModelInfo:
     precision: str = ""  # f32, bf16
     note: str = ""  # a caveat, e.g. that the weights are random
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "name": self.name,
             "input_size": list(self.input_size),

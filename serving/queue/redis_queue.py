@@ -95,7 +95,7 @@ class RedisQueue:
                 break
             raws: list[bytes] = [cast(bytes, popped[1])]
             if count - len(answers) > 1:  # the rest of a multi-image request often lands at once
-                raws += cast(list, self.redis.lpop(key, count - len(answers) - 1) or [])
+                raws += cast(list[bytes], self.redis.lpop(key, count - len(answers) - 1) or [])
             answers += [Answer.from_bytes(raw, request_id) for raw in raws]
         return answers
 
@@ -208,9 +208,9 @@ class RedisQueue:
         processing lists, in one transaction. Returns how many answers were written."""
         pipe = self.redis.pipeline(transaction=True)
         waiting_keys: list[str] = []
-        waiting_args: list = [result_ttl]
+        waiting_args: list[int | bytes] = [result_ttl]
         job_keys: list[str] = [self.keys.stats]
-        job_args: list = [job_ttl * 1000, time.time()]
+        job_args: list[float | bytes] = [job_ttl * 1000, time.time()]
         for answer in answers:
             if answer.lane == BULK:
                 job_keys += self.keys.job_keys(answer.reply_to)

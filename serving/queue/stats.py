@@ -8,7 +8,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def bucket_field(prefix: str, bounds: tuple, value: float) -> str:
+def bucket_field(prefix: str, bounds: tuple[float, ...], value: float) -> str:
     """The hash field of the one (non-cumulative) bucket ``value`` falls in."""
     for bound in bounds:
         if value <= bound:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import orjson
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
@@ -30,11 +33,13 @@ HEADROOM = 0.05  # room made at the limit, as a fraction of it: evictions come i
 class JsonErrorTask(ErrorTask):
     """Waitress's own errors (bad request line, body far too large) in the API's JSON shape."""
 
-    def execute(self):
-        error = self.request.error
+    def execute(self) -> None:
+        # The stubs call ``request`` the Error; it is the parser that failed, holding the Error.
+        error = cast(HTTPRequestParser, self.request).error
+        assert error is not None  # waitress makes an ErrorTask only for a request with an error
         body = orjson.dumps({"success": False, "error": f"{error.reason}: {error.body}."})
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
+        cast(list[tuple[str, str]], self.response_headers).append(("Content-Type", "application/json"))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -46,7 +51,7 @@ class GuardedChannel(HTTPChannel):
     error_task_class = JsonErrorTask
     request_started: float | None = None
 
-    def received(self, data):
+    def received(self, data: bytes) -> bool:
         if data and self.request is None:
             self.request_started = time.monotonic()
         try:
@@ -64,11 +69,15 @@ class GuardedChannel(HTTPChannel):
 class ConnectionGuard:
     """Mixed into waitress's listening server (see ``guard``)."""
 
+    # The listening server's, as this mixin sees them.
     read_timeout: float
-    active_channels: dict
-    adj: object
+    active_channels: dict[int, GuardedChannel]  # ``guard`` makes every channel one
+    adj: Adjustments
+    accepting: bool
+    _map: dict[int, object]
 
-    def maintenance(self, now):
+    def maintenance(self, now: float) -> None:
+        # A mixin: the server class comes after it in the MRO, so mypy sees no super() method.
         super().maintenance(now)  # type: ignore[misc]  # idle past channel_timeout
         too_old = time.monotonic() - self.read_timeout
         for channel in list(self.active_channels.values()):
@@ -76,11 +85,12 @@ class ConnectionGuard:
             if started is not None and started < too_old and not channel.busy:
                 channel.will_close = True
 
-    def readable(self):
-        limit = self.adj.connection_limit  # type: ignore[attr-defined]
-        if self.accepting and len(self._map) >= limit:  # type: ignore[attr-defined]
-            self._make_room(len(self._map) - limit + max(1, int(limit * HEADROOM)))  # type: ignore[attr-defined]
-        return super().readable()  # type: ignore[misc]
+    def readable(self) -> bool:
+        limit = self.adj.connection_limit
+        if self.accepting and len(self._map) >= limit:
+            self._make_room(len(self._map) - limit + max(1, int(limit * HEADROOM)))
+        readable: bool = super().readable()  # type: ignore[misc]  # as in maintenance
+        return readable
 
     def _make_room(self, count: int) -> None:
         """Close ``count`` connections: idle ones first, longest idle first; then partial requests,
@@ -101,5 +111,5 @@ class ConnectionGuard:
 def guard(listener: BaseWSGIServer, read_timeout: float) -> None:
     """Give a waitress listener the guard and its channels the request clock."""
     listener.__class__ = type(f"Guarded{type(listener).__name__}", (ConnectionGuard, type(listener)), {})
-    listener.read_timeout = read_timeout
+    cast(ConnectionGuard, listener).read_timeout = read_timeout
     listener.channel_class = GuardedChannel

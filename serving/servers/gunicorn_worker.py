@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import errno
 import selectors
+import socket
 import time
 from functools import partial
+from typing import Any, cast
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -32,14 +34,14 @@ from serving.settings import load_settings
 class DeadlineSocket:
     """A socket whose reads share one deadline; everything else goes to the socket itself."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.deadline: float | None = None
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
-    def recv(self, size: int, *flags) -> bytes:
+    def recv(self, size: int, *flags: int) -> bytes:
         if self.deadline is None:
             return self._sock.recv(size, *flags)
         remaining = self.deadline - time.monotonic()
@@ -54,11 +56,11 @@ class DeadlineSocket:
 
 
 class GuardedThreadWorker(ThreadWorker):
-    def init_process(self):
+    def init_process(self) -> None:
         self.read_timeout = load_settings([]).read_timeout  # settings come from the environment
         super().init_process()
 
-    def accept(self, listener):
+    def accept(self, listener: socket.socket) -> None:
         """Accept, and wait for the first bytes in the event loop rather than in a thread."""
         try:
             client, address = listener.accept()
@@ -67,14 +69,16 @@ class GuardedThreadWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
-        conn = TConn(self.cfg, DeadlineSocket(client), address, listener.getsockname())
+        sock = cast(socket.socket, DeadlineSocket(client))  # stands in for the socket it wraps
+        conn = TConn(self.cfg, sock, address, listener.getsockname())
         conn.timeout = time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
         self._make_room()
 
-    def handle(self, conn):
-        conn.sock.deadline = time.monotonic() + self.read_timeout  # this request's own deadline
+    def handle(self, conn: TConn) -> bool:
+        sock = cast(DeadlineSocket, conn.sock)  # ``accept`` wrapped it
+        sock.deadline = time.monotonic() + self.read_timeout  # this request's own deadline
         return super().handle(conn)
 
     def _make_room(self) -> None:
@@ -82,7 +86,7 @@ class GuardedThreadWorker(ThreadWorker):
         runs out first (waiting for a first request, or kept alive after one) makes way."""
         while self.nr_conns >= self.worker_connections - 1 and (self.pending_conns or self.keepalived_conns):
             queues = [q for q in (self.pending_conns, self.keepalived_conns) if q]
-            oldest = min(queues, key=lambda queue: queue[0].timeout)
+            oldest = min(queues, key=lambda queue: queue[0].timeout or 0.0)  # always set here
             conn = oldest.popleft()
             try:
                 self.poller.unregister(conn.sock)

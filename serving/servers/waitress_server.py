@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Flask
 from waitress import wasyncore
@@ -27,10 +28,10 @@ log = logging.getLogger(__name__)
 
 
 class HttpServer:
-    def __init__(self, app: Flask, settings: Settings):
+    def __init__(self, app: Flask, settings: Settings) -> None:
         # Every socket waitress watches: listeners (two for a host like "localhost": IPv4 and
         # IPv6), client connections, and its wake-up pipe.
-        self.sockets: dict = {}
+        self.sockets: dict[int, Any] = {}  # fileno: dispatcher (the stubs say socket)
         server = create_server(
             app,
             map=self.sockets,
@@ -60,7 +61,9 @@ class HttpServer:
     def run(self) -> None:
         """Serve until ``request_stop``, then drain; returns when the requests in flight are done."""
         for listener in self.listeners:
-            log.info("Serving HTTP on http://%s:%s", listener.effective_host, listener.effective_port)
+            # effective_host and effective_port are set in waitress's __init__; the stubs lack them.
+            host, port = listener.effective_host, listener.effective_port  # type: ignore[attr-defined]
+            log.info("Serving HTTP on http://%s:%s", host, port)
         while not self._stop_requested:
             self._turn_loop()
         self._drain()

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -46,7 +47,7 @@ class Classification:
 
     request_id: str
     status: int
-    body: dict
+    body: dict[str, Any]
     answers: tuple[Answer, ...] = ()  # per image, in upload order, when every image was answered
 
     @property
@@ -133,7 +134,7 @@ def classify(
     return Classification(request_id, status, body, ordered)
 
 
-def compose(answers: Sequence[Answer], as_list: bool) -> tuple[int, dict]:
+def compose(answers: Sequence[Answer], as_list: bool) -> tuple[int, dict[str, Any]]:
     """The status and body for a request's answers (in image order): a single result, or a list
     of them; the first failed image fails the request."""
     failed = next((answer for answer in answers if not answer.ok), None)

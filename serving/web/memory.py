@@ -23,7 +23,7 @@ M_ARENA_MAX = -8
 WEB_ARENAS = 2
 
 
-def _libc():
+def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"))
     except (OSError, TypeError):
@@ -46,4 +46,4 @@ def limit_arenas() -> bool:
     if mallopt is None:
         log.info("no glibc mallopt here: the platform's malloc keeps its own arenas")
         return False
-    return mallopt(M_ARENA_MAX, WEB_ARENAS) == 1
+    return bool(mallopt(M_ARENA_MAX, WEB_ARENAS) == 1)

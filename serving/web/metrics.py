@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 
 import redis
 from flask import Flask, Response, request
@@ -31,7 +32,13 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from serving.queue import RedisQueue
 from serving.queue.messages import BULK, INTERACTIVE, LANES
@@ -56,12 +63,15 @@ HTTP_LATENCY = Histogram(
 )
 
 
-def _histogram(name: str, doc: str, stats: dict[str, str], prefix: str, bounds: tuple):
+def _histogram(
+    name: str, doc: str, stats: dict[str, str], prefix: str, bounds: tuple[float, ...]
+) -> HistogramMetricFamily:
     """Cumulative Prometheus buckets from the per-bucket counts the workers wrote."""
     buckets, running = [], 0
-    for bound in (*bounds, "+Inf"):
+    edges: tuple[float | str, ...] = (*bounds, "+Inf")
+    for bound in edges:
         running += int(stats.get(f"{prefix}:{bound}", 0))
-        buckets.append((str(float(bound)) if bound != "+Inf" else bound, running))
+        buckets.append((str(float(bound)) if bound != "+Inf" else "+Inf", running))
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(stats.get(f"{prefix}_sum", 0)))
 
 
@@ -72,7 +82,7 @@ class QueueCollector:
         self.queue = queue
         self.capacities = capacities  # per lane: the depth at which new work gets 503
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("inference_redis_up", "1 if Redis answered this scrape, else 0.")
         try:
             pipe = self.queue.redis.pipeline(transaction=False)
@@ -137,26 +147,26 @@ class QueueCollector:
 
 
 class _Scrape:
-    def __init__(self, *sources):
+    def __init__(self, *sources: Collector) -> None:
         self.sources = sources
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         for source in self.sources:
             yield from source.collect()
 
 
-def _process_metrics():
+def _process_metrics() -> CollectorRegistry:
     """This process's metrics, or every process's of this server under gunicorn."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus-client
     return registry
 
 
 def register_metrics(app: Flask) -> None:
     @app.after_request
-    def count_request(response: Response):
+    def count_request(response: Response) -> Response:
         # The route pattern, not the path, keeps the label set bounded whatever clients send.
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         method = request.method if request.method in ("GET", "POST", "HEAD", "DELETE") else "other"
@@ -165,7 +175,7 @@ def register_metrics(app: Flask) -> None:
         return response
 
     @app.get("/metrics")
-    def metrics():
+    def metrics() -> Response:
         serving = services()
         capacities = {
             INTERACTIVE: serving.settings.max_queue_length,

@@ -6,18 +6,23 @@ real ones. tests/test_openapi.py fuzzes the live server against it with schemath
 
 from __future__ import annotations
 
+from typing import Any
+
 from serving.settings import LONGEST_JOB_WAIT_SECONDS, Settings
 from serving.web.openapi_schemas import SCHEMAS, TOP_K, ref
 
 
-def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
-    response: dict = {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
     if headers:
         response["headers"] = headers
     return response
 
 
-def _errors(settings: Settings, shape: str = "Error", **statuses: str) -> dict:
+def _errors(settings: Settings, shape: str = "Error", **statuses: str) -> dict[str, Any]:
     """The error responses of an operation: those every route has, and ``statuses``."""
     retry_after = {"Retry-After": ref("RetryAfter", "headers")}
     descriptions = {
@@ -32,7 +37,7 @@ def _errors(settings: Settings, shape: str = "Error", **statuses: str) -> dict:
     return responses
 
 
-def _classify_errors(settings: Settings, shape: str = "Error") -> dict:
+def _classify_errors(settings: Settings, shape: str = "Error") -> dict[str, Any]:
     return _errors(
         settings,
         shape,
@@ -46,7 +51,7 @@ def _classify_errors(settings: Settings, shape: str = "Error") -> dict:
     )
 
 
-def _predict(settings: Settings) -> dict:
+def _predict(settings: Settings) -> dict[str, Any]:
     request_id = {
         "X-Request-ID": {
             "schema": {"type": "string"},
@@ -109,7 +114,7 @@ def _predict(settings: Settings) -> dict:
     }
 
 
-def _jobs_paths(settings: Settings) -> dict:
+def _jobs_paths(settings: Settings) -> dict[str, Any]:
     job_id = {
         "name": "job_id",
         "in": "path",
@@ -169,8 +174,13 @@ def _jobs_paths(settings: Settings) -> dict:
 
 
 def _get(
-    operation_id: str, summary: str, ok: dict, settings: Settings, shape: str = "Error", **errors: str
-) -> dict:
+    operation_id: str,
+    summary: str,
+    ok: dict[str, Any],
+    settings: Settings,
+    shape: str = "Error",
+    **errors: str,
+) -> dict[str, Any]:
     return {
         "get": {
             "operationId": operation_id,
@@ -180,7 +190,7 @@ def _get(
     }
 
 
-def _v2_paths(settings: Settings, model_name: str | None) -> dict:
+def _v2_paths(settings: Settings, model_name: str | None) -> dict[str, Any]:
     name = {
         "name": "name",
         "in": "path",
@@ -221,7 +231,7 @@ def _v2_paths(settings: Settings, model_name: str | None) -> dict:
             },
         }
     }
-    paths: dict = {
+    paths: dict[str, Any] = {
         "/v2": _get(
             "v2_server_metadata",
             "Server metadata",
@@ -263,7 +273,7 @@ def _v2_paths(settings: Settings, model_name: str | None) -> dict:
     return paths
 
 
-def openapi_spec(settings: Settings, model_name: str | None = None) -> dict:
+def openapi_spec(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
     """The document; ``model_name``, when a worker is alive, is the example of the /v2 paths' name."""
     alive = {
         "type": "object",

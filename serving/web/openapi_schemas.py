@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from serving.settings import RESIZE_MODES
 
 
-def ref(name: str, kind: str = "schemas") -> dict:
+def ref(name: str, kind: str = "schemas") -> dict[str, Any]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
@@ -16,7 +18,7 @@ TOP_K = {
     "description": "Predictions per image (default: the server's --top-k).",
 }
 
-SCHEMAS: dict = {
+SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["success", "error"],

@@ -26,12 +26,12 @@ def elapsed_ms() -> float:
     return round((time.perf_counter() - started_at()) * 1000, 2)
 
 
-def note(**fields) -> None:
+def note(**fields: object) -> None:
     """Add fields to this request's log line (request_id=..., batch=...)."""
     g.setdefault("log_fields", {}).update(fields)
 
 
-def logfmt_value(value) -> str:
+def logfmt_value(value: object) -> str:
     """A key=value log value that keeps the line one parseable line whatever a client sent."""
     text = "-" if value is None else str(value)
     if text and text.isprintable() and not any(c in text for c in ' "=\\'):
@@ -41,11 +41,11 @@ def logfmt_value(value) -> str:
 
 def register_request_log(app: Flask) -> None:
     @app.before_request
-    def start_clock():
+    def start_clock() -> None:
         g.started_at = time.perf_counter()
 
     @app.after_request
-    def log_request(response: Response):
+    def log_request(response: Response) -> Response:
         fields = g.get("log_fields", {})
         client_id = request.headers.get("X-Request-ID")
         request_id = fields.get("request_id")

@@ -4,6 +4,7 @@ as ``{"success": false, "error": "..."}``, or as the protocol's ``{"error": "...
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 import redis
@@ -38,7 +39,7 @@ class ServiceUnavailable(ApiError):
     status = 503
 
 
-def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 

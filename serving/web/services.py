@@ -23,4 +23,5 @@ class Services:
 
 
 def services() -> Services:
-    return current_app.extensions[EXTENSION]
+    serving: Services = current_app.extensions[EXTENSION]
+    return serving

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
         raise BadRequest(f"The inference request header is not valid JSON ({exc}).") from None
 
 
-def _object(value: Any, what: str) -> dict:
+def _object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -76,7 +77,7 @@ def _object(value: Any, what: str) -> dict:
     return value
 
 
-def _images(inputs: list, binary: bytes) -> list[bytes]:
+def _images(inputs: list[Any], binary: bytes) -> list[bytes]:
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f'Send one input tensor, "{INPUT_NAME}": BYTES, one encoded image per element.')
     tensor = inputs[0]
@@ -104,10 +105,10 @@ def _images(inputs: list, binary: bytes) -> list[bytes]:
     return images
 
 
-def _flat(data: Any) -> list:
+def _flat(data: Any) -> list[Any]:
     if not isinstance(data, list):
         raise BadRequest('The input needs "data": base64 strings of encoded images (or binary data).')
-    flat: list = []
+    flat: list[Any] = []
     for item in data:
         flat.extend(_flat(item) if isinstance(item, list) else [item])
     return flat
@@ -151,7 +152,9 @@ def serialize_bytes(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(element)) + element for element in elements)
 
 
-def output_tensors(results: list[list[dict]], outputs: list[RequestedOutput]) -> tuple[list[dict], bytes]:
+def output_tensors(
+    results: Sequence[Sequence[Mapping[str, Any]]], outputs: list[RequestedOutput]
+) -> tuple[list[dict[str, Any]], bytes]:
     """The requested outputs for each image's ranked predictions: JSON tensors, and the binary
     data of those asked in binary, in order."""
     rows, k = len(results), min(len(predictions) for predictions in results)
@@ -161,7 +164,7 @@ def output_tensors(results: list[list[dict]], outputs: list[RequestedOutput]) ->
         ranked = [predictions[:take] for predictions in results]
         if output.classification:
             datatype = "BYTES"
-            values: list = [
+            values: list[Any] = [
                 f"{p['probability']:f}:{p['class_id']}:{p['label']}" for row in ranked for p in row
             ]
         elif output.name == "labels":
@@ -170,7 +173,7 @@ def output_tensors(results: list[list[dict]], outputs: list[RequestedOutput]) ->
             datatype, values = "FP32", [p["probability"] for row in ranked for p in row]
         else:
             datatype, values = "INT64", [p["class_id"] for row in ranked for p in row]
-        tensor: dict = {"name": output.name, "datatype": datatype, "shape": [rows, take]}
+        tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": [rows, take]}
         if output.binary:
             data = _binary(datatype, values)
             tensor["parameters"] = {"binary_data_size": len(data)}
@@ -181,7 +184,7 @@ def output_tensors(results: list[list[dict]], outputs: list[RequestedOutput]) ->
     return tensors, b"".join(binary)
 
 
-def _binary(datatype: str, values: list) -> bytes:
+def _binary(datatype: str, values: list[Any]) -> bytes:
     if datatype == "BYTES":
         return serialize_bytes([str(value).encode() for value in values])
     return np.asarray(values, dtype="<f4" if datatype == "FP32" else "<i8").tobytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -14,7 +15,7 @@ from serving.web.responses import ServiceUnavailable
 NO_WORKER = "No model worker is running; try again shortly."
 
 
-def ready_state(queue: RedisQueue) -> dict:
+def ready_state(queue: RedisQueue) -> dict[str, Any]:
     """What a readiness probe answers when Redis answers and a model worker is alive; else 503.
     Read fresh each time, not from a WorkerDirectory's cache."""
     try:

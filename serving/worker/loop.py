@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 import redis
@@ -25,6 +26,7 @@ from serving.queue.messages import (
     JobImage,
     MessageError,
     ModelInfo,
+    Prediction,
     Request,
 )
 from serving.settings import Settings
@@ -255,7 +257,10 @@ class ModelWorker:
         model_started = time.perf_counter()
         try:
             probabilities = self.classifier.predict(np.stack([r.pixels for r in requests]))
-            ranked = self.classifier.top_k(probabilities, max(r.top_k for r in requests))
+            # The models' prediction dicts are the wire's Prediction (the models know no wire record).
+            ranked = cast(
+                list[list[Prediction]], self.classifier.top_k(probabilities, max(r.top_k for r in requests))
+            )
         except Exception:
             log.exception("model failed on batch %s of %d", batch_id, len(requests))
             failed = [Answer.failed(r.reply, 500, MODEL_FAILED) for r in requests]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint
+from flask import Blueprint, Response
 
 from serving.web import request_log
 from serving.web.classify import prepare_uploads, run_classification
@@ -17,7 +17,7 @@ blueprint = Blueprint("api", __name__)
 
 
 @blueprint.post("/predict")
-def predict():
+def predict() -> Response:
     result = run_classification(prepare_uploads(services(), read_uploads()))
     body = result.body
     if result.status == 200:
@@ -26,17 +26,17 @@ def predict():
 
 
 @blueprint.get("/healthz")
-def healthz():
+def healthz() -> Response:
     return json_response({"alive": True})
 
 
 @blueprint.get("/readyz")
-def readyz():
+def readyz() -> Response:
     return json_response(ready_state(services().queue))
 
 
 @blueprint.get("/openapi.json")
-def openapi():
+def openapi() -> Response:
     serving = services()
     try:
         model_name: str | None = serving.workers.model().name

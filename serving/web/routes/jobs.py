@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 
 from serving.queue import JobSpec
 from serving.queue.messages import BULK, Answer, image_messages
@@ -40,7 +41,7 @@ class JobNotFound(ApiError):
 
 
 @blueprint.post("/jobs")
-def submit():
+def submit() -> Response:
     serving = services()
     settings = serving.settings
     prepared = prepare_uploads(serving, read_uploads())
@@ -57,7 +58,7 @@ def submit():
 
 
 @blueprint.get("/jobs/<job_id>")
-def status(job_id: str):
+def status(job_id: str) -> Response:
     queue = services().queue
     state = _state(job_id)
     wait = _wait_seconds()
@@ -68,7 +69,7 @@ def status(job_id: str):
 
 
 @blueprint.delete("/jobs/<job_id>")
-def delete(job_id: str):
+def delete(job_id: str) -> Response:
     _check_id(job_id)
     fields = services().queue.cancel_job(job_id)
     if not fields:
@@ -105,7 +106,7 @@ def _wait_seconds() -> float:
     return wait
 
 
-def _state(job_id: str) -> dict:
+def _state(job_id: str) -> dict[str, Any]:
     """The job as GET answers it: its progress, then the same body /predict gives once it ends."""
     _check_id(job_id)
     found = services().queue.job_state(job_id)
@@ -116,7 +117,7 @@ def _state(job_id: str) -> dict:
     deadline = float(fields["deadline"])
     if status in ("queued", "running") and time.time() > deadline:
         status = "expired"  # no worker has reached it yet to say so
-    body: dict = {
+    body: dict[str, Any] = {
         "id": job_id,
         "status": status,
         "images": images,

@@ -47,7 +47,7 @@ def _current_model() -> ModelInfo | None:
         return None
 
 
-def _page(status: int = 200, **context) -> Response:
+def _page(status: int = 200, **context: object) -> Response:
     max_bytes = current_app.config["MAX_CONTENT_LENGTH"]
     html = render_template(
         "index.html", model=_current_model(), max_bytes=max_bytes, max_size=_human_bytes(max_bytes), **context
@@ -70,7 +70,7 @@ def _thumbnail_data_url(image: Image.Image) -> str:
 
 
 @blueprint.get("/")
-def index():
+def index() -> Response:
     return _page()
 
 

@@ -47,24 +47,24 @@ def served(name: str, version: str | None) -> ModelInfo:
 
 
 @blueprint.get("")
-def server_metadata():
+def server_metadata() -> Response:
     return json_response(SERVER)
 
 
 @blueprint.get("/health/live")
-def live():
+def live() -> Response:
     return json_response({"live": True})
 
 
 @blueprint.get("/health/ready")
-def ready():
+def ready() -> Response:
     ready_state(services().queue)  # 503 when Redis or every worker is away
     return json_response({"ready": True})
 
 
 @blueprint.get("/models/<name>")
 @blueprint.get("/models/<name>/versions/<version>")
-def model_metadata(name: str, version: str | None = None):
+def model_metadata(name: str, version: str | None = None) -> Response:
     model = served(name, version)
     return json_response(
         {
@@ -87,7 +87,7 @@ def model_metadata(name: str, version: str | None = None):
 
 @blueprint.get("/models/<name>/ready")
 @blueprint.get("/models/<name>/versions/<version>/ready")
-def model_ready(name: str, version: str | None = None):
+def model_ready(name: str, version: str | None = None) -> Response:
     served(name, version)  # the last model served is known while no worker runs: that is not ready
     ready_state(services().queue)
     return json_response({"name": name, "ready": True})
@@ -95,7 +95,7 @@ def model_ready(name: str, version: str | None = None):
 
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
-def infer(name: str, version: str | None = None):
+def infer(name: str, version: str | None = None) -> Response:
     model = served(name, version)
     infer_request = parse_request(request.get_data(), request.headers.get(HEADER_LENGTH))
     top_k = None if infer_request.top_k is None else parse_top_k(infer_request.top_k)
