@@ -12,6 +12,7 @@ from PIL import Image
 
 from harness.launch import server_command
 from harness.processes import ROOT, ServerProcess, free_port, wait_until
+from serving.models.preprocessing import Preprocessing
 from serving.settings import Settings, load_settings
 
 __all__ = ["ROOT", "TESTDATA", "COLOURS", "TINY_INPUT", "free_port", "wait_until"]
@@ -63,6 +64,13 @@ def build_colour_model(directory: Path, slow: bool = False) -> tuple[Path, Path]
     model.save(model_path)
     labels_path.write_text(json.dumps(list(COLOURS)))
     return model_path, labels_path
+
+
+def reference_preprocess(preprocessing: Preprocessing, batch: np.ndarray) -> np.ndarray:
+    """A preprocessing computed in numpy: what the runtimes' compiled versions are checked against."""
+    pixels = batch[..., ::-1] if preprocessing.reverse_channels else batch
+    mean, scale = np.array(preprocessing.mean, np.float32), np.array(preprocessing.scale, np.float32)
+    return (pixels.astype(np.float32) - mean) / scale
 
 
 def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:

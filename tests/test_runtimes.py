@@ -195,6 +195,8 @@ def test_every_preprocessing_runs_inside_the_runtime_as_numpy_defines_it(runtime
     from serving.models.keras_classifier import KerasClassifier
     from serving.models.preprocessing import PREPROCESSORS
 
+    from .support import reference_preprocess
+
     inputs = keras.Input((6, 5, 3))  # per-channel means: the output shows the scaled input
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
     batch = np.random.default_rng(1).integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
@@ -207,5 +209,5 @@ def test_every_preprocessing_runs_inside_the_runtime_as_numpy_defines_it(runtime
             options=RuntimeOptions(runtime=runtime, cache_dir=tmp_path),
         )
         assert classifier.runtime == runtime
-        expected = model(preprocessing(batch)).numpy()
+        expected = model(reference_preprocess(preprocessing, batch)).numpy()
         np.testing.assert_allclose(classifier.compiled.call(batch), expected, rtol=1e-5, atol=1e-4)

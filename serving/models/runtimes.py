@@ -58,7 +58,6 @@ class CompiledModel:
     call: Callable[[np.ndarray], np.ndarray]
     runtime: str
     precision: str
-    traced: object = None  # TensorFlow's tf.function, to see how often it traced
 
 
 def default_cache_dir() -> Path:
@@ -135,7 +134,7 @@ def tensorflow_model(model: keras.Model, preprocessing: Preprocessing) -> Compil
 
     # One traced graph for every batch size: no per-call overhead of model.predict.
     traced = tf.function(run, input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8)])
-    return CompiledModel(lambda batch: traced(batch).numpy(), "tensorflow", "f32", traced)
+    return CompiledModel(lambda batch: traced(batch).numpy(), "tensorflow", "f32")
 
 
 def openvino_model(
