@@ -81,18 +81,24 @@ def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, w
     return rows
 
 
-def server_args(model: str, args, redis_url: str, *flags: str) -> list[str]:
+def model_flags(model: str, args) -> list[str]:
+    """The model the benchmark serves, its threads, and a quiet log."""
     return [
-        "run_keras_server.py",
         "--model",
         model,
         "--weights",
         args.weights,
-        *on_queue(None, redis_url, f"bench_{model}"),
         "--model-threads",
         str(args.model_threads),
         "--log-level",
         "WARNING",
+    ]
+
+
+def server_args(model: str, args, redis_url: str, *flags: str) -> list[str]:
+    return [
+        "run_keras_server.py",
+        *on_queue(None, redis_url, f"bench_{model}", *model_flags(model, args)),
         *args.server_flag,
         *flags,
     ]
@@ -265,19 +271,9 @@ def run_autoscale(args, image: bytes) -> int:
     )
 
     logs = args.out / "logs"
-    worker_args = [
-        "--model",
-        args.model,
-        "--weights",
-        args.weights,
-        "--model-threads",
-        str(args.model_threads),
-        "--log-level",
-        "WARNING",
-    ]
     redis_server = EmbeddedRedis().start()
     try:
-        worker_args = on_queue(None, redis_server.url, "bench_autoscale", *worker_args)
+        worker_args = on_queue(None, redis_server.url, "bench_autoscale", *model_flags(args.model, args))
         queue = RedisQueue(connect(redis_server.url, timeout=5), "bench_autoscale")
         web_args = [
             "run_keras_server.py",
