@@ -181,13 +181,42 @@ def test_compose_nginx_is_the_one_host_site_with_the_compose_upstreams():
 
 def test_the_image_is_slim_unprivileged_checked_and_installed_by_the_tested_script():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
-    assert stages == ["python:3.11-slim", "python:3.11-slim"]
-    assert "RUN sh deploy/install.sh /opt/venv" in dockerfile
-    assert "COPY --from=install /opt/venv /opt/venv" in dockerfile
-    assert re.search(r"^USER app$", dockerfile, re.MULTILINE)
-    assert "HEALTHCHECK" in dockerfile and 'ENTRYPOINT ["sh", "deploy/entrypoint.sh"]' in dockerfile
-    final = dockerfile.split("FROM python:3.11-slim\n")[-1]
-    assert not re.search(r"apt-get|build-essential|gcc", final), "no build tools in the final stage"
+    stages = dict(
+        (name, base) for base, name in re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, re.MULTILINE)
+    )
+    assert stages == {
+        "install-web": "python:3.11-slim",
+        "install-full": "python:3.11-slim",
+        "runtime": "python:3.11-slim",
+        "web": "runtime",
+        "full": "runtime",
+    }
+    assert re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE)[-1] == "full"  # the default
+    assert "RUN sh deploy/install.sh /opt/venv requirements-web.txt" in dockerfile
+    assert "RUN sh deploy/install.sh /opt/venv requirements.txt" in dockerfile
+    assert "COPY --from=install-web /opt/venv /opt/venv" in dockerfile
+    assert "COPY --from=install-full /opt/venv /opt/venv" in dockerfile
+    for target in ("web", "full"):
+        final = dockerfile.split(f"FROM runtime AS {target}\n")[1].split("\nFROM ")[0]
+        assert re.search(r"^USER app$", final, re.MULTILINE), target
+        assert not re.search(r"apt-get|build-essential|gcc", final), "no build tools in a final stage"
+    runtime = dockerfile.split("AS runtime\n")[1].split("\nFROM ")[0]
+    assert "HEALTHCHECK" in runtime and 'ENTRYPOINT ["sh", "deploy/entrypoint.sh"]' in runtime
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests", ".env"} <= set(ignored)
+
+
+def test_the_web_requirements_are_the_base_install_and_the_worker_extra_the_rest():
+    """requirements-web.txt pins what `pip install .[web]` installs; requirements.txt adds the
+    model runtimes that `.[worker]` adds."""
+    import tomllib
+
+    def names(lines):
+        return {re.split(r"[=<>\[ ]", line.split("#")[0].strip(), maxsplit=1)[0].lower() for line in lines}
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    web = [line for line in (ROOT / "requirements-web.txt").read_text().splitlines() if "==" in line]
+    full = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line]
+    assert names(project["dependencies"]) == names(web)
+    assert names(project["optional-dependencies"]["worker"]) == names(full) - {"openvino-telemetry"}
+    assert "-r requirements-web.txt" in (ROOT / "requirements.txt").read_text()
