@@ -20,7 +20,7 @@ RUN sh deploy/install.sh /opt/venv requirements-web.txt
 FROM python:3.11-slim AS install-full
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY requirements.txt ./
+COPY requirements.txt requirements-web.txt ./
 COPY deploy/install.sh deploy/
 RUN sh deploy/install.sh /opt/venv requirements.txt
 
