@@ -9,13 +9,13 @@ WEB_CONCURRENCY (gunicorn's own variable). Any gunicorn flag given on the comman
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serving.logs import configure_logging
 from serving.settings import load_settings
 from serving.web.memory import limit_arenas
 
@@ -47,7 +47,8 @@ timeout = int(2 * _settings.request_lifetime)
 # On SIGTERM, requests in flight get their full client_timeout to be answered (or 504) before exit.
 graceful_timeout = int(_settings.request_lifetime)
 loglevel = _settings.log_level.lower()
-accesslog = "-"
+# With --log-format json the app's own request line (JSON, one per request) stands in for it.
+accesslog = None if _settings.log_format == "json" else "-"
 errorlog = "-"
 # pid tells the web processes apart in a shared log; the request id ties a line to the client's.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)sB %(M)sms pid=%(p)s request_id=%({x-request-id}o)s'
@@ -56,9 +57,7 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)sB %(M)sms pid=%(p)s request_id=%({
 def on_starting(server: Arbiter) -> None:
     """The app's own log lines (one per /predict with its batch id) go to stderr beside gunicorn's;
     counts left by an earlier run are wiped."""
-    logging.basicConfig(
-        level=_settings.log_level, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
-    )
+    configure_logging(_settings.log_level, _settings.log_format, with_pid=True)
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from serving.logs import configure_logging
 from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
 from serving.queue.embedded import resolve_redis
 from serving.servers.waitress_server import HttpServer
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if settings.role == "web":
         limit_arenas()  # a web process's threads decode images; its model workers are elsewhere
 

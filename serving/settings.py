@@ -25,6 +25,7 @@ LONGEST_JOB_WAIT_SECONDS = 30.0
 RESIZE_MODES = ("crop", "squash")
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = ("f32", "bf16")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,15 @@ OPTIONS: tuple[Option, ...] = (
            "pool at 2; OpenVINO's inference threads); 0: one per core"),
     Option("heartbeat_ttl", float, 10.0, "seconds a silent worker counts as alive"),
     Option("log_level", str, "INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option("log_format", str, "text",
+           "log lines as text, or one JSON object a line (the request line's fields as keys)",
+           LOG_FORMATS),
+    Option("tracing", str, "off",
+           "OpenTelemetry traces of requests and batches, exported as the standard OTEL_* variables "
+           "say (OTLP/HTTP by default); OTEL_SDK_DISABLED=true keeps it off", ("on", "off")),
+    Option("trace_sample_ratio", float, 1.0,
+           "share of new traces recorded (0 to 1); a request continuing a sampled traceparent is "
+           "always recorded, and so is a batch serving a recorded request"),
 )
 # fmt: on
 
@@ -152,6 +162,9 @@ class Settings:
     model_threads: int
     heartbeat_ttl: float
     log_level: str
+    log_format: str
+    tracing: str
+    trace_sample_ratio: float
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -204,7 +217,7 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
     return value
 
 
-ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads"})  # 0 means none / the default
+ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads", "trace_sample_ratio"})  # 0: none / default
 
 
 def _validate(settings: Settings) -> None:
@@ -212,6 +225,8 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings, option.name)
         if option.kind in (int, float) and (value < 0 or (value == 0 and option.name not in ZERO_ALLOWED)):
             raise SettingsError(f"{option.name} must be positive, got {value}")
+    if not 0 <= settings.trace_sample_ratio <= 1:  # NaN fails this too
+        raise SettingsError(f"trace_sample_ratio is a share from 0 to 1, got {settings.trace_sample_ratio}")
     # Pillow refuses images beyond twice its own MAX_IMAGE_PIXELS whatever we allow: a higher
     # limit would be a promise the decoder breaks.
     decoder_cap = 2 * (Image.MAX_IMAGE_PIXELS or 0) or settings.max_image_pixels

@@ -12,7 +12,7 @@ from .support import ROOT
 
 SERVING = ROOT / "serving"
 # What each part of the service may import of the others (besides its own modules and the bottom
-# layer: serving.settings, serving.images, serving.child_process).
+# layer: serving.settings, serving.images, serving.child_process, serving.tracing, serving.logs).
 ALLOWED = {
     "web": {"queue"},
     "worker": {"queue", "models"},
@@ -21,7 +21,7 @@ ALLOWED = {
     "servers": set(),
     "bottom": set(),
 }
-BOTTOM = {"settings", "images", "child_process"}
+BOTTOM = {"settings", "images", "child_process", "tracing", "logs"}
 RUNTIMES = ("tensorflow", "keras", "openvino", "nncf")
 
 

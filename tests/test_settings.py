@@ -21,11 +21,22 @@ def test_every_option_has_a_flag_and_an_env_var():
     for option in OPTIONS:
         assert option.flag == "--" + option.name.replace("_", "-")
         assert option.env_var == option.name.upper()
-        value = option.choices[-1] if option.choices else {int: "7", float: "7.5", str: "x"}[option.kind]
+        value = option.choices[-1] if option.choices else {int: "7", float: "0.75", str: "x"}[option.kind]
         assert getattr(load_settings([], environ={option.env_var: value}), option.name) == option.kind(value)
 
 
-@pytest.mark.parametrize("env", [{"BATCH_SIZE": "many"}, {"ROLE": "chef"}, {"BATCH_SIZE": "0"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BATCH_SIZE": "many"},
+        {"ROLE": "chef"},
+        {"BATCH_SIZE": "0"},
+        {"TRACING": "yes"},
+        {"TRACE_SAMPLE_RATIO": "1.5"},
+        {"TRACE_SAMPLE_RATIO": "nan"},
+        {"LOG_FORMAT": "xml"},
+    ],
+)
 def test_bad_values_are_reported(env):
     with pytest.raises(SettingsError):
         load_settings([], environ=env)

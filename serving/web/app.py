@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from serving import tracing
 from serving.images import MemoryBudget
 from serving.queue import DEFAULT_URL
 from serving.queue.connection import open_queue
@@ -23,6 +24,7 @@ FORM_PARTS = 64  # multipart parts a request may have: images, top_k, and room t
 def create_app(settings: Settings | None = None) -> Flask:
     """The web tier, configured from the environment when no settings are given (gunicorn)."""
     settings = settings or load_settings([])
+    tracing.configure(settings)  # once per process: a no-op unless --tracing on
     # Only the wait for a request's answers may block for long; every other call fails fast.
     queue = open_queue(
         settings.redis_url or DEFAULT_URL,

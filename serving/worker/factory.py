@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from serving import tracing
 from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
 from serving.models.runtimes import default_cache_dir
 from serving.queue import DEFAULT_URL, open_queue
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 def create_worker(settings: Settings) -> ModelWorker:
     """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the queue."""
+    tracing.configure(settings)  # once per process: a no-op unless --tracing on
     configure_tensorflow(settings.model_threads)
     options = RuntimeOptions(
         settings.runtime,
