@@ -49,6 +49,25 @@ def test_request_round_trip_keeps_every_field_and_the_pixels():
         ) == (original.reply_to, original.index, 3, 100.5, 110.5, original.lane)
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_the_trace_context_travels_only_when_there_is_one():
+    traced = request(trace=TRACEPARENT)
+    assert Request.from_bytes(traced.to_bytes()).trace == TRACEPARENT
+    assert b"trace" not in request().to_bytes()  # an untraced message is as small as before
+    assert len(traced.to_bytes()) - len(request().to_bytes()) < 70
+    assert Request.from_bytes(request().to_bytes()).trace == ""
+
+
+def test_answer_carries_the_batch_trace_to_the_web_tier_but_not_to_clients():
+    answer = Answer("r1", 0, "interactive", 200, batch=BatchInfo("b1", 2, "w1"), batch_trace=TRACEPARENT)
+    assert Answer.from_bytes(answer.to_bytes(), "r1") == answer
+    assert "batch_trace" not in orjson.dumps(answer.body).decode()
+    with pytest.raises(MessageError, match="batch_trace"):
+        Answer.from_bytes(orjson.dumps({**orjson.loads(answer.to_bytes()), "batch_trace": "x"}), "r1")
+
+
 def test_request_pixels_travel_as_raw_bytes():
     raw = request(pixels=np.zeros((224, 224, 3), np.uint8)).to_bytes()
     assert 224 * 224 * 3 < len(raw) < 224 * 224 * 3 + 200  # no base64, no float32
@@ -74,6 +93,11 @@ def test_non_contiguous_pixels_round_trip():
         ({"queued_at": None}, "queued_at"),
         ({"top_k": 0}, "top_k"),
         ({"top_k": True}, "top_k"),
+        ({"trace": 17}, "trace"),
+        ({"trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"}, "trace"),
+        ({"trace": "00-" + "0" * 32 + "-b7ad6b7169203331-01"}, "trace"),
+        ({"trace": "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, "trace"),
+        ({"trace": TRACEPARENT + "\n"}, "trace"),
     ],
 )
 def test_a_bad_field_is_refused_with_the_reply_address_so_its_sender_is_answered(changes, reason):

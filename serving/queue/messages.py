@@ -33,6 +33,8 @@ MAX_ID_LENGTH = 64
 MAX_INDEX = 100_000
 MAX_TOP_K = 100_000
 _JOB_IMAGE = re.compile(r"([^:]+):([0-9]{1,6})")
+# A W3C traceparent: version, trace id, parent span id, flags (serving/tracing.py writes them).
+_TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class MessageError(ValueError):
@@ -62,6 +64,15 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
+def _traceparent(value: Any, name: str = "trace") -> str:
+    """An optional trace context: absent, or a W3C traceparent."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not _TRACEPARENT.fullmatch(value):
+        raise MessageError(f"{name} must be a W3C traceparent")
+    return value
+
+
 def _unpack(raw: bytes) -> dict[str, Any]:
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
@@ -83,6 +94,7 @@ class Request:
     queued_at: float  # epoch seconds
     deadline: float  # epoch seconds; past it the worker drops the image unrun
     lane: str = INTERACTIVE
+    trace: str = ""  # the request's W3C traceparent, when it is traced (serving/tracing.py)
 
     @property
     def reply(self) -> tuple[str, str, int]:
@@ -91,18 +103,19 @@ class Request:
 
     def to_bytes(self) -> bytes:
         pixels = np.ascontiguousarray(self.pixels, dtype=np.uint8)
-        packed: bytes = msgpack.packb(
-            {
-                "reply_to": self.reply_to,
-                "index": self.index,
-                "lane": self.lane,
-                "top_k": self.top_k,
-                "queued_at": self.queued_at,
-                "deadline": self.deadline,
-                "shape": list(pixels.shape),
-                "pixels": pixels.tobytes(),
-            }
-        )
+        record: dict[str, Any] = {
+            "reply_to": self.reply_to,
+            "index": self.index,
+            "lane": self.lane,
+            "top_k": self.top_k,
+            "queued_at": self.queued_at,
+            "deadline": self.deadline,
+            "shape": list(pixels.shape),
+            "pixels": pixels.tobytes(),
+        }
+        if self.trace:  # untraced requests stay as small as before
+            record["trace"] = self.trace
+        packed: bytes = msgpack.packb(record)
         return packed
 
     @classmethod
@@ -126,6 +139,7 @@ class Request:
                 top_k=_integer(data.get("top_k"), "top_k", 1, MAX_TOP_K),
                 queued_at=_number(data.get("queued_at"), "queued_at"),
                 deadline=_number(data.get("deadline"), "deadline"),
+                trace=_traceparent(data.get("trace")),
             )
         except MessageError as exc:
             raise MessageError(str(exc), reply) from None
@@ -138,10 +152,12 @@ def image_messages(
     queued_at: float,
     deadline: float,
     lane: str = INTERACTIVE,
+    trace: str | None = None,
 ) -> list[bytes]:
-    """The queue messages for a request's or a job's images, one per image, in order."""
+    """The queue messages for a request's or a job's images, one per image, in order; ``trace``
+    is the request's traceparent when it is traced."""
     return [
-        Request(reply_to, index, pixels, top_k, queued_at, deadline, lane).to_bytes()
+        Request(reply_to, index, pixels, top_k, queued_at, deadline, lane, trace or "").to_bytes()
         for index, pixels in enumerate(images)
     ]
 
@@ -220,6 +236,7 @@ class Answer:
     batch: BatchInfo | None = None
     queued_ms: float = 0.0  # from queued to taken by the worker
     model_ms: float = 0.0  # the batch's model call
+    batch_trace: str = ""  # the batch span's traceparent, when it was traced (not sent to clients)
 
     @classmethod
     def failed(cls, reply: tuple[str, str, int], status: int, message: str) -> Answer:
@@ -244,7 +261,10 @@ class Answer:
         return body
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"index": self.index, "status": self.status, **self.body})
+        record: dict[str, Any] = {"index": self.index, "status": self.status, **self.body}
+        if self.batch_trace:
+            record["batch_trace"] = self.batch_trace
+        return orjson.dumps(record)
 
     @classmethod
     def from_bytes(cls, raw: bytes, reply_to: str, lane: str = INTERACTIVE) -> Answer:
@@ -269,6 +289,7 @@ class Answer:
                 batch=None if batch is None else _batch_info(batch),
                 queued_ms=_number(timings.get("queued", 0.0), "queued"),
                 model_ms=_number(timings.get("model", 0.0), "model"),
+                batch_trace=_traceparent(data.get("batch_trace"), "batch_trace"),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MessageError(f"not an answer record ({exc})") from None
