@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from serving import tracing
 from serving.images import ImageError, MemoryBudget, decode_image, decoded_side, fit_image
 from serving.queue import RedisQueue
-from serving.queue.messages import Answer, ModelInfo, image_messages
+from serving.queue.messages import INTERACTIVE, Answer, ModelInfo, image_messages
 from serving.settings import Settings
 from serving.web import request_log
 from serving.web.responses import ServiceUnavailable
@@ -95,9 +96,11 @@ def prepare_uploads(
     check_image_count(len(uploads.images), settings.max_images_per_request)
     model = serving.workers.model()
     top_k = checked_top_k(uploads.top_k, settings.top_k, model.classes)
-    images = prepare_images(
-        uploads.images, model, settings.max_image_pixels, serving.decode_budget, on_decoded
-    )
+    attributes = {"inference.images": len(uploads.images), "inference.model.name": model.name}
+    with request_log.step("decode and resize", "decode", attributes):
+        images = prepare_images(
+            uploads.images, model, settings.max_image_pixels, serving.decode_budget, on_decoded
+        )
     return Prepared(images, top_k, uploads.as_list or len(images) > 1)
 
 
@@ -106,7 +109,12 @@ def run_classification(prepared: Prepared) -> Classification:
     and batches."""
     serving = services()
     result = classify(serving.queue, serving.settings, prepared.images, prepared.top_k, prepared.as_list)
-    request_log.note(request_id=result.request_id, batch=",".join(result.batch_ids) or None)
+    request_log.note(request_id=result.request_id, batches=result.batch_ids, images=len(prepared.images))
+    if result.answers:
+        request_log.note(model=next((a.model.name for a in result.answers if a.model), None))
+        # The worker's side of the wait, for the log line: the longest queue wait, the model call.
+        request_log.note_timing("queued", max(answer.queued_ms for answer in result.answers))
+        request_log.note_timing("model", max(answer.model_ms for answer in result.answers))
     return result
 
 
@@ -117,14 +125,23 @@ def classify(
     ``as_list`` answers with a list of results even for one image."""
     request_id = new_request_id()
     now = time.time()
-    messages = image_messages(request_id, images, top_k, now, now + settings.client_timeout)
-    if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
-        raise ServiceUnavailable(QUEUE_FULL)
-    answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
-    if len(answers) < len(messages):
-        answered = {answer.index for answer in answers}
-        _, late = queue.withdraw(request_id, [m for i, m in enumerate(messages) if i not in answered])
-        answers += late
+    # The request's span context rides in each message: the batch that serves it links to it.
+    trace = tracing.traceparent()
+    messages = image_messages(request_id, images, top_k, now, now + settings.client_timeout, trace=trace)
+    with request_log.step(
+        "enqueue", "enqueue", {"inference.lane": INTERACTIVE, "inference.images": len(messages)}
+    ):
+        if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
+            raise ServiceUnavailable(QUEUE_FULL)
+    with request_log.step("wait for answers", "wait") as span:
+        answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
+        if len(answers) < len(messages):
+            answered = {answer.index for answer in answers}
+            _, late = queue.withdraw(request_id, [m for i, m in enumerate(messages) if i not in answered])
+            answers += late
+            span.set_attribute("inference.withdrawn", len(messages) - len(answers))
+        if span.is_recording():
+            record_batches(span, answers)
     if len(answers) < len(messages):
         error = f"No result within {settings.client_timeout:g} s; the request was withdrawn."
         return Classification(request_id, 504, {"success": False, "error": error, "request_id": request_id})
@@ -132,6 +149,28 @@ def classify(
     status, body = compose(ordered, as_list or len(ordered) > 1)
     body["request_id"] = request_id
     return Classification(request_id, status, body, ordered)
+
+
+def record_batches(span: tracing.Span, answers: Sequence[Answer]) -> None:
+    """What the wait span says about the batches that served the request: their ids, a link to
+    each batch's span, and per image when it was queued and run."""
+    batches = {answer.batch.id: answer.batch_trace for answer in answers if answer.batch}
+    span.set_attribute("inference.batch.ids", sorted(batches))
+    for batch_id, batch_trace in sorted(batches.items()):
+        link = tracing.link(batch_trace, {"inference.batch.id": batch_id}) if batch_trace else None
+        if link is not None:
+            span.add_link(link.context, link.attributes)
+    for answer in sorted(answers, key=lambda answer: answer.index):
+        span.add_event(
+            "answer",
+            {
+                "inference.image.index": answer.index,
+                "http.response.status_code": answer.status,
+                "inference.batch.id": answer.batch.id if answer.batch else "",
+                "inference.queued_ms": answer.queued_ms,
+                "inference.model_ms": answer.model_ms,
+            },
+        )
 
 
 def compose(answers: Sequence[Answer], as_list: bool) -> tuple[int, dict[str, Any]]:

@@ -20,6 +20,7 @@ import orjson
 from flask import request
 
 from serving.images import ImageError
+from serving.web import request_log
 from serving.web.responses import ApiError, BadRequest
 
 ACCEPTED_TYPES = ("multipart/form-data", "application/json", "image/*", "application/octet-stream")
@@ -40,6 +41,11 @@ class Uploads:
 def read_uploads() -> Uploads:
     """The request's images and top_k, or a 400 / 415 that says what to send instead. The limits
     on what they carry are checked on the one path to the queue (serving/web/classify.py)."""
+    with request_log.step("read upload", "read", {"http.request.body.size": request.content_length or 0}):
+        return _read_uploads()
+
+
+def _read_uploads() -> Uploads:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         uploads = _from_form()

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from serving import tracing
 from serving.queue import JobSpec
 from serving.queue.messages import BULK, Answer, image_messages
 from serving.settings import LONGEST_JOB_WAIT_SECONDS
@@ -49,10 +50,13 @@ def submit() -> Response:
     job = JobSpec(
         new_request_id(), now, now + settings.job_timeout, prepared.top_k, prepared.as_list, settings.job_ttl
     )
-    messages = image_messages(job.id, prepared.images, prepared.top_k, now, job.deadline, lane=BULK)
-    if not serving.queue.create_job(job, messages, settings.max_job_queue_length):
-        raise ServiceUnavailable(BULK_FULL)
-    request_log.note(request_id=job.id)
+    # Each image's span in the worker is a child of this request's: the job's trace follows it.
+    trace = tracing.traceparent()
+    messages = image_messages(job.id, prepared.images, prepared.top_k, now, job.deadline, BULK, trace)
+    with request_log.step("enqueue", "enqueue", {"inference.lane": BULK, "inference.images": len(messages)}):
+        if not serving.queue.create_job(job, messages, settings.max_job_queue_length):
+            raise ServiceUnavailable(BULK_FULL)
+    request_log.note(request_id=job.id, images=len(messages))
     body = {"id": job.id, "status": "queued", "images": len(messages)}
     return json_response(body, 202, {"Location": f"/jobs/{job.id}"})
 

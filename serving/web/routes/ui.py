@@ -79,10 +79,11 @@ def classify_form() -> Response:
     """POST /predict for browsers without JavaScript: the same path and answer, as a page."""
     decoded: list[Image.Image] = []  # the upload as decoded, for the thumbnail
     try:
-        upload = request.files.get("image")
-        if upload is None:
-            raise ImageError("Choose an image first.")
-        uploads = Uploads([upload.read()], as_list=False, top_k=None)
+        with request_log.step("read upload", "read", {"http.request.body.size": request.content_length or 0}):
+            upload = request.files.get("image")
+            if upload is None:
+                raise ImageError("Choose an image first.")
+            uploads = Uploads([upload.read()], as_list=False, top_k=None)
         result = run_classification(prepare_uploads(services(), uploads, on_decoded=decoded.append))
     except Exception as exc:  # the same status and sentence /predict would answer
         status, message = describe_error(exc)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from serving.queue.messages import ModelInfo
+from serving.web import request_log
 from serving.web.classify import prepare_uploads, run_classification
 from serving.web.responses import V2_PREFIX, ApiError, error_response, json_response
 from serving.web.services import services
@@ -97,7 +98,8 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
     model = served(name, version)
-    infer_request = parse_request(request.get_data(), request.headers.get(HEADER_LENGTH))
+    with request_log.step("read upload", "read", {"http.request.body.size": request.content_length or 0}):
+        infer_request = parse_request(request.get_data(), request.headers.get(HEADER_LENGTH))
     top_k = None if infer_request.top_k is None else parse_top_k(infer_request.top_k)
     uploads = Uploads(infer_request.images, as_list=True, top_k=top_k)
     result = run_classification(prepare_uploads(services(), uploads))
