@@ -139,7 +139,7 @@ def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
     for i in range(3):
         _send(worker.queue, f"r{i}", _pixels("blue"))
     with monkeypatch.context() as patch:
-        patch.setattr(worker, "process", lambda batch: 1 / 0)
+        patch.setattr(worker, "compute", lambda parsed, batch_id: 1 / 0)
         assert worker.step() == 3
     for i in range(3):
         answer = _result(worker.queue, f"r{i}", timeout=1)
@@ -157,7 +157,7 @@ def test_a_failed_batch_answers_its_job_images_too(redis_client, redis_server, c
     assert worker.queue.create_job(JobSpec("job", now, now + 30, 3, False, 60), [image], 100)
     _send(worker.queue, "interactive", _pixels("blue"))
     with monkeypatch.context() as patch:
-        patch.setattr(worker, "process", lambda batch: 1 / 0)
+        patch.setattr(worker, "read", lambda batch: 1 / 0)  # e.g. fetching the job's images
         assert worker.step() == 2
     assert _result(worker.queue, "interactive").status == 500
     state, results = worker.queue.job_state("job")

@@ -110,6 +110,7 @@ class BatchPolicy:
         self.costs = BatchCosts(batch_size, measured)
         self._last_size = batch_size  # start as under load: wait the window
         self._last_model_seconds = 0.0
+        self.first_taken_ns = 0  # epoch ns when the last batch's first messages were taken
 
     def window(self) -> float:
         """The batching window: the configured wait, or a tenth of the last batch's model time
@@ -129,15 +130,12 @@ class BatchPolicy:
 
     def next_batch(self, queue: RedisQueue, worker_id: str, idle_timeout: float) -> Batch:
         """Take the next batch; blocks up to ``idle_timeout`` while both lanes are empty."""
-        return take_batch(
-            queue,
-            worker_id,
-            self.batch_size,
-            self.window(),
-            idle_timeout,
-            self.costs.bulk_caps(),
-            self.costs.interactive_grace(),
+        caps = self.costs.bulk_caps()
+        batch = first_take(
+            queue, worker_id, self.batch_size, idle_timeout, caps, self.costs.interactive_grace()
         )
+        self.first_taken_ns = time.time_ns()  # where the batch's assembly begins (its trace)
+        return fill_window(queue, worker_id, batch, self.batch_size, self.window(), caps)
 
 
 def take_batch(
@@ -156,9 +154,35 @@ def take_batch(
     more (the batching delay of Triton and TF Serving), ending as soon as the batch is full.
     Bulk images never wait: they only fill room that is there.
     """
-    batch = _first_take(queue, worker_id, batch_size, bulk_caps, grace)
+    batch = first_take(queue, worker_id, batch_size, idle_timeout, bulk_caps, grace)
+    return fill_window(queue, worker_id, batch, batch_size, window, bulk_caps)
+
+
+def first_take(
+    queue: RedisQueue,
+    worker_id: str,
+    batch_size: int,
+    idle_timeout: float,
+    bulk_caps: Sequence[int] | None = None,
+    grace: float = 0.0,
+) -> Batch:
+    """What is queued now, or what arrives within ``idle_timeout`` (blocking on the doorbell)."""
+    batch = _take_now(queue, worker_id, batch_size, bulk_caps, grace)
     if not batch and queue.wait_for_work(idle_timeout):
-        batch = _first_take(queue, worker_id, batch_size, bulk_caps, grace)
+        batch = _take_now(queue, worker_id, batch_size, bulk_caps, grace)
+    return batch
+
+
+def fill_window(
+    queue: RedisQueue,
+    worker_id: str,
+    batch: Batch,
+    batch_size: int,
+    window: float,
+    bulk_caps: Sequence[int] | None = None,
+) -> Batch:
+    """Top up a batch holding interactive images with what arrives within ``window`` seconds,
+    ending as soon as it is full."""
     window_ends = time.monotonic() + window
     while batch.interactive and len(batch) < batch_size and (left := window_ends - time.monotonic()) > 0:
         time.sleep(min(WINDOW_STEP_SECONDS, left))
@@ -166,7 +190,7 @@ def take_batch(
     return batch
 
 
-def _first_take(
+def _take_now(
     queue: RedisQueue, worker_id: str, room: int, bulk_caps: Sequence[int] | None, grace: float
 ) -> Batch:
     if grace > 0:

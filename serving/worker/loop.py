@@ -8,13 +8,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import cast
 
 import numpy as np
 import redis
 
+from serving import tracing
 from serving.models.classifier import Classifier
 from serving.queue import Batch, RedisQueue
 from serving.queue.connection import patient_retry
@@ -200,7 +202,7 @@ class ModelWorker:
             return 0
         if batch:
             self.policy.took(len(batch))
-            self.answer(batch)
+            self.answer(batch, self.policy.first_taken_ns)
         return len(batch)
 
     def _beat(self) -> None:
@@ -222,15 +224,32 @@ class ModelWorker:
             self.stopping.wait(interval)
 
     # One batch -----------------------------------------------------------------
-    def answer(self, batch: Batch) -> None:
+    def answer(self, batch: Batch, taken_ns: int = 0) -> None:
         """Compute and write the batch's answers; then tell the observer, which must never cost
-        an answer."""
+        an answer. ``taken_ns`` (epoch ns) is when its first messages were taken."""
+        taken_ns = taken_ns or time.time_ns()
         try:
-            result = self.process(batch)
+            parsed: Parsed | None = self.read(batch)
         except Exception:  # answer the batch anyway: a live worker's batch is never requeued
-            log.exception("processing a batch of %d failed", len(batch))
-            result = BatchResult(error_for_each(batch, BATCH_FAILED))
-        self._write(result)
+            log.exception("reading a batch of %d failed", len(batch))
+            parsed = None
+        batch_id = uuid.uuid4().hex[:12]
+        with self._batch_span(batch, parsed, batch_id, taken_ns) as span:
+            try:
+                if parsed is None:
+                    raise RuntimeError("the batch could not be read")
+                result = self.compute(parsed, batch_id)
+            except Exception:
+                if parsed is not None:
+                    log.exception("processing a batch of %d failed", len(batch))
+                result = BatchResult(error_for_each(batch, BATCH_FAILED))
+            with tracing.span("write answers", {"inference.answers": len(result.answers)}):
+                self._write(result)
+            if span.is_recording():
+                span.set_attributes(
+                    {"inference.batch.size": result.computed, "inference.batch.expired": result.expired}
+                )
+                self._image_spans(parsed, result, span, batch_id, taken_ns)
         if result.computed:
             self.policy.ran(result.computed, result.model_seconds, interactive=bool(batch.interactive))
         try:
@@ -241,26 +260,30 @@ class ModelWorker:
         except Exception:
             log.exception("the batch observer failed; the answers were written")
 
-    def process(self, batch: Batch) -> BatchResult:
-        """The answers for a batch, computed in one model call."""
-        started = time.time()
+    def read(self, batch: Batch) -> Parsed:
+        """The batch's messages, read: the images to run and the answers already decided."""
         # A cancelled or ended job's images have no message any more: they are dropped here.
         messages = (
             batch.interactive + self.queue.open_job_images(batch.bulk) if batch.bulk else batch.interactive
         )
-        parsed = parse_batch(messages, started, self._input_shape)
+        return parse_batch(messages, time.time(), self._input_shape)
+
+    def compute(self, parsed: Parsed, batch_id: str) -> BatchResult:
+        """The answers for a batch, computed in one model call."""
+        started = time.time()
         requests = parsed.requests
         decided = BatchResult(parsed.answers, expired=parsed.expired, expired_jobs=tuple(parsed.expired_jobs))
         if not requests:
             return decided
-        batch_id = uuid.uuid4().hex[:12]
         model_started = time.perf_counter()
         try:
-            probabilities = self.classifier.predict(np.stack([r.pixels for r in requests]))
-            # The models' prediction dicts are the wire's Prediction (the models know no wire record).
-            ranked = cast(
-                list[list[Prediction]], self.classifier.top_k(probabilities, max(r.top_k for r in requests))
-            )
+            with tracing.span("model", {"inference.batch.size": len(requests)}):
+                probabilities = self.classifier.predict(np.stack([r.pixels for r in requests]))
+                # The models' prediction dicts are the wire's Prediction (the models know no wire record).
+                ranked = cast(
+                    list[list[Prediction]],
+                    self.classifier.top_k(probabilities, max(r.top_k for r in requests)),
+                )
         except Exception:
             log.exception("model failed on batch %s of %d", batch_id, len(requests))
             failed = [Answer.failed(r.reply, 500, MODEL_FAILED) for r in requests]
@@ -269,6 +292,7 @@ class ModelWorker:
         model_ms = round(model_seconds * 1000, 2)
         log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_ms)
         info = BatchInfo(batch_id, len(requests), self.worker_id)
+        batch_trace = tracing.traceparent() or ""  # the batch span: the web tier links back to it
         answers = parsed.answers + [
             Answer(
                 request.reply_to,
@@ -280,10 +304,84 @@ class ModelWorker:
                 batch=info,
                 queued_ms=round((started - request.queued_at) * 1000, 2),
                 model_ms=model_ms,
+                batch_trace=batch_trace,
             )
             for request, predictions in zip(requests, ranked)
         ]
         return replace(decided, answers=answers, computed=len(requests), model_seconds=model_seconds)
+
+    # Traces --------------------------------------------------------------------
+    def _batch_span(
+        self, batch: Batch, parsed: Parsed | None, batch_id: str, taken_ns: int
+    ) -> AbstractContextManager[tracing.Span]:
+        """The batch's span: a new trace linked to every traced request it serves (recorded when
+        any of them is), with its assembly (first take to messages read) as a child."""
+        if not tracing.enabled():
+            return tracing.span("batch")
+        requests = parsed.requests if parsed else []
+        links = []
+        for (lane, reply_to), (traceparent, images) in _traced_requests(requests).items():
+            about: dict[str, tracing.AttributeValue] = {
+                "inference.lane": lane,
+                "inference.reply_to": reply_to,
+                "inference.images": images,
+            }
+            link = tracing.link(traceparent, about)
+            if link is not None:
+                links.append(link)
+        attributes: dict[str, tracing.AttributeValue] = {
+            "inference.batch.id": batch_id,
+            "inference.batch.messages": len(batch),
+            "inference.batch.interactive": len(batch.interactive),
+            "inference.batch.bulk": len(batch.bulk),
+            "inference.model.name": self._model.name,
+            "inference.model.runtime": self._model.runtime or "none",
+            "inference.worker.id": self.worker_id,
+        }
+        if requests:
+            oldest = min(request.queued_at for request in requests)
+            attributes["inference.queue.longest_wait_ms"] = round((taken_ns / 1e9 - oldest) * 1000, 2)
+        span = tracing.span(
+            "batch", attributes, kind=tracing.SpanKind.CONSUMER, links=links, start_time=taken_ns
+        )
+        return _with_assembly(span, taken_ns)
+
+    def _image_spans(
+        self,
+        parsed: Parsed | None,
+        result: BatchResult,
+        batch_span: tracing.Span,
+        batch_id: str,
+        taken_ns: int,
+    ) -> None:
+        """In each traced request's own trace, its image's time in this worker's hands: an
+        interactive image's wait in the queue until taken; a job image's whole life, from queued
+        to answered (a job's client is gone by then). Each links to the batch span."""
+        if parsed is None:
+            return
+        written_ns = time.time_ns()
+        statuses = {(a.lane, a.reply_to, a.index): a.status for a in result.answers}
+        batch_context = batch_span.get_span_context()
+        for request in parsed.requests:
+            parent = tracing.context_from_traceparent(request.trace) if request.trace else None
+            if parent is None:
+                continue
+            bulk = request.lane == BULK
+            span = tracing.start_span(
+                "job image" if bulk else "queue wait",
+                {
+                    "inference.lane": request.lane,
+                    "inference.reply_to": request.reply_to,
+                    "inference.image.index": request.index,
+                    "inference.batch.id": batch_id,
+                    "http.response.status_code": statuses.get(request.reply, 0),
+                },
+                kind=tracing.SpanKind.CONSUMER,
+                context=parent,
+                links=[tracing.Link(batch_context)],
+                start_time=int(request.queued_at * 1e9),
+            )
+            span.end(end_time=written_ns if bulk else taken_ns)
 
     def _write(self, result: BatchResult) -> None:
         """Write the answers (and mark jobs whose images expired), retrying while Redis is away:
@@ -305,3 +403,23 @@ class ModelWorker:
             )
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(result.answers), exc)
+
+
+def _traced_requests(requests: Sequence[Request]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(lane, reply_to) -> (traceparent, images in the batch), for the traced requests: one
+    link per request, however many of its images the batch holds."""
+    traced: dict[tuple[str, str], tuple[str, int]] = {}
+    for request in requests:
+        if request.trace:
+            key = (request.lane, request.reply_to)
+            traced[key] = (request.trace, traced[key][1] + 1 if key in traced else 1)
+    return traced
+
+
+@contextmanager
+def _with_assembly(batch_span: AbstractContextManager[tracing.Span], taken_ns: int) -> Iterator[tracing.Span]:
+    """The batch span, current, with an "assemble batch" child from the first take until now
+    (the batching window, job images fetched, messages read)."""
+    with batch_span as span:
+        tracing.start_span("assemble batch", start_time=taken_ns).end()
+        yield span
