@@ -4,25 +4,20 @@ OTLP receiver that gets the spans of separate web and worker processes."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from harness.otlp import OtlpReceiver
 from serving import tracing
 from serving.logs import JsonFormatter
 from serving.queue import RedisQueue
@@ -301,55 +296,10 @@ def test_one_json_log_line_per_request_names_its_trace_and_batch(web, spans, cap
 
 
 # A real OTLP receiver, and separate web and worker processes ------------------------------
-class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP traces endpoint on loopback that decodes what it is sent (protobuf)."""
-
-    def __init__(self):
-        self.requests: list[ExportTraceServiceRequest] = []
-        super().__init__(("127.0.0.1", 0), ReceiverHandler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-
-    def spans(self) -> list[tuple[str, object]]:
-        """(service name, span) for every span received."""
-        found = []
-        for export in list(self.requests):
-            for resource_spans in export.resource_spans:
-                service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}[
-                    "service.name"
-                ]
-                for scope in resource_spans.scope_spans:
-                    found += [(service, span) for span in scope.spans]
-        return found
-
-
-class ReceiverHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        assert self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(body)
-        self.server.requests.append(export)
-        reply = ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with OtlpReceiver() as server:
+        yield server
 
 
 @pytest.mark.slow
