@@ -93,7 +93,9 @@ def test_every_query_names_metrics_and_labels_the_service_exports(exported):
                 assert any(label in exported[m] for m in metrics), f"{title}: no metric of {expr} has {label}"
     # Every family the service exports is on the dashboard somewhere.
     families = {
-        re.sub(r"_(bucket|sum|count|total|created)$", "", name) for name in exported if name.startswith("inference_")
+        re.sub(r"_(bucket|sum|count|total|created)$", "", name)
+        for name in exported
+        if name.startswith("inference_")
     }
     shown = {re.sub(r"_(bucket|sum|count|total|created)$", "", name) for name in named}
     assert families - shown == set(), "metrics the dashboard leaves out"

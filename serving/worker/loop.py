@@ -235,20 +235,20 @@ class ModelWorker:
             parsed = None
         batch_id = uuid.uuid4().hex[:12]
         with self._batch_span(batch, parsed, batch_id, taken_ns) as span:
-            try:
-                if parsed is None:
-                    raise RuntimeError("the batch could not be read")
-                result = self.compute(parsed, batch_id)
-            except Exception:
-                if parsed is not None:
-                    log.exception("processing a batch of %d failed", len(batch))
-                result = BatchResult(error_for_each(batch, BATCH_FAILED))
+            result = self._result(batch, parsed, batch_id)
             with tracing.span("write answers", {"inference.answers": len(result.answers)}):
                 self._write(result)
             if span.is_recording():
+                failed = sum(answer.status >= 500 for answer in result.answers)
                 span.set_attributes(
-                    {"inference.batch.size": result.computed, "inference.batch.expired": result.expired}
+                    {
+                        "inference.batch.size": result.computed,
+                        "inference.batch.expired": result.expired,
+                        "inference.batch.failed": failed,
+                    }
                 )
+                if failed:
+                    span.set_status(tracing.StatusCode.ERROR, f"{failed} images failed")
                 self._image_spans(parsed, result, span, batch_id, taken_ns)
         if result.computed:
             self.policy.ran(result.computed, result.model_seconds, interactive=bool(batch.interactive))
@@ -259,6 +259,14 @@ class ModelWorker:
                 self.observer.batch_done(result.computed, result.model_seconds)
         except Exception:
             log.exception("the batch observer failed; the answers were written")
+
+    def _result(self, batch: Batch, parsed: Parsed | None, batch_id: str) -> BatchResult:
+        if parsed is not None:
+            try:
+                return self.compute(parsed, batch_id)
+            except Exception:  # answer the batch anyway
+                log.exception("processing a batch of %d failed", len(batch))
+        return BatchResult(error_for_each(batch, BATCH_FAILED))
 
     def read(self, batch: Batch) -> Parsed:
         """The batch's messages, read: the images to run and the answers already decided."""
