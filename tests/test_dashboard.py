@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .support import ROOT, colour_image
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "inference.json"
-# PromQL words that are not metric names: functions, aggregations, keywords, Grafana's variables.
+# The service's metric names in a query (all of them start inference_), the matchers and groupings.
 METRIC = re.compile(r"\b(inference_[a-z_]+)\b")
 MATCHERS = re.compile(r"\b(inference_[a-z_]+)\{([^}]*)\}")
 GROUPING = re.compile(r"\bby \(([^)]*)\)")
