@@ -133,7 +133,10 @@ def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(
     next returns the dead one's messages to the queue, then drops them unrun for their deadline."""
     victim = fresh.worker("victim-expiring", "--batch-size", "8", "--batch-wait-ms", "3000")
     start_workers(victim)
-    web = WebServer("web-short-timeout", fresh.redis_url, QUEUE, fresh.log_dir, CLIENT_TIMEOUT="1")
+    client_timeout = 1.0
+    web = WebServer(
+        "web-short-timeout", fresh.redis_url, QUEUE, fresh.log_dir, CLIENT_TIMEOUT=str(client_timeout)
+    )
     try:
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(fire, web.url, range(4), 4, 30, "late")
@@ -146,6 +149,9 @@ def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(
         web.stop()
     counts = tally(outcomes)
     assert held and counts.timed_out == counts.sent == 4
+    # Each 504 came at its deadline: not before it, and not long after (a generous margin).
+    waits = sorted(round(o.seconds, 2) for o in outcomes)
+    assert all(0.9 * client_timeout <= o.seconds < client_timeout + 2 for o in outcomes), waits
 
     successor = fresh.worker("successor", "--log-level", "DEBUG")
     start_workers(successor)
