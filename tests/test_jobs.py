@@ -41,12 +41,13 @@ def test_a_job_is_accepted_at_once_and_ends_with_the_body_predict_gives(colour_a
     assert body["status"] == "done" and body["success"] is True and body["done"] == 1
     predicted = client.post("/predict", **multipart(image)).json
     assert body["predictions"] == predicted["predictions"] and body["model"] == predicted["model"]
-    several = client.post(
-        "/jobs", json={"images": [base64.b64encode(colour_image(c)).decode() for c in COLOURS], "top_k": 1}
-    )
+    encoded = [base64.b64encode(colour_image(c)).decode() for c in COLOURS]
+    several = client.post("/jobs", json={"images": encoded, "top_k": 1})
     results = finished(client, several.json["id"])["results"]
-    assert [r["predictions"] for r in results] == [[{**r["predictions"][0]}] for r in results]
+    assert [len(r["predictions"]) for r in results] == [1, 1, 1]  # top_k applies to every image
     assert [r["predictions"][0]["label"] for r in results] == list(COLOURS)
+    by_predict = [client.post("/predict", json={"image": e, "top_k": 1}).json["predictions"] for e in encoded]
+    assert [r["predictions"] for r in results] == by_predict
 
 
 def test_fifty_jobs_from_eight_clients_each_end_with_their_own_answer(colour_app):
