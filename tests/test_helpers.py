@@ -173,3 +173,44 @@ def test_the_memory_budget_refuses_what_can_never_fit_and_makes_the_rest_wait():
             prepare_image(fits, SIZE, max_pixels=100_000_000, budget=budget)
     assert prepare_image(fits, SIZE, max_pixels=100_000_000, budget=budget).shape == (24, 32, 3)
     assert budget.in_use == 0
+
+
+def _fine_pattern(width: int, height: int) -> np.ndarray:
+    """Every column and row its own value (steep sawtooth ramps) over a 4-pixel checkerboard: a
+    crop a few pixels out of place, or scaled differently, gives other pixels."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 7) % 256, (y * 11) % 256, ((x // 4 + y // 4) % 2) * 255], -1).astype(np.uint8)
+
+
+def _reference_crop(source: np.ndarray, side: int, fraction: float = 0.875, shift: float = 0.0) -> np.ndarray:
+    """The documented rule computed here, not by serving/images.py: resize (bilinear) so the
+    shorter side is side / fraction, then slice out the centre side x side; ``shift`` moves the
+    slice by that share of the longer side (to show a misplaced crop fails the comparison)."""
+    height, width = source.shape[:2]
+    short = round(side / fraction)
+    resized_size = (round(width * short / min(width, height)), round(height * short / min(width, height)))
+    resized = np.asarray(Image.fromarray(source).resize(resized_size, Image.Resampling.BILINEAR))
+    top, left = (resized_size[1] - side) // 2, (resized_size[0] - side) // 2
+    if width >= height:
+        left += round(shift * resized_size[0])
+    else:
+        top += round(shift * resized_size[1])
+    return resized[top : top + side, left : left + side]
+
+
+@pytest.mark.parametrize("source_size", [(384, 256), (256, 384), (768, 512), (300, 200)])
+def test_the_crop_is_the_centre_the_rule_defines_pixel_for_pixel(source_size):
+    """crop: shorter side to 224 / 0.875 = 256, centre 224 x 224, bilinear. These source sizes
+    make the resized image whole pixels, so the reference is a plain slice of it."""
+    source = _fine_pattern(*source_size)
+    served = prepare_image(_encoded(Image.fromarray(source)), (224, 224), 10**8, "crop").astype(int)
+    reference = _reference_crop(source, 224).astype(int)
+    assert served.shape == reference.shape == (224, 224, 3)
+    assert np.abs(served - reference).max() <= 1  # the same pixels, within resampling rounding
+    # The comparison tells crops apart: 10 % off centre, or the whole shorter side kept (1.0).
+    for wrong in (_reference_crop(source, 224, shift=0.1), _reference_crop(source, 224, fraction=1.0)):
+        assert np.abs(served - wrong.astype(int)).mean() > 20
+    # So does a crop 3 pixels out of place.
+    assert (
+        np.abs(served[:, :-3] - reference[:, 3:]).max() > 1 and np.abs(served[:-3] - reference[3:]).max() > 1
+    )

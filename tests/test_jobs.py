@@ -41,12 +41,13 @@ def test_a_job_is_accepted_at_once_and_ends_with_the_body_predict_gives(colour_a
     assert body["status"] == "done" and body["success"] is True and body["done"] == 1
     predicted = client.post("/predict", **multipart(image)).json
     assert body["predictions"] == predicted["predictions"] and body["model"] == predicted["model"]
-    several = client.post(
-        "/jobs", json={"images": [base64.b64encode(colour_image(c)).decode() for c in COLOURS], "top_k": 1}
-    )
+    encoded = [base64.b64encode(colour_image(c)).decode() for c in COLOURS]
+    several = client.post("/jobs", json={"images": encoded, "top_k": 1})
     results = finished(client, several.json["id"])["results"]
-    assert [r["predictions"] for r in results] == [[{**r["predictions"][0]}] for r in results]
+    assert [len(r["predictions"]) for r in results] == [1, 1, 1]  # top_k applies to every image
     assert [r["predictions"][0]["label"] for r in results] == list(COLOURS)
+    by_predict = [client.post("/predict", json={"image": e, "top_k": 1}).json["predictions"] for e in encoded]
+    assert [r["predictions"] for r in results] == by_predict
 
 
 def test_fifty_jobs_from_eight_clients_each_end_with_their_own_answer(colour_app):
@@ -68,33 +69,63 @@ def test_fifty_jobs_from_eight_clients_each_end_with_their_own_answer(colour_app
         assert all(pool.map(one, range(50)))
 
 
+class GatedClassifier(Classifier):
+    """The colour model's shape; each batch waits until the test opens the gate, so the test
+    knows when the job ends."""
+
+    def __init__(self):
+        super().__init__("colour", (32, 32), list(COLOURS))
+        self.gate = threading.Event()
+
+    def predict(self, batch):
+        self.gate.wait(30)
+        return np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (len(batch), 1))
+
+
 def test_a_long_poll_returns_as_the_job_ends(colour_apps, module_redis):
     app = colour_apps(worker=False, heartbeat_ttl=60)
     client = app.test_client()
+    queue = app.config["QUEUE_NAME"]
     from serving.queue import RedisQueue
     from serving.queue.messages import Heartbeat, ModelInfo
 
-    RedisQueue(module_redis, app.config["QUEUE_NAME"]).beat(
+    RedisQueue(module_redis, queue).beat(
         "not-yet", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
     )
     job = client.post("/jobs", **multipart(colour_image("red"))).json["id"]
     assert client.get(f"/jobs/{job}").json["status"] == "queued"
     answered: list = []
+    polling = threading.Event()
 
     def poll():
         started = time.monotonic()
-        response = app.test_client().get(f"/jobs/{job}?wait=20")
-        answered.append((time.monotonic() - started, time.time(), response.json))
+        polling.set()
+        response = app.test_client().get(f"/jobs/{job}?wait=10")
+        answered.append((started, time.monotonic(), response.json))
 
     poller = threading.Thread(target=poll)
     poller.start()
-    time.sleep(0.5)
-    app.config["START_WORKER"]()
-    poller.join(timeout=25)
-    waited, returned_at, body = answered[0]
-    lag = returned_at - body["finished"]
-    print(f"\nlong-poll returned {lag * 1000:.0f} ms after the job ended ({waited:.2f} s after it began)")
-    assert body["status"] == "done" and waited < 20  # woken by the job's end, not by its wait running out
+    assert polling.wait(10)
+    gated = GatedClassifier()
+    app.config["START_WORKER"](classifier=gated)
+    wait_until(
+        lambda: module_redis.hget(f"{queue}:job:{job}", "status") == b"running",
+        10,
+        "the worker to take the job",
+    )
+    assert not answered  # still waiting: the job has not ended
+    released = time.monotonic()
+    gated.gate.set()  # the job ends now (its one image is answered a few ms later)
+    poller.join(timeout=15)
+    started, returned, body = answered[0]
+    print(
+        f"\nlong-poll returned {(returned - released) * 1000:.0f} ms after the job's image was released "
+        f"({returned - started:.2f} s after it began)"
+    )
+    assert body["status"] == "done" and body["predictions"][0]["label"] == "red"
+    # Woken by the job's end, not by a timer: within a second of it, where the wait was 10 s.
+    assert returned - released < 1.0
+    module_redis.delete(f"{queue}:worker:not-yet")
 
 
 class CountingClassifier(Classifier):
@@ -136,7 +167,9 @@ def test_a_job_cancelled_while_queued_is_never_computed(colour_apps, module_redi
 
 
 def test_an_expired_job_says_so_and_then_goes(colour_apps, module_redis):
-    app = colour_apps(worker=False, job_timeout=0.5, job_ttl=1)
+    # Its deadline is 0.5 s away; its record stays 2 s after that (the job TTL), the time a loaded
+    # machine has to see it expired before it goes.
+    app = colour_apps(worker=False, job_timeout=0.5, job_ttl=2)
     client = app.test_client()
     queue = app.config["QUEUE_NAME"]
     from serving.queue import RedisQueue
@@ -146,8 +179,12 @@ def test_an_expired_job_says_so_and_then_goes(colour_apps, module_redis):
         "away", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
     )
     job = client.post("/jobs", **multipart(colour_image("red"))).json["id"]
-    time.sleep(0.7)
-    body = client.get(f"/jobs/{job}").json
+    body = wait_until(
+        lambda: (state := client.get(f"/jobs/{job}").json)["status"] != "queued" and state,
+        10,
+        "the job's deadline to pass",
+        interval=0.02,
+    )
     assert body["status"] == "expired" and body["success"] is False and "not computed within" in body["error"]
     counting = CountingClassifier()
     app.config["START_WORKER"](classifier=counting)  # drops the image unrun, marks the job expired
@@ -155,7 +192,7 @@ def test_an_expired_job_says_so_and_then_goes(colour_apps, module_redis):
         lambda: module_redis.hget(f"{queue}:stats", "jobs:expired") == b"1", 10, "the expiry to be counted"
     )
     assert counting.computed == 0
-    wait_until(lambda: client.get(f"/jobs/{job}").status_code == 404, 5, "the expired job to go")
+    wait_until(lambda: client.get(f"/jobs/{job}").status_code == 404, 10, "the expired job to go")
     module_redis.delete(f"{queue}:worker:away")
     assert leftover_keys(module_redis, queue) == []
 

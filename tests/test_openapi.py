@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .support import TINY_INPUT, colour_image, leftover_keys, make_settings
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 UPLOAD_LIMIT = 300_000
+CLIENT_TIMEOUT = 1.0  # of the web-only servers
 FUZZ_EXAMPLES = 40  # per operation and phase: the whole run stays within seconds
 
 
@@ -38,7 +40,7 @@ def _web_only(serve, queue_name: str):
         "--role",
         "web",
         "--client-timeout",
-        "1",
+        str(CLIENT_TIMEOUT),
         "--max-upload-bytes",
         str(UPLOAD_LIMIT),
         model=False,
@@ -148,8 +150,11 @@ def test_timeouts_and_model_failures_match_the_spec(redis_server, serve):
     web = _web_only(serve, "stuckq")
     worker = thread = None
     try:
+        started = time.monotonic()
         timed_out = web.predict(colour_image("red"))
+        waited = time.monotonic() - started
         assert timed_out.status_code == 504
+        assert 0.9 * CLIENT_TIMEOUT <= waited < CLIENT_TIMEOUT + 2, waited  # the deadline, with a margin
         _check_against_spec(web, "/predict", "POST", timed_out)
         assert leftover_keys(queue.redis, "stuckq") == []
 

@@ -11,7 +11,7 @@ from serving.queue import JobSpec, RedisQueue
 from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
 from serving.worker.batching import take_batch
 
-from .support import leftover_keys
+from .support import leftover_keys, wait_until
 
 Q = "testq"
 
@@ -75,20 +75,45 @@ def test_take_fills_from_the_interactive_lane_first_and_tops_up_from_bulk(queue)
     assert queue.depth(BULK) == 4
 
 
+def in_background(take) -> tuple[threading.Thread, dict]:
+    """Run ``take()`` in a thread; the dict gets its "batch" and the monotonic time it "returned"."""
+    taken: dict = {}
+
+    def run():
+        taken["batch"] = take()
+        taken["returned"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, taken
+
+
+def first_message_taken(queue, worker: str) -> None:
+    """Wait until the worker holds its first message: its batching window is open from then."""
+    wait_until(lambda: queue.redis.llen(queue.keys.processing(worker)) == 1, 10, "the first take")
+
+
 def test_take_batch_waits_the_window_for_late_arrivals(queue):
     fill(queue, 1)
-    threading.Timer(0.05, lambda: fill(queue, 2, prefix="late")).start()
-    batch = take_batch(queue, "w1", 8, window=0.5, idle_timeout=1)
-    assert len(batch) == 3
+    taker, taken = in_background(lambda: take_batch(queue, "w1", 8, window=2.0, idle_timeout=1))
+    first_message_taken(queue, "w1")
+    fill(queue, 2, prefix="late")  # well inside the 2 s window
+    taker.join(timeout=20)
+    assert len(taken["batch"]) == 3
 
 
 def test_the_window_ends_as_soon_as_the_batch_is_full(queue):
     fill(queue, 1)
-    threading.Timer(0.05, lambda: fill(queue, 3, prefix="late")).start()
-    threading.Timer(0.5, lambda: fill(queue, 1, prefix="too-late")).start()
-    batch = take_batch(queue, "w1", 4, window=2.0, idle_timeout=1)
-    assert len(batch) == 4  # full at ~50 ms: the window did not run on to take the late one
-    assert take_batch(queue, "w2", 4, window=0, idle_timeout=2).interactive[0] == message("too-late0")
+    taker, taken = in_background(lambda: take_batch(queue, "w1", 4, window=30.0, idle_timeout=1))
+    first_message_taken(queue, "w1")
+    fill(queue, 3, prefix="late")
+    full = time.monotonic()
+    taker.join(timeout=40)
+    assert len(taken["batch"]) == 4
+    # Full at once: the take returned then, where the window would have run 30 s.
+    assert taken["returned"] - full < 10
+    fill(queue, 1, prefix="too-late")
+    assert take_batch(queue, "w2", 4, window=0, idle_timeout=2).interactive == [message("too-late0")]
 
 
 def test_a_blocked_worker_wakes_for_bulk_work_too(queue):

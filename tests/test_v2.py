@@ -12,9 +12,41 @@ import pytest
 
 from serving.queue import RedisQueue
 from serving.queue.messages import Heartbeat, ModelInfo
-from serving.web.v2_tensors import HEADER_LENGTH, deserialize_bytes, serialize_bytes
 
 from .support import COLOURS, colour_image, leftover_keys
+
+# The binary tensor data extension, as the protocol describes it (not the server's helpers): the
+# JSON header's length in this HTTP header, then each tensor's bytes; a BYTES tensor is, per
+# element, its length as a little-endian uint32 and then its bytes.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def bytes_tensor(elements: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(element)) + element for element in elements)
+
+
+def read_bytes_tensor(raw: bytes) -> list[bytes]:
+    elements, offset = [], 0
+    while offset < len(raw):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        elements.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    assert offset == len(raw), "the tensor's lengths do not add up to its size"
+    return elements
+
+
+def binary_outputs(response) -> dict[str, tuple[dict, bytes]]:
+    """Output name -> (its JSON description, its binary data), read from a binary response."""
+    header_length = int(response.headers[HEADER_LENGTH])
+    raw = response.get_data()
+    header = orjson.loads(raw[:header_length])
+    outputs, offset = {}, header_length
+    for output in header["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        outputs[output["name"]] = (output, raw[offset : offset + size])
+        offset += size
+    assert offset == len(raw)
+    return outputs
 
 
 @pytest.fixture
@@ -107,22 +139,21 @@ def test_classification_extension_and_binary_outputs(client):
     )
     response = client.post("/v2/models/colour/infer", json=body)
     assert response.status_code == 200
-    header_length = int(response.headers[HEADER_LENGTH])
-    raw = response.get_data()
-    header = orjson.loads(raw[:header_length])
-    scores, ids = header["outputs"]
+    outputs = binary_outputs(response)
+    scores, score_bytes = outputs["probabilities"]
     assert scores["datatype"] == "BYTES" and scores["shape"] == [1, 3]
-    score_bytes = raw[header_length : header_length + scores["parameters"]["binary_data_size"]]
-    strings = [s.decode() for s in deserialize_bytes(score_bytes)]
+    strings = [s.decode() for s in read_bytes_tensor(score_bytes)]
+    assert len(strings) == 3
     value, index, label = strings[0].split(":")
     assert label == "green" and index == "1" and 0 < float(value) <= 1
-    id_bytes = raw[header_length + scores["parameters"]["binary_data_size"] :]
-    assert np.frombuffer(id_bytes, "<i8").tolist()[0] == 1
+    ids, id_bytes = outputs["class_ids"]
+    assert ids["datatype"] == "INT64" and len(id_bytes) == 3 * 8
+    assert struct.unpack("<3q", id_bytes)[0] == 1
 
 
-def test_binary_inputs_as_tritonclient_sends_them(client):
+def test_binary_inputs_and_outputs_built_and_read_by_hand(client):
     images = [colour_image("red"), colour_image("blue")]
-    data = serialize_bytes(images)
+    data = bytes_tensor(images)
     header = orjson.dumps(
         {
             "inputs": [
@@ -133,15 +164,22 @@ def test_binary_inputs_as_tritonclient_sends_them(client):
                     "parameters": {"binary_data_size": len(data)},
                 }
             ],
-            "parameters": {"binary_data_output": False},
+            "parameters": {"binary_data_output": True},
         }
     )
     response = client.post(
         "/v2/models/colour/infer", data=header + data, headers={HEADER_LENGTH: str(len(header))}
     )
-    assert response.status_code == 200
-    labels = {o["name"]: o for o in response.json["outputs"]}["labels"]["data"]
-    assert labels[0::2] == ["red", "blue"]
+    assert response.status_code == 200, response.get_data()[:300]
+    outputs = binary_outputs(response)
+    labels, label_bytes = outputs["labels"]
+    assert labels["shape"] == [2, 2]  # the server's --top-k is 2
+    assert [label.decode() for label in read_bytes_tensor(label_bytes)][0::2] == ["red", "blue"]
+    _, probability_bytes = outputs["probabilities"]
+    probabilities = struct.unpack("<4f", probability_bytes)
+    assert 0.5 < probabilities[0] <= 1 and probabilities[0] >= probabilities[1]
+    _, id_bytes = outputs["class_ids"]
+    assert struct.unpack("<4q", id_bytes)[0::2] == (0, 2)
 
 
 @pytest.mark.parametrize(
@@ -196,24 +234,27 @@ def test_bad_inference_requests_are_400_in_the_protocols_shape(client, module_re
 
 
 def test_a_binary_tensor_cut_short_is_a_400(client):
-    data = serialize_bytes([colour_image("red")])[:-10]
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(data)},
-                }
-            ]
-        }
-    )
-    response = client.post(
-        "/v2/models/colour/infer", data=header + data, headers={HEADER_LENGTH: str(len(header))}
-    )
-    assert response.status_code == 400 and "ends inside an element" in response.json["error"]
-    assert struct.calcsize("<I") == 4
+    image = colour_image("red")
+    for data, words in (
+        (struct.pack("<I", len(image)) + image[:-10], "ends inside an element"),  # the bytes run out
+        (bytes_tensor([image]) + b"\x01\x00", "ends inside an element's length"),  # half a length
+    ):
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(data)},
+                    }
+                ]
+            }
+        )
+        response = client.post(
+            "/v2/models/colour/infer", data=header + data, headers={HEADER_LENGTH: str(len(header))}
+        )
+        assert response.status_code == 400 and words in response.json["error"], words
 
 
 @pytest.mark.slow

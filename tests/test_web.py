@@ -17,6 +17,7 @@ from serving.settings import load_settings
 from .support import ROOT, colour_image, free_port, leftover_keys
 
 Q = "webq"
+CLIENT_TIMEOUT = 0.5
 STALLED_WORKER = Heartbeat(ModelInfo("colour", (32, 32), 3), host="h", pid=1, batch_size=8)
 
 
@@ -28,7 +29,7 @@ def _app(redis_url, *flags):
             "--queue-name",
             Q,
             "--client-timeout",
-            "0.5",
+            str(CLIENT_TIMEOUT),
             "--max-upload-bytes",
             "200000",
             "--max-image-pixels",
@@ -106,12 +107,17 @@ def test_wrong_method_is_405_json(client):
 
 
 def test_unknown_path_is_404_json(client):
-    assert client.get("/nowhere").json["success"] is False
+    response = client.get("/nowhere")
+    assert response.status_code == 404 and response.json["success"] is False
 
 
 def test_no_result_before_the_deadline_is_504_and_the_message_is_withdrawn(client, stalled):
+    started = time.monotonic()
     response = _post(client, colour_image("red"))
+    waited = time.monotonic() - started
     assert response.status_code == 504
+    # The deadline is --client-timeout (0.5 s): not before it, and not long after (a generous margin).
+    assert 0.9 * CLIENT_TIMEOUT <= waited < CLIENT_TIMEOUT + 2, waited
     assert "withdrawn" in response.json["error"] and response.json["request_id"]
     assert leftover_keys(stalled, Q) == []  # queue empty, no waiting marker
 
