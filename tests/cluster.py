@@ -25,6 +25,7 @@ from harness.launch import GUNICORN, on_queue, queue_env, server_command
 from harness.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
 from serving.queue.embedded import EmbeddedRedis
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import Request
 
 from .support import COLOURS, ROOT, free_port, leftover_keys
@@ -368,7 +369,7 @@ def assert_no_leftovers(cluster: Cluster) -> None:
     client = cluster.client()
     assert leftover_keys(client, QUEUE) == []
     wait_until(
-        lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")),
+        lambda: not list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:worker:*")),
         10,
         "dead workers' heartbeats to expire",
     )

@@ -52,7 +52,7 @@ def test_enqueue_refuses_once_the_lane_holds_its_bound(queue):
 def test_a_request_of_several_images_is_queued_whole_and_awaited_per_image(queue):
     messages = [message("multi", i) for i in range(3)]
     assert queue.enqueue("multi", messages, max_length=10, keep_seconds=30)
-    assert queue.redis.lrange(Q, 0, -1) == messages
+    assert queue.redis.lrange(queue.keys.tag, 0, -1) == messages
     assert queue.redis.hkeys(queue.keys.waiting("multi")) == [b"0", b"1", b"2"]
     assert 0 < queue.redis.pttl(queue.keys.waiting("multi")) <= 30_000
 
@@ -156,7 +156,7 @@ def test_wait_answers_returns_what_arrived_when_time_is_up(queue):
 def test_withdraw_takes_queued_messages_back(queue):
     messages = fill(queue, 2)
     assert queue.withdraw("m1", [messages[1]]) == (1, [])
-    assert queue.redis.lrange(Q, 0, -1) == [messages[0]]
+    assert queue.redis.lrange(queue.keys.tag, 0, -1) == [messages[0]]
     assert not queue.redis.exists(queue.keys.waiting("m1"))
 
 
@@ -180,7 +180,7 @@ def test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order(queue
     heartbeat = Heartbeat(ModelInfo("m", (2, 2), 3), host="h", pid=1, batch_size=8)
     queue.beat("alive", heartbeat, ttl=10)
     assert queue.requeue_dead() == 4
-    assert queue.redis.lrange(Q, 0, -1) == messages[:3]
+    assert queue.redis.lrange(queue.keys.tag, 0, -1) == messages[:3]
     assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"bulk-held-by-the-dead", bulk[1]]
     assert queue.redis.llen(queue.keys.processing("alive")) == 1
     assert set(queue.live_workers()) == {"alive"}
@@ -251,6 +251,7 @@ def test_a_bulk_entry_that_is_not_a_reference_is_dropped(queue, caplog):
 def test_a_heartbeat_that_cannot_be_read_is_skipped(queue, caplog):
     queue.redis.set(queue.keys.heartbeat("from-another-version"), b"not json")
     queue.redis.set(queue.keys.heartbeat("no-model"), b'{"host": "h"}')
+    queue.redis.zadd(queue.keys.workers, {"from-another-version": 0, "no-model": 0})
     queue.beat("good", Heartbeat(ModelInfo("m", (2, 2), 3), host="h", pid=1, batch_size=8), ttl=10)
     assert set(queue.live_workers()) == {"good"}
     assert "from-another-version" in caplog.text and "no-model" in caplog.text

@@ -12,6 +12,7 @@ from serving.models import load_classifier
 from serving.models.classifier import Classifier
 from serving.queue import JobSpec
 from serving.queue.connection import open_queue
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import BULK, Answer, Request
 from serving.worker.loop import ModelWorker
 from serving.worker.stats import BatchObserver
@@ -202,7 +203,7 @@ def test_two_workers_on_one_queue_never_process_the_same_message(redis_client, r
     }
     assert sum(by_worker.values()) == 200, by_worker
     assert leftover_keys(redis_client, Q) == []
-    assert not redis_client.keys(f"{Q}:worker:*")  # both signed off
+    assert not redis_client.keys(f"{QueueKeys(Q).tag}:worker:*")  # both signed off
 
 
 def test_heartbeat_describes_the_model(redis_client, redis_server, classifier):
