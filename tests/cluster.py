@@ -24,6 +24,7 @@ from PIL import Image
 from harness.launch import GUNICORN, on_queue, queue_env, server_command
 from harness.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
+from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
 from serving.queue.keys import QueueKeys
 from serving.queue.messages import Request
@@ -100,7 +101,7 @@ class Worker(ChildProcess):
 
     def wait_ready(self, timeout: float = 90) -> Worker:
         """Wait for this process's heartbeat; it carries the worker id the answers name."""
-        queue = RedisQueue(redis.Redis.from_url(self.redis_url), self.queue_name)
+        queue = RedisQueue(connect(self.redis_url, 2.0), self.queue_name)
 
         def my_id():
             return next((wid for wid, beat in queue.live_workers().items() if beat.pid == self.pid), None)

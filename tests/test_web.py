@@ -141,6 +141,13 @@ def test_no_worker_is_503_and_not_ready(redis_server, redis_client):
 def test_ready_when_redis_answers_and_a_worker_beats(client):
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json["workers"] == 1
+    port = response.json["redis"]["primary"].rsplit(":", 1)[1]
+    assert response.json["redis"] | {"primary": port} == {
+        "primary": port,
+        "via": "redis",
+        "primary_changes": 0,
+    }
+    assert port != "" and int(port) > 0
 
 
 def test_redis_down_is_503_at_once():

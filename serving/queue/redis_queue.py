@@ -165,6 +165,12 @@ class RedisQueue:
             raise NotReplicated(f"job {job.id} reached {replicas} of {self.min_replicas} replicas in time")
         return bool(queued)
 
+    def primary(self) -> str | None:
+        """host:port of the primary this process talks to (None before it first found one)."""
+        if isinstance(self.redis, RedisCluster):
+            self._node()
+        return self.watch.address
+
     def _node(self) -> redis.Redis:
         """A client of the primary that holds this queue's slot (the only one there is, but for
         a Redis Cluster): what a transaction followed by WAIT must run on."""
