@@ -327,9 +327,11 @@ class RedisQueue:
             commands.append(("EVAL", scripts.EXPIRE_JOBS, len(expire_keys), *expire_keys, time.time()))
         commands.append(("DEL", self.keys.processing(worker_id), self.keys.processing(worker_id, BULK)))
         # Every step is idempotent (an answer is written once; the lists are deleted), so when too
-        # few replicas acknowledge, the caller runs it all again: on the new primary after a failover.
+        # few replicas acknowledge job answers, the caller runs it all again: on the new primary
+        # after a failover. An interactive answer lost with its primary costs its client a 504,
+        # which the promise allows; a job's answer must not be lost.
         results, replicas = self._replicated(commands, transaction=True)
-        if replicas < self.min_replicas:
+        if replicas < self.min_replicas and len(job_keys) > 1:
             raise NotReplicated(f"answers reached {replicas} of {self.min_replicas} replicas in time")
         return sum(int(cast(int, written)) for written in results[:scripts_run])
 
