@@ -9,6 +9,7 @@ import redis
 
 from serving.queue import JobSpec, RedisQueue
 from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
+from serving.queue.redis_queue import NotReplicated
 from serving.worker.batching import take_batch
 
 from .support import leftover_keys
@@ -255,3 +256,29 @@ def test_a_heartbeat_that_cannot_be_read_is_skipped(queue, caplog):
     queue.beat("good", Heartbeat(ModelInfo("m", (2, 2), 3), host="h", pid=1, batch_size=8), ttl=10)
     assert set(queue.live_workers()) == {"good"}
     assert "from-another-version" in caplog.text and "no-model" in caplog.text
+
+
+def test_with_replicas_required_a_job_no_replica_holds_is_taken_back(redis_client):
+    """The session's Redis has no replica: WAIT 1 answers 0 after its timeout, so the job is not
+    acknowledged (the web tier answers 503) and nothing of it stays queued."""
+    strict = RedisQueue(redis_client, "replicatedq", min_replicas=1)
+    now = time.time()
+    spec = JobSpec("unreplicated", now, now + 60, top_k=1, as_list=False, result_ttl=60)
+    started = time.monotonic()
+    with pytest.raises(NotReplicated):
+        strict.create_job(spec, [message("unreplicated", lane=BULK)], max_length=10)
+    assert time.monotonic() - started >= 0.4  # it did wait for a replica
+    assert strict.depth(BULK) == 0 and not redis_client.exists(strict.keys.job("unreplicated"))
+
+
+def test_with_replicas_required_only_job_answers_wait_for_one(redis_client):
+    strict = RedisQueue(redis_client, "replicatedq2", min_replicas=1)
+    strict.enqueue("r", [message("r")], max_length=10, keep_seconds=30)
+    strict.take("w", 1)
+    started = time.monotonic()
+    assert strict.answer("w", [answer("r")], result_ttl=60) == 1  # interactive: no WAIT
+    assert time.monotonic() - started < 0.4
+    job_answer = Answer("some-job", 0, BULK, 200, predictions=[{"label": "x", "probability": 1.0}])
+    with pytest.raises(NotReplicated):
+        strict.answer("w", [job_answer], result_ttl=60)
+    redis_client.delete(*strict.keys.all_fixed(), strict.keys.result("r"))

@@ -182,7 +182,7 @@ class RedisQueue:
         return self.redis
 
     def _replicated(
-        self, commands: Sequence[tuple[object, ...]], transaction: bool = False
+        self, commands: Sequence[tuple[object, ...]], transaction: bool = False, wait: bool = True
     ) -> tuple[list[object], int]:
         """Run ``commands`` (in MULTI/EXEC when ``transaction``) and then WAIT for
         ``min_replicas``, on one connection; returns their replies and how many replicas
@@ -196,7 +196,8 @@ class RedisQueue:
             pipe.execute_command(*command)
         if transaction:
             pipe.execute_command("EXEC")
-        if self.min_replicas:
+        wait = wait and self.min_replicas > 0
+        if wait:
             pipe.execute_command("WAIT", self.min_replicas, REPLICA_WAIT_MS)
         try:
             replies = pipe.execute()
@@ -204,7 +205,7 @@ class RedisQueue:
             if isinstance(self.redis, RedisCluster):  # the slot may have moved: ask the cluster again
                 self.redis.nodes_manager.initialize()
             raise
-        replicas = int(replies.pop()) if self.min_replicas else self.min_replicas
+        replicas = int(replies.pop()) if wait else self.min_replicas
         if transaction:
             replies = replies[-1]  # EXEC's list; the others are OK and QUEUED
             if replies is None:
@@ -330,8 +331,9 @@ class RedisQueue:
         # few replicas acknowledge job answers, the caller runs it all again: on the new primary
         # after a failover. An interactive answer lost with its primary costs its client a 504,
         # which the promise allows; a job's answer must not be lost.
-        results, replicas = self._replicated(commands, transaction=True)
-        if replicas < self.min_replicas and len(job_keys) > 1:
+        jobs_answered = len(job_keys) > 1
+        results, replicas = self._replicated(commands, transaction=True, wait=jobs_answered)
+        if replicas < self.min_replicas and jobs_answered:
             raise NotReplicated(f"answers reached {replicas} of {self.min_replicas} replicas in time")
         return sum(int(cast(int, written)) for written in results[:scripts_run])
 

@@ -36,6 +36,7 @@ from serving.worker.stats import BatchObserver
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 1.0  # longest block on empty lanes, so a stop request is seen within a second
+RETRY_SECONDS = 0.25  # how soon a worker tries Redis again after a failed wait for work
 BATCH_FAILED = "The server failed on this request's batch."
 MODEL_FAILED = "The model failed on this request's batch."
 
@@ -151,6 +152,7 @@ class ModelWorker:
         )
         # Answers are worth writing while their clients may still wait: retry that long.
         self._answer_retry = patient_retry(settings.request_lifetime)
+        self._redis_away = False
 
     # Lifecycle -----------------------------------------------------------------
     def stop(self) -> None:
@@ -195,9 +197,18 @@ class ModelWorker:
         try:
             batch = self.policy.next_batch(self.queue, self.worker_id, IDLE_TIMEOUT)
         except redis.RedisError as exc:
-            log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
-            self.stopping.wait(1.0)
+            # Soon again: after a failover the new primary is found on the next try. Said once
+            # per outage, not four times a second.
+            if not self._redis_away:
+                log.warning(
+                    "Redis unavailable while waiting for work (%s); retrying every %.2f s", exc, RETRY_SECONDS
+                )
+            self._redis_away = True
+            self.stopping.wait(RETRY_SECONDS)
             return 0
+        if self._redis_away:
+            log.info("Redis answers again")
+            self._redis_away = False
         if batch:
             self.policy.took(len(batch))
             self.answer(batch)
