@@ -91,6 +91,10 @@ class Worker(ChildProcess):
             "3",
             "--model-threads",
             "1",
+            # The answers are checked to 1e-4 against the exact softmax; bf16, which --precision
+            # auto picks on a CPU that has it (AVX512_BF16), is off by 1e-3.
+            "--precision",
+            "f32",
             *extra,
         ]
         super().__init__(args, name=name, log_path=log_dir / f"{name}.log")
