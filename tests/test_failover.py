@@ -7,11 +7,14 @@ primary when it returns."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
+import redis
 import requests
 
 from harness.redis_ha import ClusterHarness, SentinelHarness
+from serving.queue.connection import open_queue
 
 from .failover import ClusterTopology, Deployment, Figures, SentinelTopology, run
 
@@ -67,3 +70,27 @@ def test_a_cluster_shard_failover_under_load_keeps_the_promise(tmp_path, colour_
         if deployment:
             deployment.stop()
         cluster.stop()
+
+
+def test_a_sentinel_url_with_passwords_finds_the_primary_and_follows_it():
+    """Passwords on the data nodes and on the sentinels, through the URL; after the primary dies
+    the same client finds the new one and the message queued before the kill."""
+    with SentinelHarness(
+        replicas=1, sentinels=3, password="data-pw", sentinel_password="sentinel-pw", failover_timeout_ms=2000
+    ) as ha:
+        assert "sentinel_password=sentinel-pw" in ha.sentinel_url()
+        queue = open_queue(ha.sentinel_url(), "pwq", call_timeout=1.0, longest_block=30)
+        assert queue.min_replicas == 1 and queue.enqueue("r", [b"m"], max_length=10, keep_seconds=30)
+        assert queue.primary() == f"127.0.0.1:{ha.primary().port}" and queue.watch.how == "sentinel"
+        old = ha.kill_primary()
+        new = ha.wait_for_failover(old, timeout=60)
+        taken = None
+        for _ in range(200):  # what the worker loop does: try again soon
+            try:
+                taken = queue.take("w", 1)
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        assert taken is not None and taken.interactive == [b"m"]  # the write had reached the replica
+        assert queue.primary() == f"127.0.0.1:{new.port}" and queue.watch.changes == 1
+        queue.redis.close()
