@@ -53,9 +53,10 @@ EMPTY = Batch([], [])
 Client = redis.Redis | RedisCluster
 
 
-class NotReplicated(redis.ConnectionError):
-    """The primary took a write, but too few replicas acknowledged it in time: it may be lost in
-    a failover. A ConnectionError, so what retries a lost connection retries this too."""
+class NotReplicated(redis.RedisError):
+    """The primary took a write, but too few replicas acknowledged it in time: it would be lost
+    if the primary failed now. Not retried: no replica (one is resyncing, or the only one was
+    promoted) answers sooner by being asked again."""
 
 
 # How long a write that must be replicated waits for the replicas' acknowledgement.
@@ -327,10 +328,9 @@ class RedisQueue:
                 ]
             commands.append(("EVAL", scripts.EXPIRE_JOBS, len(expire_keys), *expire_keys, time.time()))
         commands.append(("DEL", self.keys.processing(worker_id), self.keys.processing(worker_id, BULK)))
-        # Every step is idempotent (an answer is written once; the lists are deleted), so when too
-        # few replicas acknowledge job answers, the caller runs it all again: on the new primary
-        # after a failover. An interactive answer lost with its primary costs its client a 504,
-        # which the promise allows; a job's answer must not be lost.
+        # Job answers wait for a replica; when none acknowledges, they stay written on the primary
+        # and NotReplicated says so (every step is idempotent, so running it again is safe). An
+        # interactive answer lost with its primary costs its client a 504, which the promise allows.
         jobs_answered = len(job_keys) > 1
         results, replicas = self._replicated(commands, transaction=True, wait=jobs_answered)
         if replicas < self.min_replicas and jobs_answered:

@@ -29,6 +29,7 @@ from serving.queue.messages import (
     Prediction,
     Request,
 )
+from serving.queue.redis_queue import NotReplicated
 from serving.settings import Settings
 from serving.worker.batching import BatchPolicy
 from serving.worker.stats import BatchObserver
@@ -314,5 +315,7 @@ class ModelWorker:
                 ),
                 failed,
             )
+        except NotReplicated as exc:  # written on the primary; a second failure now could lose them
+            log.warning("%s: written on the primary only", exc)
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(result.answers), exc)
