@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from harness.redis_ha import ClusterHarness, SentinelHarness
+from harness.redis_ha import ClusterHarness, SentinelHarness, default_binaries
 from serving.queue.connection import open_queue
 
 from .failover import ClusterTopology, Deployment, Figures, SentinelTopology, run
@@ -93,4 +93,19 @@ def test_a_sentinel_url_with_passwords_finds_the_primary_and_follows_it():
                 time.sleep(0.05)
         assert taken is not None and taken.interactive == [b"m"]  # the write had reached the replica
         assert queue.primary() == f"127.0.0.1:{new.port}" and queue.watch.changes == 1
+        queue.redis.close()
+
+
+def test_a_tls_sentinel_url_reaches_the_primary_over_tls():
+    """rediss+sentinel:// speaks TLS to the sentinels and to the data nodes (a redis-server built
+    with TLS: HARNESS_REDIS=debian)."""
+    if not default_binaries().has_tls():
+        pytest.skip("this redis-server has no TLS (HARNESS_REDIS=debian runs Debian's, which has)")
+    with SentinelHarness(replicas=1, sentinels=3, password="pw", tls=True) as ha:
+        url = ha.sentinel_url()
+        assert url.startswith("rediss+sentinel://")
+        queue = open_queue(url, "tlsq", call_timeout=2.0, longest_block=5)
+        assert queue.enqueue("r", [b"m"], max_length=10, keep_seconds=30)
+        assert queue.take("w", 1).interactive == [b"m"]
+        assert queue.primary() == f"127.0.0.1:{ha.primary().port}"
         queue.redis.close()
