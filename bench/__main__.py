@@ -4,6 +4,7 @@ own pipeline, all measured in one run on one machine.
     python -m bench                 # ResNet50 (--weights none), c = 1, 8, 32, 64; several minutes
     python -m bench --quick         # smoke run: small model, few requests, about a minute
     python -m bench --autoscale     # KEDA's scaling rule against real workers, from zero and back
+    python -m bench --failover      # the Redis primary killed under load: Sentinel and Cluster
 
 Prints a table of ratios and the goals, writes bench/results/benchmark.json and .png.
 """
@@ -27,7 +28,6 @@ from stress_test import run_load
 
 from . import goals, overhead, priority, redis_memory
 from .plot import plot
-from .report import table
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_IMAGE = ROOT.parent / "shared" / "testdata" / "shuttle.jpg"
@@ -136,6 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and back; prints the timeline",
     )
     parser.add_argument(
+        "--failover",
+        action="store_true",
+        help="instead: the Redis primary killed under load, on Sentinel and on a Cluster; prints "
+        "the failover row (rates before/during/after, unavailability, lost and doubled counts)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: efficientnet_lite0, c = 1 and 4, a handful of requests",
@@ -154,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     image = load_image(args.image)
     if args.autoscale:
         return run_autoscale(args, image)
+    if args.failover:
+        from .failover import run_failover
+
+        table, figures = run_failover(args.out)
+        print(table)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "failover.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        return 0
     started = time.monotonic()
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "load_before": _load()},

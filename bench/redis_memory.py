@@ -16,6 +16,7 @@ from harness.launch import on_queue, python_server
 from serving.queue import RedisQueue
 from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo
 
 QUEUE = "bench_queue"
@@ -61,7 +62,7 @@ def measure(
             queued = queue.depth()
             after = int(client.info("memory")["used_memory"])
             list_bytes = int(client.memory_usage(QUEUE, samples=0) or 0)
-            markers = list(client.scan_iter(match=f"{QUEUE}:waiting:*"))
+            markers = list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:waiting:*"))
             marker_bytes = sum(int(client.memory_usage(key) or 0) for key in markers)
             sample = client.lindex(QUEUE, 0) or b""
             for thread in threads:

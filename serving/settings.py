@@ -53,9 +53,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", int, 5000, "port the HTTP server listens on"),
     Option("web_threads", int, 32, "HTTP worker threads (handlers mostly wait on Redis)"),
     Option("redis_url", str, None,
-           "Redis URL (redis://, rediss://, unix://); unset: 127.0.0.1:6379 if it answers, "
+           "Redis URL (redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
+           "redis+cluster://, rediss+cluster://); unset: 127.0.0.1:6379 if it answers, "
            "else an embedded redis-server"),
-    Option("queue_name", str, "image_queue", "Redis list of queued images; prefix of all keys"),
+    Option("redis_min_replicas", int, None,
+           "replicas that must hold a job before its 202, and a batch's answers before they count "
+           "(WAIT); unset: 1 for Sentinel and Cluster URLs, 0 (no WAIT) for one Redis"),
+    Option("queue_name", str, "image_queue",
+           "name of the queue: its keys are {NAME}, {NAME}:bulk, ..., one Cluster hash slot"),
     Option("batch_size", int, 8, "most images the worker runs in one model call "
            "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)"),
     Option("batch_wait_ms", float, 5.0,
@@ -133,6 +138,7 @@ class Settings:
     port: int
     web_threads: int
     redis_url: str | None
+    redis_min_replicas: int | None
     queue_name: str
     batch_size: int
     batch_wait_ms: float
@@ -217,12 +223,15 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
     return value
 
 
-ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads", "trace_sample_ratio"})  # 0: none / default
+# 0 means none, or the default
+ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads", "trace_sample_ratio", "redis_min_replicas"})
 
 
 def _validate(settings: Settings) -> None:
     for option in OPTIONS:
         value = getattr(settings, option.name)
+        if value is None:
+            continue
         if option.kind in (int, float) and (value < 0 or (value == 0 and option.name not in ZERO_ALLOWED)):
             raise SettingsError(f"{option.name} must be positive, got {value}")
     if not 0 <= settings.trace_sample_ratio <= 1:  # NaN fails this too

@@ -24,7 +24,9 @@ from PIL import Image
 from harness.launch import GUNICORN, on_queue, queue_env, server_command
 from harness.processes import ChildProcess, ServerProcess, http_status, wait_until
 from serving.queue import RedisQueue
+from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import Request
 
 from .support import COLOURS, ROOT, free_port, leftover_keys
@@ -89,6 +91,10 @@ class Worker(ChildProcess):
             "3",
             "--model-threads",
             "1",
+            # The answers are checked to 1e-4 against the exact softmax; bf16, which --precision
+            # auto picks on a CPU that has it (AVX512_BF16), is off by 1e-3.
+            "--precision",
+            "f32",
             *extra,
         ]
         super().__init__(args, name=name, log_path=log_dir / f"{name}.log")
@@ -99,7 +105,7 @@ class Worker(ChildProcess):
 
     def wait_ready(self, timeout: float = 90) -> Worker:
         """Wait for this process's heartbeat; it carries the worker id the answers name."""
-        queue = RedisQueue(redis.Redis.from_url(self.redis_url), self.queue_name)
+        queue = RedisQueue(connect(self.redis_url, 2.0), self.queue_name)
 
         def my_id():
             return next((wid for wid, beat in queue.live_workers().items() if beat.pid == self.pid), None)
@@ -368,7 +374,7 @@ def assert_no_leftovers(cluster: Cluster) -> None:
     client = cluster.client()
     assert leftover_keys(client, QUEUE) == []
     wait_until(
-        lambda: not list(client.scan_iter(match=f"{QUEUE}:worker:*")),
+        lambda: not list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:worker:*")),
         10,
         "dead workers' heartbeats to expire",
     )

@@ -13,6 +13,7 @@ from PIL import Image
 from harness.launch import server_command
 from harness.processes import ROOT, ServerProcess, free_port, wait_until
 from serving.models.preprocessing import Preprocessing
+from serving.queue.keys import QueueKeys
 from serving.settings import Settings, load_settings
 
 __all__ = ["ROOT", "TESTDATA", "COLOURS", "TINY_INPUT", "free_port", "wait_until"]
@@ -82,9 +83,10 @@ def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
 def leftover_keys(client, queue_name: str) -> list[str]:
     """Keys of a queue other than live worker heartbeats and the records kept on purpose (the
     counts, the last model): none after a run."""
-    keys = [key.decode() for key in client.scan_iter(match=f"{queue_name}*")]
-    kept = {f"{queue_name}:stats", f"{queue_name}:model"}
-    return sorted(key for key in keys if not key.startswith(f"{queue_name}:worker:") and key not in kept)
+    names = QueueKeys(queue_name)
+    keys = [key.decode() for key in client.scan_iter(match=f"{names.tag}*")]
+    kept = {names.stats, names.model, names.workers}
+    return sorted(key for key in keys if not key.startswith(names.heartbeat("")) and key not in kept)
 
 
 def make_settings(**overrides) -> Settings:

@@ -12,6 +12,7 @@ import pytest
 
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import BULK, JobImage, Request
 from serving.worker import batching
 from serving.worker.batching import BatchCosts, take_batch
@@ -94,7 +95,7 @@ def test_interactive_requests_are_answered_while_a_full_bulk_lane_drains(colour_
 
     idle = latencies(20)
     jobs = [client.post("/jobs", json={"images": [bulk_image] * 32}).json["id"] for _ in range(8)]
-    bulk_lane = f"{app.config['QUEUE_NAME']}:bulk"
+    bulk_lane = QueueKeys(app.config["QUEUE_NAME"]).lane("bulk")
     assert module_redis.llen(bulk_lane) > 100
     under_bulk = latencies(20, as_bulk_batches_start=True)
     still_queued = module_redis.llen(bulk_lane)

@@ -15,6 +15,7 @@ import yaml
 from serving.queue import QueueKeys
 from serving.queue.embedded import DEFAULT_URL
 from serving.queue.messages import BULK
+from serving.queue.sentinel import parse_sentinel_url
 from serving.settings import load_settings
 from tools.compose_nginx import compose_site
 
@@ -220,3 +221,53 @@ def test_the_web_requirements_are_the_base_install_and_the_worker_extra_the_rest
     assert names(project["dependencies"]) == names(web)
     assert names(project["optional-dependencies"]["worker"]) == names(full) - {"openvino-telemetry"}
     assert "-r requirements-web.txt" in (ROOT / "requirements.txt").read_text()
+
+
+@needs_kubectl
+def test_the_sentinel_overlay_points_every_process_and_keda_at_the_sentinels():
+    docs = render(ROOT / "deploy" / "k8s" / "overlays" / "sentinel")
+    by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    assert ("Deployment", "redis") not in by_kind and (
+        "Service",
+        "redis",
+    ) not in by_kind  # the chart's Redis serves
+    for name in ("web", "worker"):
+        spec = by_kind[("Deployment", name)]["spec"]["template"]["spec"]
+        assert [c["name"] for c in spec["containers"]] == [name]
+        variables = env(spec["containers"][0])
+        url = variables["REDIS_URL"].replace("$(REDIS_PASSWORD)", "pw")
+        parsed = parse_sentinel_url(url)
+        assert parsed.service == "mymaster" and parsed.db == 0 and len(parsed.sentinels) == 3
+        assert {port for _, port in parsed.sentinels} == {26379}
+        assert parsed.connection_kwargs["password"] == "pw" and parsed.sentinel_kwargs["password"] == "pw"
+        password = next(item for item in spec["containers"][0]["env"] if item["name"] == "REDIS_PASSWORD")
+        assert password["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "redis-password"}
+        kubernetes_validate.validate(by_kind[("Deployment", name)], "1.32", strict=True)
+    scaled = by_kind[("ScaledObject", "worker")]["spec"]
+    lanes = QueueKeys(DEFAULTS.queue_name)
+    assert [t["metadata"]["listName"] for t in scaled["triggers"]] == [
+        lanes.lane("interactive"),
+        lanes.lane(BULK),
+    ]
+    for trigger in scaled["triggers"]:
+        # KEDA's redis-sentinel scaler: addresses (comma list), sentinelMaster, listName, listLength
+        assert trigger["type"] == "redis-sentinel" and trigger["authenticationRef"] == {"name": "keras-redis"}
+        metadata = trigger["metadata"]
+        assert set(metadata) == {
+            "addresses",
+            "sentinelMaster",
+            "listName",
+            "listLength",
+            "activationListLength",
+            "databaseIndex",
+        }
+        assert metadata["sentinelMaster"] == "mymaster" and int(metadata["listLength"]) == DEFAULTS.batch_size
+        addresses = [a.strip() for a in metadata["addresses"].split(",")]
+        assert len(addresses) == 3 and all(
+            a.endswith(".keras-server.svc.cluster.local:26379") for a in addresses
+        )
+    auth = by_kind[("TriggerAuthentication", "keras-redis")]["spec"]["secretTargetRef"]
+    assert {(ref["parameter"], ref["name"], ref["key"]) for ref in auth} == {
+        ("password", "redis", "redis-password"),
+        ("sentinelPassword", "redis", "redis-password"),
+    }

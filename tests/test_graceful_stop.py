@@ -15,6 +15,7 @@ import redis
 import requests
 
 from harness.launch import on_queue
+from serving.queue.keys import QueueKeys
 
 from .support import COLOURS, LiveServer, colour_image, colour_model_args, leftover_keys, wait_until
 
@@ -29,7 +30,7 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(
     stop_signal, redis_server, colour_model, tmp_path
 ):
     client = redis.Redis.from_url(redis_server.url)
-    client.delete(*client.keys(f"{QUEUE}*") or ["-"])
+    client.delete(*client.keys(f"{QueueKeys(QUEUE).tag}*") or ["-"])
     worker = LiveServer(
         *on_queue("worker", redis_server.url, QUEUE, *colour_model_args(colour_model)),
         log_path=tmp_path / "worker.log",
@@ -48,7 +49,11 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(
             answers = [
                 pool.submit(web.predict, colour_image(colour, seed=i)) for i, colour in enumerate(colours)
             ]
-            wait_until(lambda: len(client.keys(f"{QUEUE}:waiting:*")) == IN_FLIGHT, 20, "requests in flight")
+            wait_until(
+                lambda: len(client.keys(f"{QueueKeys(QUEUE).tag}:waiting:*")) == IN_FLIGHT,
+                20,
+                "requests in flight",
+            )
 
             os.kill(web.pid, stop_signal)
             wait_until(lambda: "stopped listening" in web.log(), 10, "the web server to stop listening")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from serving.models.classifier import Classifier
+from serving.queue.keys import QueueKeys
 
 from .support import COLOURS, colour_image, leftover_keys, wait_until
 
@@ -109,7 +110,7 @@ def test_a_long_poll_returns_as_the_job_ends(colour_apps, module_redis):
     gated = GatedClassifier()
     app.config["START_WORKER"](classifier=gated)
     wait_until(
-        lambda: module_redis.hget(f"{queue}:job:{job}", "status") == b"running",
+        lambda: module_redis.hget(QueueKeys(queue).job(job), "status") == b"running",
         10,
         "the worker to take the job",
     )
@@ -125,7 +126,7 @@ def test_a_long_poll_returns_as_the_job_ends(colour_apps, module_redis):
     assert body["status"] == "done" and body["predictions"][0]["label"] == "red"
     # Woken by the job's end, not by a timer: within a second of it, where the wait was 10 s.
     assert returned - released < 1.0
-    module_redis.delete(f"{queue}:worker:not-yet")
+    module_redis.delete(QueueKeys(queue).heartbeat("not-yet"))
 
 
 class CountingClassifier(Classifier):
@@ -155,14 +156,14 @@ def test_a_job_cancelled_while_queued_is_never_computed(colour_apps, module_redi
     assert cancelled.status_code == 200
     assert cancelled.json == {"id": job, "status": "cancelled", "images": 2, "done": 0, "cancelled": 2}
     assert client.get(f"/jobs/{job}").status_code == 404 and client.delete(f"/jobs/{job}").status_code == 404
-    assert module_redis.llen(f"{queue}:bulk") == 0  # its images left the lane with the cancel
+    assert module_redis.llen(f"{QueueKeys(queue).tag}:bulk") == 0  # its images left the lane with the cancel
     counting = CountingClassifier()
     app.config["START_WORKER"](classifier=counting)
     after = client.post("/jobs", **multipart(colour_image("blue"))).json["id"]
     assert client.get(f"/jobs/{after}?wait=10").json["status"] == "done"
     assert counting.computed == 1  # only the job submitted after the cancel
     assert client.delete(f"/jobs/{after}").json["status"] == "deleted"
-    module_redis.delete(f"{queue}:worker:busy")
+    module_redis.delete(f"{QueueKeys(queue).tag}:worker:busy")
     wait_until(lambda: leftover_keys(module_redis, queue) == [], 5, "the job's keys to go")
 
 
@@ -189,11 +190,13 @@ def test_an_expired_job_says_so_and_then_goes(colour_apps, module_redis):
     counting = CountingClassifier()
     app.config["START_WORKER"](classifier=counting)  # drops the image unrun, marks the job expired
     wait_until(
-        lambda: module_redis.hget(f"{queue}:stats", "jobs:expired") == b"1", 10, "the expiry to be counted"
+        lambda: module_redis.hget(f"{QueueKeys(queue).tag}:stats", "jobs:expired") == b"1",
+        10,
+        "the expiry to be counted",
     )
     assert counting.computed == 0
     wait_until(lambda: client.get(f"/jobs/{job}").status_code == 404, 10, "the expired job to go")
-    module_redis.delete(f"{queue}:worker:away")
+    module_redis.delete(f"{QueueKeys(queue).tag}:worker:away")
     assert leftover_keys(module_redis, queue) == []
 
 
@@ -259,7 +262,10 @@ def test_with_no_worker_alive_images_of_the_last_model_queue_until_one_starts(co
 
     client = app.test_client()
     assert client.post("/predict", **multipart(colour_image("red"))).status_code == 503  # never seen: 503
-    module_redis.set(f"{queue}:model", __import__("orjson").dumps(ModelInfo("colour", (32, 32), 3).as_dict()))
+    module_redis.set(
+        f"{QueueKeys(queue).tag}:model",
+        __import__("orjson").dumps(ModelInfo("colour", (32, 32), 3).as_dict()),
+    )
     assert RedisQueue(module_redis, queue).last_model().name == "colour"
     time.sleep(1.1)  # the web tier reads the workers' records at most once a second
     answers: list = []
@@ -267,7 +273,11 @@ def test_with_no_worker_alive_images_of_the_last_model_queue_until_one_starts(co
         target=lambda: answers.append(app.test_client().post("/predict", **multipart(colour_image("blue"))))
     )
     waiting.start()
-    wait_until(lambda: module_redis.llen(queue) == 1, 10, "the image to be queued with no worker alive")
+    wait_until(
+        lambda: module_redis.llen(QueueKeys(queue).tag) == 1,
+        10,
+        "the image to be queued with no worker alive",
+    )
     app.config["START_WORKER"]()
     waiting.join(timeout=30)
     assert answers[0].status_code == 200 and answers[0].json["predictions"][0]["label"] == "blue"

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.launch import GUNICORN, queue_env, server_command
 from harness.processes import ChildProcess, ServerProcess, http_status
 from serving.queue import RedisQueue
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.worker.stats import RedisBatchStats
 
@@ -121,7 +122,7 @@ def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server
             == 1
         )
     finally:
-        queue.redis.delete(*queue.redis.keys("depthq*"))
+        queue.redis.delete(*queue.redis.keys(QueueKeys("depthq").tag + "*"))
 
 
 @pytest.mark.slow
@@ -202,7 +203,7 @@ def test_gunicorn_processes_are_counted_together(redis_server, colour_model, tmp
                 == 24
             )
             assert value(samples, "inference_batch_size_sum") == 24
-    redis.Redis.from_url(redis_server.url).delete("gunq:stats")
+    redis.Redis.from_url(redis_server.url).delete(QueueKeys("gunq").stats)
 
 
 def test_batch_stats_survive_a_redis_outage(redis_server):
@@ -214,8 +215,8 @@ def test_batch_stats_survive_a_redis_outage(redis_server):
     stats.batch_done(5, 0.2)
     stats.redis = redis.Redis.from_url(redis_server.url)
     stats.flush()
-    written = stats.redis.hgetall("outageq:stats")
-    stats.redis.delete("outageq:stats")
+    written = stats.redis.hgetall(QueueKeys("outageq").stats)
+    stats.redis.delete(QueueKeys("outageq").stats)
     assert {key.decode(): float(amount) for key, amount in written.items()} == pytest.approx(
         {
             "batch_size:4": 1,

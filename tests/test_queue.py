@@ -9,6 +9,7 @@ import redis
 
 from serving.queue import JobSpec, RedisQueue
 from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
+from serving.queue.redis_queue import NotReplicated
 from serving.worker.batching import take_batch
 
 from .support import leftover_keys, wait_until
@@ -52,7 +53,7 @@ def test_enqueue_refuses_once_the_lane_holds_its_bound(queue):
 def test_a_request_of_several_images_is_queued_whole_and_awaited_per_image(queue):
     messages = [message("multi", i) for i in range(3)]
     assert queue.enqueue("multi", messages, max_length=10, keep_seconds=30)
-    assert queue.redis.lrange(Q, 0, -1) == messages
+    assert queue.redis.lrange(queue.keys.tag, 0, -1) == messages
     assert queue.redis.hkeys(queue.keys.waiting("multi")) == [b"0", b"1", b"2"]
     assert 0 < queue.redis.pttl(queue.keys.waiting("multi")) <= 30_000
 
@@ -181,7 +182,7 @@ def test_wait_answers_returns_what_arrived_when_time_is_up(queue):
 def test_withdraw_takes_queued_messages_back(queue):
     messages = fill(queue, 2)
     assert queue.withdraw("m1", [messages[1]]) == (1, [])
-    assert queue.redis.lrange(Q, 0, -1) == [messages[0]]
+    assert queue.redis.lrange(queue.keys.tag, 0, -1) == [messages[0]]
     assert not queue.redis.exists(queue.keys.waiting("m1"))
 
 
@@ -205,7 +206,7 @@ def test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order(queue
     heartbeat = Heartbeat(ModelInfo("m", (2, 2), 3), host="h", pid=1, batch_size=8)
     queue.beat("alive", heartbeat, ttl=10)
     assert queue.requeue_dead() == 4
-    assert queue.redis.lrange(Q, 0, -1) == messages[:3]
+    assert queue.redis.lrange(queue.keys.tag, 0, -1) == messages[:3]
     assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"bulk-held-by-the-dead", bulk[1]]
     assert queue.redis.llen(queue.keys.processing("alive")) == 1
     assert set(queue.live_workers()) == {"alive"}
@@ -276,6 +277,33 @@ def test_a_bulk_entry_that_is_not_a_reference_is_dropped(queue, caplog):
 def test_a_heartbeat_that_cannot_be_read_is_skipped(queue, caplog):
     queue.redis.set(queue.keys.heartbeat("from-another-version"), b"not json")
     queue.redis.set(queue.keys.heartbeat("no-model"), b'{"host": "h"}')
+    queue.redis.zadd(queue.keys.workers, {"from-another-version": 0, "no-model": 0})
     queue.beat("good", Heartbeat(ModelInfo("m", (2, 2), 3), host="h", pid=1, batch_size=8), ttl=10)
     assert set(queue.live_workers()) == {"good"}
     assert "from-another-version" in caplog.text and "no-model" in caplog.text
+
+
+def test_with_replicas_required_a_job_no_replica_holds_is_taken_back(redis_client):
+    """The session's Redis has no replica: WAIT 1 answers 0 after its timeout, so the job is not
+    acknowledged (the web tier answers 503) and nothing of it stays queued."""
+    strict = RedisQueue(redis_client, "replicatedq", min_replicas=1)
+    now = time.time()
+    spec = JobSpec("unreplicated", now, now + 60, top_k=1, as_list=False, result_ttl=60)
+    started = time.monotonic()
+    with pytest.raises(NotReplicated):
+        strict.create_job(spec, [message("unreplicated", lane=BULK)], max_length=10)
+    assert time.monotonic() - started >= 0.4  # it did wait for a replica
+    assert strict.depth(BULK) == 0 and not redis_client.exists(strict.keys.job("unreplicated"))
+
+
+def test_with_replicas_required_only_job_answers_wait_for_one(redis_client):
+    strict = RedisQueue(redis_client, "replicatedq2", min_replicas=1)
+    strict.enqueue("r", [message("r")], max_length=10, keep_seconds=30)
+    strict.take("w", 1)
+    started = time.monotonic()
+    assert strict.answer("w", [answer("r")], result_ttl=60) == 1  # interactive: no WAIT
+    assert time.monotonic() - started < 0.4
+    job_answer = Answer("some-job", 0, BULK, 200, predictions=[{"label": "x", "probability": 1.0}])
+    with pytest.raises(NotReplicated):
+        strict.answer("w", [job_answer], result_ttl=60)
+    redis_client.delete(*strict.keys.all_fixed(), strict.keys.result("r"))

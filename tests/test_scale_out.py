@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from serving.queue.keys import QueueKeys
+
 from .cluster import (
     QUEUE,
     Cluster,
@@ -156,7 +158,10 @@ def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(
     start_workers(successor)
     client = fresh.client()
     wait_until(
-        lambda: not list(client.scan_iter(match=f"{QUEUE}:processing:*")) and not client.llen(QUEUE),
+        lambda: (
+            not list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:processing:*"))
+            and not client.llen(QueueKeys(QUEUE).tag)
+        ),
         20,
         "the dead worker's messages to be requeued and taken",
     )
@@ -180,7 +185,7 @@ def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
             load = pool.submit(fire, web.url, range(6), 6, 30, "drain")
             client = fresh.client()
             wait_until(
-                lambda: len(list(client.scan_iter(match=f"{QUEUE}:waiting:*"))) == 6,
+                lambda: len(list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:waiting:*"))) == 6,
                 20,
                 "all six requests to be queued",
             )
@@ -256,7 +261,10 @@ def check_outage_and_recovery(fresh: Cluster, entries: list[str]) -> None:
         with ThreadPoolExecutor(len(entries)) as pool:
             loads = [pool.submit(fire, url, range(20, 140), 8, 10, "outage", progress) for url in entries]
             wait_until(
-                lambda: len(progress) >= 20 and len(list(client.scan_iter(match=f"{QUEUE}:waiting:*"))) >= 4,
+                lambda: (
+                    len(progress) >= 20
+                    and len(list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:waiting:*"))) >= 4
+                ),
                 20,
                 "some answers, and requests waiting on theirs",
             )

@@ -8,6 +8,8 @@ import signal
 import pytest
 import requests
 
+from serving.queue.keys import QueueKeys
+
 from .cluster import (
     QUEUE,
     Cluster,
@@ -70,7 +72,7 @@ def test_jobs_survive_a_killed_worker_and_any_web_server_answers_for_them(fresh)
         for job_id in jobs
     }
     wrong = [job_id for job_id, body in bodies.items() if not job_is_right(body, jobs[job_id])]
-    answered = int(fresh.client().hget(f"{QUEUE}:stats", "jobs:done") or 0)
+    answered = int(fresh.client().hget(f"{QueueKeys(QUEUE).tag}:stats", "jobs:done") or 0)
     print(
         f"\njobs with a worker killed mid-batch ({held} job images in its hands): {len(jobs)} submitted, "
         f"{len(jobs) - len(wrong)} right, {answered} counted done"

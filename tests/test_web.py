@@ -11,6 +11,7 @@ from PIL import Image
 
 from run_keras_server import create_app
 from serving.queue import RedisQueue
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.settings import load_settings
 
@@ -127,12 +128,12 @@ def test_full_queue_is_503_with_retry_after(redis_server, stalled):
     queued = [
         Request(f"queued-{i}", 0, np.zeros((32, 32, 3), np.uint8), 1, 0, 1e12).to_bytes() for i in (1, 2)
     ]
-    stalled.rpush(Q, *queued)
+    stalled.rpush(QueueKeys(Q).tag, *queued)
     response = _post(client, colour_image("red"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "busy" in response.json["error"]
-    assert stalled.lrange(Q, 0, -1) == queued
-    assert not stalled.keys(f"{Q}:waiting:*")
+    assert stalled.lrange(QueueKeys(Q).tag, 0, -1) == queued
+    assert not stalled.keys(f"{QueueKeys(Q).tag}:waiting:*")
 
 
 def test_no_worker_is_503_and_not_ready(redis_server, redis_client):
@@ -146,6 +147,13 @@ def test_no_worker_is_503_and_not_ready(redis_server, redis_client):
 def test_ready_when_redis_answers_and_a_worker_beats(client):
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json["workers"] == 1
+    port = response.json["redis"]["primary"].rsplit(":", 1)[1]
+    assert response.json["redis"] | {"primary": port} == {
+        "primary": port,
+        "via": "redis",
+        "primary_changes": 0,
+    }
+    assert port != "" and int(port) > 0
 
 
 def test_redis_down_is_503_at_once():

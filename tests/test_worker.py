@@ -13,6 +13,7 @@ from serving.models import load_classifier
 from serving.models.classifier import Classifier
 from serving.queue import JobSpec
 from serving.queue.connection import open_queue
+from serving.queue.keys import QueueKeys
 from serving.queue.messages import BULK, Answer, Request
 from serving.worker.loop import ModelWorker
 from serving.worker.stats import BatchObserver
@@ -226,7 +227,7 @@ def test_two_workers_on_one_queue_never_process_the_same_message(redis_client, r
     by_worker = Counter(r.body["batch"]["worker"] for r in results.values())
     assert set(by_worker) <= {w.worker_id for w in workers}, by_worker
     assert leftover_keys(redis_client, Q) == []
-    assert not redis_client.keys(f"{Q}:worker:*")  # both signed off
+    assert not redis_client.keys(f"{QueueKeys(Q).tag}:worker:*")  # both signed off
 
 
 def test_heartbeat_describes_the_model(redis_client, redis_server, classifier):

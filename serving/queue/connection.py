@@ -10,11 +10,22 @@ double it.
 
 from __future__ import annotations
 
+# mypy: disable-error-code="no-untyped-call"
+# (redis-py leaves its Sentinel, Cluster and raw-command entry points untyped.)
+from typing import Any
+from urllib.parse import unquote
+
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
 from redis.retry import Retry
 
-from serving.queue.redis_queue import RedisQueue
+from serving.queue.primary import PrimaryWatch
+from serving.queue.redis_queue import Client, RedisQueue
+from serving.queue.sentinel import is_sentinel_url, sentinel_client
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"  # where Redis is looked for when none is configured
 CONNECT_TIMEOUT_SECONDS = 0.5
@@ -22,22 +33,81 @@ CONNECT_TIMEOUT_SECONDS = 0.5
 BLOCKING_MARGIN_SECONDS = 5.0
 
 
-def connect(url: str, timeout: float | None) -> redis.Redis:
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def is_replicated_url(url: str) -> bool:
+    """Whether the URL names a Redis with replicas to fail over to (Sentinel or Cluster)."""
+    return is_sentinel_url(url) or is_cluster_url(url)
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """``redis+cluster://[[user]:password@]host:port[,host:port...][?options]``: the startup
+    nodes (any of the cluster's nodes) and the connection options, parsed by redis-py."""
+    scheme, _, rest = url.partition("://")
+    tls = CLUSTER_SCHEMES[scheme.lower()]
+    netloc, _, query = rest.partition("?")
+    netloc = netloc.rstrip("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    nodes = []
+    for member in filter(None, hosts.split(",")):
+        if member.startswith("["):  # [::1]:6379
+            host, _, port = member[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = member.partition(":")
+        if not host:
+            raise ValueError(f"a Cluster URL names a node without a host: {member!r}")
+        nodes.append((unquote(host), int(port) if port else 6379))
+    if not nodes:
+        raise ValueError("a Cluster URL names at least one node: redis+cluster://host:6379")
+    stand_in = f"{'rediss' if tls else 'redis'}://{userinfo + '@' if userinfo else ''}placeholder"
+    if query:
+        stand_in += "?" + query
+    options = parse_url(stand_in)
+    for drop in ("host", "port", "connection_class", "db"):
+        options.pop(drop, None)
+    if tls:
+        options["ssl"] = True
+    return nodes, options
+
+
+def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
+    """A client of the cluster the URL's nodes belong to."""
+    nodes, options = parse_cluster_url(url)
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options, **kwargs)
+
+
+def connect(url: str, timeout: float | None, watch: PrimaryWatch | None = None) -> Client:
     """A client whose calls fail after ``timeout`` seconds (None: no limit)."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-        health_check_interval=30,
-    )
+    common: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    }
+    if is_sentinel_url(url):
+        return sentinel_client(url, watch or PrimaryWatch(how="sentinel"), health_check_interval=30, **common)
+    if is_cluster_url(url):
+        # A connection error refreshes the slot map; the callers retry with a backoff, since
+        # the cluster's own retries come with none.
+        return cluster_client(url, **common)
+    return redis.Redis.from_url(url, health_check_interval=30, **common)
 
 
-def open_queue(url: str, name: str, *, call_timeout: float, longest_block: float) -> RedisQueue:
-    """The queue over a short-call client and a blocking-call client to the same Redis."""
-    return RedisQueue(
-        connect(url, call_timeout), name, blocking=connect(url, longest_block + BLOCKING_MARGIN_SECONDS)
-    )
+def open_queue(
+    url: str, name: str, *, call_timeout: float, longest_block: float, min_replicas: int | None = None
+) -> RedisQueue:
+    """The queue over a short-call client and a blocking-call client to the same Redis.
+    ``min_replicas`` None: 1 for a Sentinel or Cluster URL, else 0."""
+    if min_replicas is None:
+        min_replicas = 1 if is_replicated_url(url) else 0
+    watch = PrimaryWatch(how="sentinel") if is_sentinel_url(url) else None
+    short = connect(url, call_timeout, watch)
+    blocking = connect(url, longest_block + BLOCKING_MARGIN_SECONDS, watch)
+    return RedisQueue(short, name, blocking=blocking, min_replicas=min_replicas, watch=watch)
 
 
 def patient_retry(seconds: float) -> Retry:
@@ -51,7 +121,7 @@ def patient_retry(seconds: float) -> Retry:
 
 
 def answers(url: str, timeout: float = 0.3) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = connect(url, timeout)
     try:
         return bool(client.ping())
     except redis.RedisError:

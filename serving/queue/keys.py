@@ -1,24 +1,30 @@
 """Every Redis key name of one queue: the one place that builds them.
 
-Keys, all under the queue name ``Q`` (``QueueKeys`` builds them; nothing else does):
+Keys, all under the queue name ``Q`` in braces (``QueueKeys`` builds them; nothing else does).
+The braces are Redis Cluster's hash tag: only ``Q`` is hashed, so every key of one queue lives
+in one hash slot, on one shard, and every script and transaction of the queue runs unchanged on
+a cluster. A key built anywhere else could land in another slot; so none is.
 
-- ``Q``                          interactive lane: request messages (serving/messages.py), oldest first
-- ``Q:bulk``                     bulk lane: references to job images (messages.JobImage), taken
-                                 only to top up a batch
-- ``Q:doorbell``                 a token workers block on; rung when work is queued (scripts.py)
-- ``Q:waiting:<request>``        hash of the request's image indexes still awaited; the worker that
-                                 deletes an index is the one that answers it (exactly one answer)
-- ``Q:result:<request>``         list of the request's answers, popped by the waiting handler
-- ``Q:processing:<worker>``      interactive messages a worker has taken and not yet answered
-- ``Q:processing-bulk:<worker>`` the same for job image references
-- ``Q:worker:<worker>``          heartbeat with a TTL (messages.Heartbeat)
-- ``Q:model``                    the model the workers serve, kept with no TTL: web servers prepare
-                                 and queue images for it while no worker is alive (scaled to zero)
-- ``Q:stats``                    hash of deployment-wide counts: batches, jobs (serving/metrics.py)
-- ``Q:job:<job>``                hash of a job's state (status, images, answered, deadline, ...)
-- ``Q:job:<job>:results``        hash of its answers by image index, written once each
-- ``Q:job:<job>:images``         hash of its image messages not yet answered, by image index
-- ``Q:job:<job>:done``           list that receives a token when it ends: long-polls block on it
+- ``{Q}``                           interactive lane: request messages (serving/messages.py), oldest first
+- ``{Q}:bulk``                      bulk lane: references to job images (messages.JobImage), taken
+                                   only to top up a batch
+- ``{Q}:doorbell``                  a token workers block on; rung when work is queued (scripts.py)
+- ``{Q}:waiting:<request>``         hash of the request's image indexes still awaited; the worker that
+                                   deletes an index is the one that answers it (exactly one answer)
+- ``{Q}:result:<request>``          list of the request's answers, popped by the waiting handler
+- ``{Q}:processing:<worker>``       interactive messages a worker has taken and not yet answered
+- ``{Q}:processing-bulk:<worker>``  the same for job image references
+- ``{Q}:worker:<worker>``           heartbeat with a TTL (messages.Heartbeat)
+- ``{Q}:workers``                   sorted set of the workers that beat (score: heartbeat expiry, ms):
+                                   the index that finds heartbeats and processing lists, no SCAN;
+                                   a dead worker leaves it when its lists are requeued
+- ``{Q}:model``                     the model the workers serve, kept with no TTL: web servers prepare
+                                   and queue images for it while no worker is alive (scaled to zero)
+- ``{Q}:stats``                     hash of deployment-wide counts: batches, jobs (serving/metrics.py)
+- ``{Q}:job:<job>``                 hash of a job's state (status, images, answered, deadline, ...)
+- ``{Q}:job:<job>:results``         hash of its answers by image index, written once each
+- ``{Q}:job:<job>:images``          hash of its image messages not yet answered, by image index
+- ``{Q}:job:<job>:done``            list that receives a token when it ends: long-polls block on it
 
 """
 
@@ -31,39 +37,47 @@ class QueueKeys:
     """Every Redis key name of one queue."""
 
     def __init__(self, name: str):
+        if "{" in name or "}" in name:
+            raise ValueError(f"a queue name cannot hold braces (QueueKeys adds the hash tag): {name!r}")
         self.name = name
-        self.lanes = {INTERACTIVE: name, BULK: f"{name}:bulk"}
-        self.doorbell = f"{name}:doorbell"
-        self.stats = f"{name}:stats"
-        self.model = f"{name}:model"
+        self.tag = "{" + name + "}"  # the interactive lane's key, and every other key's prefix
+        self.lanes = {INTERACTIVE: self.tag, BULK: f"{self.tag}:bulk"}
+        self.doorbell = f"{self.tag}:doorbell"
+        self.stats = f"{self.tag}:stats"
+        self.model = f"{self.tag}:model"
+        self.workers = f"{self.tag}:workers"
 
     def lane(self, lane: str) -> str:
         return self.lanes[lane]
 
     def waiting(self, request_id: str) -> str:
-        return f"{self.name}:waiting:{request_id}"
+        return f"{self.tag}:waiting:{request_id}"
 
     def result(self, request_id: str) -> str:
-        return f"{self.name}:result:{request_id}"
+        return f"{self.tag}:result:{request_id}"
 
     def processing(self, worker_id: str, lane: str = INTERACTIVE) -> str:
         kind = "processing" if lane == INTERACTIVE else "processing-bulk"
-        return f"{self.name}:{kind}:{worker_id}"
+        return f"{self.tag}:{kind}:{worker_id}"
 
     def heartbeat(self, worker_id: str) -> str:
-        return f"{self.name}:worker:{worker_id}"
+        return f"{self.tag}:worker:{worker_id}"
 
     def job(self, job_id: str) -> str:
-        return f"{self.name}:job:{job_id}"
+        return f"{self.tag}:job:{job_id}"
 
     def job_results(self, job_id: str) -> str:
-        return f"{self.name}:job:{job_id}:results"
+        return f"{self.tag}:job:{job_id}:results"
 
     def job_done(self, job_id: str) -> str:
-        return f"{self.name}:job:{job_id}:done"
+        return f"{self.tag}:job:{job_id}:done"
 
     def job_images(self, job_id: str) -> str:
-        return f"{self.name}:job:{job_id}:images"
+        return f"{self.tag}:job:{job_id}:images"
+
+    def all_fixed(self) -> list[str]:
+        """The keys that do not depend on a request, job or worker."""
+        return [*self.lanes.values(), self.doorbell, self.stats, self.model, self.workers]
 
     def job_keys(self, job_id: str) -> list[str]:
         return [self.job(job_id), self.job_results(job_id), self.job_done(job_id), self.job_images(job_id)]

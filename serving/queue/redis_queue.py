@@ -4,6 +4,8 @@ from serving/queue/keys.py; every change that touches more than one key is one L
 
 from __future__ import annotations
 
+# mypy: disable-error-code="no-untyped-call"
+# (redis-py leaves its Sentinel, Cluster and raw-command entry points untyped.)
 import logging
 import time
 from collections.abc import Sequence
@@ -12,10 +14,12 @@ from typing import cast
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from serving.queue import scripts
 from serving.queue.keys import QueueKeys
 from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, MessageError, ModelInfo
+from serving.queue.primary import PrimaryWatch
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +49,43 @@ class Batch:
 
 EMPTY = Batch([], [])
 
+# A client of one Redis (plain or Sentinel-managed) or of a Redis Cluster.
+Client = redis.Redis | RedisCluster
+
+
+class NotReplicated(redis.RedisError):
+    """The primary took a write, but too few replicas acknowledged it in time: it would be lost
+    if the primary failed now. Not retried: no replica (one is resyncing, or the only one was
+    promoted) answers sooner by being asked again."""
+
+
+# How long a write that must be replicated waits for the replicas' acknowledgement.
+REPLICA_WAIT_MS = 500
+
 
 class RedisQueue:
     """The queue, over two clients: ``redis`` for short calls (it should have a short socket
-    timeout, so a hung Redis fails fast) and ``blocking`` for the calls that block on purpose."""
+    timeout, so a hung Redis fails fast) and ``blocking`` for the calls that block on purpose.
 
-    def __init__(self, client: redis.Redis, name: str, blocking: redis.Redis | None = None):
+    ``min_replicas``: a job is acknowledged, and a batch's answers count as written, only once
+    that many replicas have the write (WAIT on the connection that wrote, after the script or
+    transaction); 0 for a Redis with no replicas. ``watch`` follows the primary the clients talk
+    to, for the log, /readyz and /metrics."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        blocking: Client | None = None,
+        *,
+        min_replicas: int = 0,
+        watch: PrimaryWatch | None = None,
+    ):
         self.redis = client
         self.blocking = blocking or client
         self.keys = QueueKeys(name)
+        self.min_replicas = min_replicas
+        self.watch = watch or PrimaryWatch.of_client(client)
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._take = client.register_script(scripts.TAKE)
         self._answer_requests = client.register_script(scripts.ANSWER_REQUESTS)
@@ -124,7 +156,65 @@ class RedisQueue:
         keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell, self.keys.job_images(job.id)]
         keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
         fields = [len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
-        return bool(self._create_job(keys=keys, args=[max_length, keep_ms, *fields, job.id, *messages]))
+        args: list[float | str | bytes] = [max_length, keep_ms, *fields, job.id, *messages]
+        if not self.min_replicas:
+            return bool(self._create_job(keys=keys, args=args))
+        # WAIT counts replicas for the connection that wrote, so it follows the script on it.
+        (queued,), replicas = self._replicated([("EVAL", scripts.CREATE_JOB, len(keys), *keys, *args)])
+        if queued and replicas < self.min_replicas:
+            self.cancel_job(job.id)  # not acknowledged: taken back, so a 503 means "not accepted"
+            raise NotReplicated(f"job {job.id} reached {replicas} of {self.min_replicas} replicas in time")
+        return bool(queued)
+
+    def primary(self) -> str | None:
+        """host:port of the primary this process talks to (None before it first found one)."""
+        if isinstance(self.redis, RedisCluster):
+            self._node()
+        return self.watch.address
+
+    def _node(self) -> redis.Redis:
+        """A client of the primary that holds this queue's slot (the only one there is, but for
+        a Redis Cluster): what a transaction followed by WAIT must run on."""
+        if isinstance(self.redis, RedisCluster):
+            node = self.redis.get_node_from_key(self.keys.tag)
+            client = self.redis.get_redis_connection(node)
+            self.watch.note(f"{node.host}:{node.port}")
+            return client
+        return self.redis
+
+    def _replicated(
+        self, commands: Sequence[tuple[object, ...]], transaction: bool = False, wait: bool = True
+    ) -> tuple[list[object], int]:
+        """Run ``commands`` (in MULTI/EXEC when ``transaction``) and then WAIT for
+        ``min_replicas``, on one connection; returns their replies and how many replicas
+        acknowledged. Commands are EVAL (never EVALSHA, which a fresh primary may not know, and
+        never redis-py's Script, which a cluster pipeline refuses)."""
+        node = self._node()
+        pipe = node.pipeline(transaction=False)  # MULTI by hand: WAIT inside MULTI returns at once
+        if transaction:
+            pipe.execute_command("MULTI")
+        for command in commands:
+            pipe.execute_command(*command)
+        if transaction:
+            pipe.execute_command("EXEC")
+        wait = wait and self.min_replicas > 0
+        if wait:
+            pipe.execute_command("WAIT", self.min_replicas, REPLICA_WAIT_MS)
+        try:
+            replies = pipe.execute()
+        except redis.ConnectionError:
+            if isinstance(self.redis, RedisCluster):  # the slot may have moved: ask the cluster again
+                self.redis.nodes_manager.initialize()
+            raise
+        replicas = int(replies.pop()) if wait else self.min_replicas
+        if transaction:
+            replies = replies[-1]  # EXEC's list; the others are OK and QUEUED
+            if replies is None:
+                raise redis.ResponseError("the answer transaction was aborted")
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return list(replies), replicas
 
     def job_state(self, job_id: str) -> tuple[dict[str, str], dict[int, bytes]] | None:
         """A job's fields and its answers so far by image index; None when there is no such job."""
@@ -163,15 +253,18 @@ class RedisQueue:
         (None: no cap)."""
         if room <= 0:
             return EMPTY
-        caps = bulk_caps if bulk_caps is not None else [len(holding) + room] * (len(holding) + room + 1)
+        caps: Sequence[int] = (
+            bulk_caps if bulk_caps is not None else [len(holding) + room] * (len(holding) + room + 1)
+        )
         keys = [
             self.keys.lane(INTERACTIVE),
             self.keys.lane(BULK),
             self.keys.processing(worker_id),
             self.keys.processing(worker_id, BULK),
             self.keys.doorbell,
+            self.keys.workers,
         ]
-        args = [room, len(holding.interactive), len(holding.bulk), *caps]
+        args: list[int | str] = [room, len(holding.interactive), len(holding.bulk), worker_id, *caps]
         interactive, bulk = self._take(keys=keys, args=args)
         return Batch(holding.interactive + interactive, holding.bulk + bulk)
 
@@ -206,7 +299,6 @@ class RedisQueue:
         """Write the answers (interactive ones only while awaited, job ones once each), mark the
         ``expired_jobs`` (their images were dropped for their deadline) and clear this worker's
         processing lists, in one transaction. Returns how many answers were written."""
-        pipe = self.redis.pipeline(transaction=True)
         waiting_keys: list[str] = []
         waiting_args: list[int | bytes] = [result_ttl]
         job_keys: list[str] = [self.keys.stats]
@@ -218,13 +310,14 @@ class RedisQueue:
             else:
                 waiting_keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
                 waiting_args += [answer.index, answer.to_bytes()]
-        scripts_run = 0
+        commands: list[tuple[object, ...]] = []
         if waiting_keys:
-            self._answer_requests(keys=waiting_keys, args=waiting_args, client=pipe)
-            scripts_run += 1
+            commands.append(
+                ("EVAL", scripts.ANSWER_REQUESTS, len(waiting_keys), *waiting_keys, *waiting_args)
+            )
         if len(job_keys) > 1:
-            self._answer_jobs(keys=job_keys, args=job_args, client=pipe)
-            scripts_run += 1
+            commands.append(("EVAL", scripts.ANSWER_JOBS, len(job_keys), *job_keys, *job_args))
+        scripts_run = len(commands)
         if expired_jobs:
             expire_keys = [self.keys.stats]
             for job_id in sorted(set(expired_jobs)):
@@ -233,15 +326,22 @@ class RedisQueue:
                     self.keys.job_done(job_id),
                     self.keys.job_images(job_id),
                 ]
-            self._expire_jobs(keys=expire_keys, args=[time.time()], client=pipe)
-        pipe.delete(self.keys.processing(worker_id), self.keys.processing(worker_id, BULK))
-        results = pipe.execute()
-        return sum(int(written) for written in results[:scripts_run])
+            commands.append(("EVAL", scripts.EXPIRE_JOBS, len(expire_keys), *expire_keys, time.time()))
+        commands.append(("DEL", self.keys.processing(worker_id), self.keys.processing(worker_id, BULK)))
+        # Job answers wait for a replica; when none acknowledges, they stay written on the primary
+        # and NotReplicated says so (every step is idempotent, so running it again is safe). An
+        # interactive answer lost with its primary costs its client a 504, which the promise allows.
+        jobs_answered = len(job_keys) > 1
+        results, replicas = self._replicated(commands, transaction=True, wait=jobs_answered)
+        if replicas < self.min_replicas and jobs_answered:
+            raise NotReplicated(f"answers reached {replicas} of {self.min_replicas} replicas in time")
+        return sum(int(cast(int, written)) for written in results[:scripts_run])
 
     def beat(self, worker_id: str, heartbeat: Heartbeat, ttl: float) -> None:
         """Say this worker is alive (for ``ttl``) and what it serves; the model outlives it."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.heartbeat(worker_id), heartbeat.to_bytes(), px=int(ttl * 1000))
+        pipe.zadd(self.keys.workers, {worker_id: int((time.time() + ttl) * 1000)})
         pipe.set(self.keys.model, orjson.dumps(heartbeat.model.as_dict()))
         pipe.execute()
 
@@ -257,43 +357,51 @@ class RedisQueue:
             return None
 
     def sign_off(self, worker_id: str) -> None:
+        """This worker stops: its heartbeat goes, and it leaves the index (with anything it still
+        held, returned to the lanes)."""
         self.redis.delete(self.keys.heartbeat(worker_id))
+        self._requeue_worker(worker_id)
+
+    def _indexed_workers(self) -> list[str]:
+        """Every worker in the index: alive, or dead with its processing lists not yet requeued."""
+        return [
+            raw.decode(errors="replace")
+            for raw in cast(list[bytes], self.redis.zrange(self.keys.workers, 0, -1))
+        ]
 
     def live_workers(self) -> dict[str, Heartbeat]:
         """Worker id -> heartbeat, for every worker whose heartbeat has not expired. A heartbeat
-        that cannot be read (a worker of another version) is logged and left out."""
-        prefix = self.keys.heartbeat("")
-        keys = list(self.redis.scan_iter(match=prefix + "*", count=200))
-        if not keys:
+        that cannot be read (a worker of another version) is logged and left out. Found from the
+        index, never by a keyspace scan (which a cluster would have to run on every shard)."""
+        ids = self._indexed_workers()
+        if not ids:
             return {}
         workers = {}
-        for key, raw in zip(keys, self.redis.mget(keys)):
+        raws = cast(
+            list[bytes | None], self.redis.mget([self.keys.heartbeat(worker_id) for worker_id in ids])
+        )
+        for worker_id, raw in zip(ids, raws):
             if raw is None:
-                continue  # expired between SCAN and MGET
-            worker_id = key.decode(errors="replace")[len(prefix) :]
+                continue  # dead: requeue_dead takes it out of the index
             try:
-                workers[worker_id] = Heartbeat.from_bytes(cast(bytes, raw))
+                workers[worker_id] = Heartbeat.from_bytes(raw)
             except MessageError as exc:
                 log.warning("ignoring the heartbeat of worker %r: %s", worker_id, exc)
         return workers
 
     def requeue_dead(self) -> int:
-        """Return the messages of every worker whose heartbeat expired. Returns how many."""
-        workers = set()
-        for lane in (INTERACTIVE, BULK):
-            prefix = self.keys.processing("", lane)
-            workers |= {
-                key.decode()[len(prefix) :] for key in self.redis.scan_iter(match=prefix + "*", count=200)
-            }
-        moved = 0
-        for worker_id in workers:
-            keys = [
-                self.keys.processing(worker_id),
-                self.keys.processing(worker_id, BULK),
-                self.keys.heartbeat(worker_id),
-                self.keys.lane(INTERACTIVE),
-                self.keys.lane(BULK),
-                self.keys.doorbell,
-            ]
-            moved += int(self._requeue(keys=keys))
-        return moved
+        """Return the messages of every worker whose heartbeat expired, and take it out of the
+        index. Returns how many."""
+        return sum(self._requeue_worker(worker_id) for worker_id in self._indexed_workers())
+
+    def _requeue_worker(self, worker_id: str) -> int:
+        keys = [
+            self.keys.processing(worker_id),
+            self.keys.processing(worker_id, BULK),
+            self.keys.heartbeat(worker_id),
+            self.keys.lane(INTERACTIVE),
+            self.keys.lane(BULK),
+            self.keys.doorbell,
+            self.keys.workers,
+        ]
+        return int(self._requeue(keys=keys, args=[worker_id]))

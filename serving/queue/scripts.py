@@ -1,6 +1,8 @@
 """The queue's Lua scripts: every change that touches more than one key is one of these, so web
 servers and workers on many hosts can share the queue without taking the same message twice,
-losing one, or leaving keys behind. Key names are built in ``serving/queue.py`` (``QueueKeys``).
+losing one, or leaving keys behind. Key names are built in ``serving/queue/keys.py`` (``QueueKeys``);
+all of one queue's keys share one hash slot, so each script runs unchanged on a Redis Cluster.
+Every script touches only the keys it is given (KEYS), never a name it builds itself.
 
 Each script lists its KEYS and ARGV. Lua arrays count from 1.
 """
@@ -36,10 +38,13 @@ return 1
 # Take messages into the worker's processing lists: interactive first, then bulk up to a cap
 # that depends on how many interactive images the batch holds (a bulk image must not slow the
 # interactive ones in its batch by much: serving/batching.py).
+# A worker that takes is in the workers index (never left out of requeue_dead, even before its
+# first heartbeat); ZADD NX keeps the expiry its heartbeat wrote.
 # KEYS[1] interactive lane, KEYS[2] bulk lane, KEYS[3] interactive processing list,
-# KEYS[4] bulk processing list, KEYS[5] doorbell
+# KEYS[4] bulk processing list, KEYS[5] doorbell, KEYS[6] the workers index
 # ARGV[1] room left in the batch, ARGV[2] interactive and ARGV[3] bulk images it already holds,
-# ARGV[4 + n] the most bulk images a batch of n interactive images may hold (n = 0, 1, ...)
+# ARGV[4] the worker's id,
+# ARGV[5 + n] the most bulk images a batch of n interactive images may hold (n = 0, 1, ...)
 # Returns {interactive messages, bulk messages}. Work left behind rings the doorbell, so an idle
 # worker wakes for it; empty lanes silence it.
 TAKE = (
@@ -49,15 +54,17 @@ local room = tonumber(ARGV[1])
 local interactive = {}
 if room > 0 then interactive = redis.call('LRANGE', KEYS[1], 0, room - 1) end
 if #interactive > 0 then
+  redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[4])
   redis.call('LTRIM', KEYS[1], #interactive, -1)
   redis.call('RPUSH', KEYS[3], unpack(interactive))
 end
 local holding = tonumber(ARGV[2]) + #interactive
-local cap = tonumber(ARGV[4 + holding] or 0) - tonumber(ARGV[3])
+local cap = tonumber(ARGV[5 + holding] or 0) - tonumber(ARGV[3])
 local want = math.min(room - #interactive, cap)
 local bulk = {}
 if want > 0 then bulk = redis.call('LRANGE', KEYS[2], 0, want - 1) end
 if #bulk > 0 then
+  redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[4])
   redis.call('LTRIM', KEYS[2], #bulk, -1)
   redis.call('RPUSH', KEYS[4], unpack(bulk))
 end
@@ -104,8 +111,11 @@ return {removed, late}
 """
 
 # Return a dead worker's unanswered messages to the head of their lanes, in their order.
+# The worker leaves the workers index with its lists.
 # KEYS[1] its interactive processing list, KEYS[2] its bulk processing list, KEYS[3] its
-# heartbeat, KEYS[4] interactive lane, KEYS[5] bulk lane, KEYS[6] doorbell
+# heartbeat, KEYS[4] interactive lane, KEYS[5] bulk lane, KEYS[6] doorbell, KEYS[7] the workers
+# index
+# ARGV[1] the worker's id
 # Returns how many messages moved (0 while the heartbeat lives: the worker is not dead).
 REQUEUE = (
     _RING
@@ -119,6 +129,7 @@ for lane = 1, 2 do
   moved = moved + #items
 end
 if moved > 0 then ring(KEYS[6]) end
+redis.call('ZREM', KEYS[7], ARGV[1])
 return moved
 """
 )

@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.queue_name,
         call_timeout=settings.redis_timeout,
         longest_block=settings.longest_web_wait,
+        min_replicas=settings.redis_min_replicas,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes

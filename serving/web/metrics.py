@@ -98,6 +98,19 @@ class QueueCollector:
             return
         up.add_metric([], 1)
         yield up
+        watch = self.queue.watch
+        yield CounterMetricFamily(
+            "inference_redis_primary_changes",
+            "Times this process found the Redis primary at a new address (a failover it saw).",
+            value=watch.changes,
+        )
+        primary = GaugeMetricFamily(
+            "inference_redis_primary_info",
+            "The Redis primary this process talks to (value 1).",
+            labels=["address", "via"],
+        )
+        primary.add_metric([watch.address or "", watch.how], 1)
+        yield primary
         stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
         depth = GaugeMetricFamily(
             "inference_queue_depth", "Images waiting in the Redis queue, by lane.", labels=["lane"]

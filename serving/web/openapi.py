@@ -282,12 +282,22 @@ def openapi_spec(settings: Settings, model_name: str | None = None) -> dict[str,
     }
     ready = {
         "type": "object",
-        "required": ["ready", "workers", "queue_depth", "model"],
+        "required": ["ready", "workers", "queue_depth", "model", "redis"],
         "properties": {
             "ready": {"type": "boolean", "enum": [True]},
             "workers": {"type": "integer", "minimum": 1},
             "queue_depth": {"type": "integer", "minimum": 0},
             "model": ref("Model"),
+            "redis": {
+                "type": "object",
+                "description": "The Redis primary this process talks to, and how often it moved.",
+                "required": ["primary", "via", "primary_changes"],
+                "properties": {
+                    "primary": {"type": "string", "nullable": True, "description": "host:port"},
+                    "via": {"type": "string", "enum": ["redis", "sentinel", "cluster"]},
+                    "primary_changes": {"type": "integer", "minimum": 0},
+                },
+            },
         },
     }
     metrics = {

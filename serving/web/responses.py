@@ -12,6 +12,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from serving.images import DecodeBusy, ImageError
+from serving.queue.redis_queue import NotReplicated
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def error_response(status: int, message: str) -> Response:
 
 
 REDIS_DOWN = "The queue (Redis) is unreachable. Try again shortly."
+NOT_REPLICATED = "The job was not accepted: no Redis replica confirmed it in time. Try again shortly."
 
 
 def describe_error(exc: Exception) -> tuple[int, str]:
@@ -69,6 +71,9 @@ def describe_error(exc: Exception) -> tuple[int, str]:
         return 503, str(exc)
     if isinstance(exc, ApiError):
         return exc.status, str(exc)
+    if isinstance(exc, NotReplicated):  # a job no replica acknowledged in time: not accepted
+        log.warning("%s", exc)
+        return 503, NOT_REPLICATED
     if isinstance(exc, redis.RedisError):
         log.warning("Redis error: %s", exc)
         return 503, REDIS_DOWN

@@ -21,12 +21,21 @@ def ready_state(queue: RedisQueue) -> dict[str, Any]:
     try:
         workers = queue.live_workers()
         depth = queue.depth()
+        primary = queue.primary()
     except redis.RedisError:
         raise ServiceUnavailable("Redis is unreachable.") from None
     if not workers:
         raise ServiceUnavailable("No model worker has sent a heartbeat recently.")
     model = next(iter(workers.values())).model  # one model per queue; its runtime and precision
-    return {"ready": True, "workers": len(workers), "queue_depth": depth, "model": model.as_dict()}
+    # Which primary this process talks to, how it found it, and how many times it moved.
+    redis_state = {"primary": primary, "via": queue.watch.how, "primary_changes": queue.watch.changes}
+    return {
+        "ready": True,
+        "workers": len(workers),
+        "queue_depth": depth,
+        "model": model.as_dict(),
+        "redis": redis_state,
+    }
 
 
 class WorkerDirectory:

@@ -43,6 +43,7 @@ def create_worker(settings: Settings) -> ModelWorker:
         settings.queue_name,
         call_timeout=settings.redis_timeout,
         longest_block=IDLE_TIMEOUT,
+        min_replicas=settings.redis_min_replicas,
     )
     # Batch stats go to Redis, so /metrics on any web server reports every worker's.
     return ModelWorker(

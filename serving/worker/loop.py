@@ -31,6 +31,7 @@ from serving.queue.messages import (
     Prediction,
     Request,
 )
+from serving.queue.redis_queue import NotReplicated
 from serving.settings import Settings
 from serving.worker.batching import BatchPolicy
 from serving.worker.stats import BatchObserver
@@ -38,6 +39,7 @@ from serving.worker.stats import BatchObserver
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 1.0  # longest block on empty lanes, so a stop request is seen within a second
+RETRY_SECONDS = 0.25  # how soon a worker tries Redis again after a failed wait for work
 BATCH_FAILED = "The server failed on this request's batch."
 MODEL_FAILED = "The model failed on this request's batch."
 
@@ -153,6 +155,7 @@ class ModelWorker:
         )
         # Answers are worth writing while their clients may still wait: retry that long.
         self._answer_retry = patient_retry(settings.request_lifetime)
+        self._redis_away = False
 
     # Lifecycle -----------------------------------------------------------------
     def stop(self) -> None:
@@ -197,9 +200,18 @@ class ModelWorker:
         try:
             batch = self.policy.next_batch(self.queue, self.worker_id, IDLE_TIMEOUT)
         except redis.RedisError as exc:
-            log.warning("Redis unavailable while waiting for work (%s); retrying in 1 s", exc)
-            self.stopping.wait(1.0)
+            # Soon again: after a failover the new primary is found on the next try. Said once
+            # per outage, not four times a second.
+            if not self._redis_away:
+                log.warning(
+                    "Redis unavailable while waiting for work (%s); retrying every %.2f s", exc, RETRY_SECONDS
+                )
+            self._redis_away = True
+            self.stopping.wait(RETRY_SECONDS)
             return 0
+        if self._redis_away:
+            log.info("Redis answers again")
+            self._redis_away = False
         if batch:
             self.policy.took(len(batch))
             self.answer(batch, self.policy.first_taken_ns)
@@ -409,6 +421,8 @@ class ModelWorker:
                 ),
                 failed,
             )
+        except NotReplicated as exc:  # written on the primary; a second failure now could lose them
+            log.warning("%s: written on the primary only", exc)
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(result.answers), exc)
 
