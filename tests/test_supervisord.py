@@ -84,6 +84,7 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
         "MODEL": str(colour_model[0]),
         "LABELS": str(colour_model[1]),
         "PREPROCESS": "unit",
+        "PRECISION": "f32",  # answers are checked to 1e-4; bf16 (auto on a CPU with it) is off by 1e-3
         "TOP_K": "3",
         "MODEL_THREADS": "1",
         "HEARTBEAT_TTL": "1",
