@@ -6,12 +6,17 @@ its own, except the few that block on purpose (a handler waiting for its answers
 waiting for work), which go through a second client whose timeout covers their longest wait.
 A dropped pooled connection is retried once at once; a timeout is never retried, which would
 double it.
+
+Under gevent a web process has as many blocking calls at once as it has waiting clients, so
+its pools are sized for them (redis-py's default pool refuses the 101st connection outright);
+a pool that is out of connections makes a call wait ``CALL_TIMEOUT`` for one, then fail.
 """
 
 from __future__ import annotations
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from serving.queue.redis_queue import RedisQueue
@@ -20,24 +25,49 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"  # where Redis is looked for when none 
 CONNECT_TIMEOUT_SECONDS = 0.5
 # A blocking call's socket waits this much longer than the call itself may block.
 BLOCKING_MARGIN_SECONDS = 5.0
+SHORT_CALL_CONNECTIONS = 64  # short calls at once per process; more wait briefly for a free one
+# Given once: otherwise every new connection reads redis-py's version from its package metadata
+# (file-system work that stalls gevent's hub; disconnects make new connections all the time).
+DRIVER = DriverInfo(name="redis-py", lib_version=redis.__version__)
 
 
-def connect(url: str, timeout: float | None) -> redis.Redis:
-    """A client whose calls fail after ``timeout`` seconds (None: no limit)."""
-    return redis.Redis.from_url(
+def connect(
+    url: str,
+    timeout: float | None,
+    *,
+    max_connections: int = SHORT_CALL_CONNECTIONS,
+    socket_read_size: int | None = None,
+    pool_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> redis.Redis:
+    """A client whose calls fail after ``timeout`` seconds (None: no limit), over at most
+    ``max_connections`` connections (a call waits ``pool_timeout`` for a free one)."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
+        driver_info=DRIVER,
+        **({"socket_read_size": socket_read_size} if socket_read_size else {}),
     )
+    return redis.Redis(connection_pool=pool)
 
 
-def open_queue(url: str, name: str, *, call_timeout: float, longest_block: float) -> RedisQueue:
-    """The queue over a short-call client and a blocking-call client to the same Redis."""
-    return RedisQueue(
-        connect(url, call_timeout), name, blocking=connect(url, longest_block + BLOCKING_MARGIN_SECONDS)
+def open_queue(
+    url: str, name: str, *, call_timeout: float, longest_block: float, waiters: int = 16
+) -> RedisQueue:
+    """The queue over a short-call client and a blocking-call client to the same Redis; the
+    blocking one has a connection for each of ``waiters`` calls at once, and a socket timeout
+    longer than ``longest_block``, the longest wait it serves."""
+    blocking = connect(
+        url,
+        longest_block + BLOCKING_MARGIN_SECONDS,
+        max_connections=waiters + 16,
+        socket_read_size=4096,  # answers and tokens are small: 4 KiB, not 64, per waiting client
     )
+    return RedisQueue(connect(url, call_timeout), name, blocking=blocking)
 
 
 def patient_retry(seconds: float) -> Retry:

@@ -22,6 +22,7 @@ from serving.queue.messages import BULK, Answer, image_messages
 from serving.settings import LONGEST_JOB_WAIT_SECONDS
 from serving.web import request_log
 from serving.web.classify import compose, new_request_id, prepare_uploads
+from serving.web.disconnect import ClientGone, abort_on_disconnect
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
 from serving.web.services import services
 from serving.web.uploads import read_uploads
@@ -63,7 +64,12 @@ def status(job_id: str) -> Response:
     state = _state(job_id)
     wait = _wait_seconds()
     if wait and state["status"] not in FINAL:
-        queue.wait_job(job_id, wait)
+        try:
+            with abort_on_disconnect(request.environ):
+                queue.wait_job(job_id, wait)
+        except ClientGone:  # nobody to answer; the blocked call left Redis with its connection
+            request_log.note(client="gone")
+            return json_response({"success": False, "error": "The client closed the connection."}, 499)
         state = _state(job_id)
     return json_response(state)
 
