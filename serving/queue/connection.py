@@ -37,7 +37,7 @@ def connect(
     *,
     max_connections: int = SHORT_CALL_CONNECTIONS,
     socket_read_size: int | None = None,
-    pool_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    pool_timeout: float = 1.0,
 ) -> redis.Redis:
     """A client whose calls fail after ``timeout`` seconds (None: no limit), over at most
     ``max_connections`` connections (a call waits ``pool_timeout`` for a free one)."""
@@ -67,7 +67,10 @@ def open_queue(
         max_connections=waiters + 16,
         socket_read_size=4096,  # answers and tokens are small: 4 KiB, not 64, per waiting client
     )
-    return RedisQueue(connect(url, call_timeout), name, blocking=blocking)
+    # Short calls too: a thousand long-polls arriving at once each read their job first, and a
+    # loaded hub holds a connection longer than the call takes. Connections are made on demand.
+    short = connect(url, call_timeout, max_connections=max(SHORT_CALL_CONNECTIONS, waiters + 16))
+    return RedisQueue(short, name, blocking=blocking)
 
 
 def patient_retry(seconds: float) -> Retry:
