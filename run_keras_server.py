@@ -11,9 +11,9 @@ wire between them).
 """
 
 if __name__ == "__main__":  # first: gunicorn's gevent worker patches on its own before importing this
-    from gevent import monkey
+    from serving.patching import patch_unless_worker
 
-    monkey.patch_all()
+    patch_unless_worker()
 
 import sys  # noqa: E402
 

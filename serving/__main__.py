@@ -1,9 +1,9 @@
-"""``python -m serving`` and the ``keras-redis-server`` script: gevent's monkey-patching first,
-before anything imports socket, ssl or redis, then the command line (serving/cli.py)."""
+"""``python -m serving`` and the ``keras-redis-server`` script: gevent's monkey-patching first
+(serving/patching.py), then the command line (serving/cli.py)."""
 
-from gevent import monkey
+from serving.patching import patch_unless_worker
 
-monkey.patch_all()
+patch_unless_worker()
 
 import sys  # noqa: E402
 

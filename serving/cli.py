@@ -5,8 +5,9 @@ script both run ``main``).
     --role web      HTTP only (in production: gunicorn, gunicorn.conf.py)
     --role worker   a model worker only
 
-The process is monkey-patched for gevent before this module is imported (run_keras_server.py,
-serving/__main__.py): every HTTP connection is a greenlet. The model worker of the one-process
+A process that serves HTTP is monkey-patched for gevent before this module is imported
+(serving/patching.py, from run_keras_server.py and serving/__main__.py): every HTTP connection
+is a greenlet; a --role worker process is not patched. The model worker of the one-process
 mode runs in a real OS thread (gevent's ThreadPool), so inference never stalls the connections.
 """
 
