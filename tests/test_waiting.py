@@ -234,3 +234,30 @@ def test_job_events_stream_every_image_then_the_result_and_resume_after_a_reconn
     assert [r["predictions"][0]["label"] for r in after[-1]["data"]["results"]] == colours
     ids = [e["id"] for e in before + after]
     assert len(set(ids)) == len(ids)
+
+
+def test_simple_request_follows_a_job_by_id(stack):
+    import subprocess
+    import sys
+
+    from .support import ROOT
+
+    web, _, _ = stack
+    colours = ["red", "blue", "green"]
+    files = [("image", (f"{i}.png", colour_image(c, seed=i))) for i, c in enumerate(colours)]
+    job = requests.post(web.url + "/jobs", files=files, timeout=20).json()["id"]
+    command = [
+        sys.executable,
+        str(ROOT / "simple_request.py"),
+        "--follow",
+        job,
+        "--url",
+        web.url + "/predict",
+    ]
+    out = subprocess.run(
+        [*command, "--url", web.url + "/predict"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    top = [line.split(". ", 1)[1].split(":")[0] for line in out.stdout.splitlines() if line.startswith("1. ")]
+    assert top == colours
+    assert "image" in out.stderr  # the progress bar
