@@ -3,7 +3,7 @@
     gunicorn -c gunicorn.conf.py "run_keras_server:create_app()"
 
 Read from the same environment variables as `python run_keras_server.py` (settings.py):
-HOST, PORT, WEB_THREADS, CLIENT_TIMEOUT, LOG_LEVEL, REDIS_URL, ... Processes per server:
+HOST, PORT, MAX_CONNECTIONS, IDLE_TIMEOUT, CLIENT_TIMEOUT, LOG_LEVEL, REDIS_URL, ... Processes per server:
 WEB_CONCURRENCY (gunicorn's own variable). Any gunicorn flag given on the command line wins.
 """
 
@@ -34,15 +34,17 @@ if _own_metrics_dir:
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 bind = f"{_settings.host}:{_settings.port}"
-# Handlers spend their time blocked on Redis, not on the CPU: threads, not processes, carry the
-# load. gthread, guarded against idle and slow connections (serving/servers/gunicorn_worker.py).
-worker_class = "serving.servers.gunicorn_worker.GuardedThreadWorker"
+# Handlers spend their time waiting on Redis, not on the CPU: gunicorn's stock gevent worker
+# (needs gunicorn[gevent]) makes every connection a greenlet, so a waiting client holds no
+# thread. Configured through its public settings only; it monkey-patches before loading the app.
+worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = _settings.web_threads
-worker_connections = _settings.max_connections  # at the limit the longest-idle one makes way
-keepalive = max(1, round(_settings.idle_timeout))  # idle seconds (whole), before or between requests
-# A gthread worker keeps pinging the arbiter while its threads wait, so this only catches a hung
-# process: one silent for longer than any request can take, twice over.
+worker_connections = _settings.max_connections  # per process: long-polls, event streams, headroom
+backlog = 2048
+# Idle seconds (whole) before or between requests, and also the gevent worker's deadline for a
+# request line and headers (never 0: that removes the deadline). Slow bodies: serving/web/body.py.
+keepalive = max(1, round(_settings.idle_timeout))
+# The gevent worker pings the arbiter from its hub, so this catches a hub blocked this long.
 timeout = int(2 * _settings.request_lifetime)
 # On SIGTERM, requests in flight get their full client_timeout to be answered (or 504) before exit.
 graceful_timeout = int(_settings.request_lifetime)
@@ -66,6 +68,15 @@ def on_starting(server: Arbiter) -> None:
 def post_fork(server: Arbiter, worker: Worker) -> None:
     """Two malloc arenas for the web process's threads (serving/web/memory.py)."""
     limit_arenas()
+
+
+def post_worker_init(worker: Worker) -> None:
+    """The app is loaded: its objects out of the cyclic collector's way (with a thousand
+    requests parked, a full collection that walks them stalls every one)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def on_exit(server: Arbiter) -> None:

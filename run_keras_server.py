@@ -10,11 +10,16 @@ code lives in the ``serving`` package: serving/cli.py (roles), serving/web (the 
 wire between them).
 """
 
-import sys
+if __name__ == "__main__":  # first: gunicorn's gevent worker patches on its own before importing this
+    from serving.patching import patch_unless_worker
 
-from serving.cli import main
-from serving.web.app import create_app
-from serving.worker.factory import create_worker
+    patch_unless_worker()
+
+import sys  # noqa: E402
+
+from serving.cli import main  # noqa: E402
+from serving.web.app import create_app  # noqa: E402
+from serving.worker.factory import create_worker  # noqa: E402
 
 __all__ = ["create_app", "create_worker", "main"]
 

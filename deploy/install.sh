@@ -14,7 +14,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
 # Fail here, not at the first request, if a pinned package does not import on this platform.
-"$venv/bin/python" -c "import flask, gunicorn, msgpack, numpy, PIL, redis, waitress"
+"$venv/bin/python" -c "import flask, gevent, gunicorn, msgpack, numpy, PIL, redis"
 if grep -q '^tensorflow' "$requirements"; then
   "$venv/bin/python" -c "import openvino, tensorflow"
 fi

@@ -4,6 +4,11 @@ script both run ``main``).
     --role all      web + model worker thread in one process (the default; finds or starts Redis)
     --role web      HTTP only (in production: gunicorn, gunicorn.conf.py)
     --role worker   a model worker only
+
+A process that serves HTTP is monkey-patched for gevent before this module is imported
+(serving/patching.py, from run_keras_server.py and serving/__main__.py): every HTTP connection
+is a greenlet; a --role worker process is not patched. The model worker of the one-process
+mode runs in a real OS thread (gevent's ThreadPool), so inference never stalls the connections.
 """
 
 from __future__ import annotations
@@ -11,15 +16,18 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import gevent
+import gevent.event
+from gevent.threadpool import ThreadPool
+
 from serving.logs import configure_logging
 from serving.models.classifier import ModelUnavailable  # no TensorFlow import: web roles load no model
 from serving.queue.embedded import resolve_redis
-from serving.servers.waitress_server import HttpServer
+from serving.servers.gevent_server import serve
 from serving.settings import SettingsError, load_settings
 from serving.web.app import create_app
 from serving.web.memory import limit_arenas
@@ -50,6 +58,35 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _on_gevent_stop_signals(stop: Callable[[], None]) -> None:
+    """The same for a server on gevent's hub: the handler runs as a greenlet, not between two
+    bytecodes of whatever the main thread was doing."""
+    main_greenlet = gevent.getcurrent()
+    stopping = False
+
+    def handler(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            log.warning("received signal %d again: exiting now", signum)
+            main_greenlet.throw(SystemExit(1))
+            return
+        stopping = True
+        log.info("received signal %d: finishing the work in hand, then exiting", signum)
+        stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, handler, signum)
+
+
+def freeze_startup_objects() -> None:
+    """Everything imported so far out of the cyclic garbage collector's way: with a thousand
+    requests parked, a full collection that walks the import-time objects stalls them all."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
@@ -71,19 +108,31 @@ def main(argv: list[str] | None = None) -> int:
             _on_stop_signals(worker.stop)  # the batch in hand is answered first
             worker.run()
             return 0
+        # On the main thread: TensorFlow must be imported (and the model warmed up) here.
         worker = create_worker(settings) if settings.role == "all" else None
-        http = HttpServer(create_app(settings), settings)
+        app = create_app(settings)
+        stop = gevent.event.Event()
         # Stop listening, answer the requests in flight (the worker thread keeps running), exit.
-        _on_stop_signals(http.request_stop)
-        worker_thread = (
-            threading.Thread(target=worker.run, name="model-worker", daemon=True) if worker else None
+        _on_gevent_stop_signals(stop.set)
+        # A real OS thread: under monkey-patching threading.Thread would be a greenlet, and
+        # inference in it would stall every connection. (A ThreadPool with no task is falsy.)
+        model_thread = ThreadPool(1) if worker is not None else None
+        running = model_thread.spawn(worker.run) if model_thread is not None and worker else None
+        freeze_startup_objects()
+        serve(
+            app,
+            host=settings.host,
+            port=settings.port,
+            max_connections=settings.max_connections,
+            idle_timeout=settings.idle_timeout,
+            read_timeout=settings.read_timeout,
+            drain_seconds=settings.request_lifetime,
+            stop=stop,
         )
-        if worker_thread:
-            worker_thread.start()
-        http.run()
-        if worker and worker_thread:
+        if worker is not None and model_thread is not None and running is not None:
             worker.stop()
-            worker_thread.join(timeout=settings.client_timeout)
+            running.wait(timeout=settings.client_timeout)
+            model_thread.kill()
         return 0
     except KeyboardInterrupt:
         return 0

@@ -51,7 +51,8 @@ OPTIONS: tuple[Option, ...] = (
            ("all", "web", "worker")),
     Option("host", str, "127.0.0.1", "address the HTTP server binds to"),
     Option("port", int, 5000, "port the HTTP server listens on"),
-    Option("web_threads", int, 32, "HTTP worker threads (handlers mostly wait on Redis)"),
+    Option("web_threads", int, 32,
+           "unused: every connection is a greenlet now (gevent); kept so existing configurations parse"),
     Option("redis_url", str, None,
            "Redis URL (redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
            "redis+cluster://, rediss+cluster://); unset: 127.0.0.1:6379 if it answers, "

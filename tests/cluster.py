@@ -231,7 +231,7 @@ def post_image(url: str, index: int, timeout: float = 30, tag: str = "t") -> Out
             timeout=timeout,
         )
         outcome.status = response.status_code
-        outcome.headers = response.headers  # case-insensitive: waitress writes X-Request-Id
+        outcome.headers = response.headers  # case-insensitive: servers differ in how they write X-Request-Id
         outcome.body = orjson.loads(response.content)
     except (requests.RequestException, orjson.JSONDecodeError) as exc:
         outcome.error = repr(exc)

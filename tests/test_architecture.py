@@ -77,7 +77,7 @@ def test_the_web_tier_loads_without_a_model_runtime():
     import sys
 
     script = (
-        "import sys, serving.web.app, serving.servers.waitress_server, serving.cli; "
+        "import sys, serving.web.app, serving.servers.gevent_server, serving.cli; "
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {RUNTIMES!r}))"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""The real server (child process, waitress, real redis-server) under concurrent clients."""
+"""The real server (child process, gevent.pywsgi, real redis-server) under concurrent clients."""
 
 import random
 import subprocess

@@ -78,7 +78,9 @@ def normal_requests(url: str, count: int = 10) -> list[tuple[int, float]]:
     return outcomes
 
 
-def check_service_survives(url: str, port: int, idle: int, slow: int, label: str) -> None:
+def check_service_survives(
+    url: str, port: int, idle: int, slow: int, label: str, cut_off_within: float = 3 + 5
+) -> None:
     attack = Attack(port, idle, slow)
     try:
         time.sleep(1)
@@ -95,21 +97,20 @@ def check_service_survives(url: str, port: int, idle: int, slow: int, label: str
     )
     assert [status for status, _ in outcomes] == [200] * len(outcomes) and health == 200
     assert slowest < 10
-    assert max(attack.cut_off) < 3 + 5  # the read timeout, plus the once-a-second check and slack
+    assert max(attack.cut_off) < cut_off_within  # by default the read timeout, plus slack
 
 
-def test_waitress_keeps_answering_under_idle_and_slow_connections(serve):
+def test_the_one_process_server_keeps_answering_under_idle_and_slow_connections(serve):
+    """gevent's WSGI server, guarded: at the limit the longest-idle connections make way."""
     flags = [f"--{name.lower().replace('_', '-')}={value}" for name, value in GUARD_FLAGS.items()]
     server = serve(*flags)
-    check_service_survives(server.url, server.port, idle=200, slow=20, label="waitress")
+    check_service_survives(server.url, server.port, idle=200, slow=20, label="gevent.pywsgi")
 
 
 def test_gunicorn_keeps_answering_under_idle_and_slow_connections(redis_server, colour_model, tmp_path):
     queue = "gunicorn-guard"
     port = free_port()
-    env = queue_env(
-        redis_server.url, queue, PORT=str(port), WEB_CONCURRENCY="1", WEB_THREADS="8", **GUARD_FLAGS
-    )
+    env = queue_env(redis_server.url, queue, PORT=str(port), WEB_CONCURRENCY="1", **GUARD_FLAGS)
     web = ServerProcess(
         GUNICORN,
         port,
@@ -125,8 +126,12 @@ def test_gunicorn_keeps_answering_under_idle_and_slow_connections(redis_server, 
     )
     with web.start(), worker.start():
         wait_until(lambda: requests.get(web.url + "/readyz", timeout=5).status_code == 200, 120, "the worker")
-        # Fewer slow clients than threads: each holds a thread until the read timeout cuts it off.
-        check_service_survives(web.url, port, idle=200, slow=6, label="gunicorn")
+        # The gevent worker has no eviction: at the limit new clients wait in the backlog while the
+        # connections ahead of them time out (keepalive, 2 s, bounds a request line and headers
+        # too), so a client behind 206 others at a limit of 60 is served within 4 rounds of that.
+        check_service_survives(
+            web.url, port, idle=200, slow=6, label="gunicorn -k gevent", cut_off_within=4 * 2 + 4
+        )
 
 
 def test_an_embedded_redis_does_not_outlive_a_killed_server():

@@ -235,7 +235,7 @@ def test_web_server_stopped_behind_nginx_under_load_fails_no_request(fresh):
 
 def test_redis_outage_gives_fast_503s_and_service_resumes(fresh):
     start_workers(fresh.worker("steady", "--batch-wait-ms", "300"))  # requests wait while Redis stops
-    # `python run_keras_server.py --role web` (waitress) beside the gunicorn web servers.
+    # `python run_keras_server.py --role web` (gevent.pywsgi) beside the gunicorn web servers.
     role_web = LiveServer(
         "--role",
         "web",

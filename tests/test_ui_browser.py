@@ -130,6 +130,31 @@ def test_uploading_an_image_shows_its_predictions(browser, server, tmp_path):
         shutil.copyfile(tmp_path / "page.png", os.environ["UI_SCREENSHOT"])
 
 
+def test_several_files_show_the_jobs_progress_image_by_image(browser, server, tmp_path):
+    """Several files go as one job; its events fill a progress bar and a row per image."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    colours = ["red", "green", "blue", "green", "red"]
+    paths = []
+    for i, colour in enumerate(colours):
+        path = tmp_path / f"{i}-{colour}.png"
+        path.write_bytes(colour_image(colour, size=(120, 80), seed=i))
+        paths.append(str(path))
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "image").send_keys("\n".join(paths))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "job-count").text == f"{len(colours)} / {len(colours)}"
+    )
+    rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#job-results .job-image")]
+    assert rows == [f"{i}-{colour}.png: {colour}" for i, colour in enumerate(colours)]
+    progress = browser.find_element(By.ID, "job-progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == str(len(colours))
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert _severe_console_messages(browser) == []
+
+
 def test_a_text_file_named_jpg_gets_a_readable_error(browser, server, tmp_path):
     from selenium.webdriver.common.by import By
 

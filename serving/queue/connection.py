@@ -6,6 +6,10 @@ its own, except the few that block on purpose (a handler waiting for its answers
 waiting for work), which go through a second client whose timeout covers their longest wait.
 A dropped pooled connection is retried once at once; a timeout is never retried, which would
 double it.
+
+Under gevent a web process has as many blocking calls at once as it has waiting clients, so
+its pools are sized for them (redis-py's default pool refuses the 101st connection outright);
+a pool that is out of connections makes a call wait ``CALL_TIMEOUT`` for one, then fail.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
+from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from serving.queue.primary import PrimaryWatch
@@ -31,6 +36,10 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"  # where Redis is looked for when none 
 CONNECT_TIMEOUT_SECONDS = 0.5
 # A blocking call's socket waits this much longer than the call itself may block.
 BLOCKING_MARGIN_SECONDS = 5.0
+SHORT_CALL_CONNECTIONS = 64  # short calls at once per process; more wait briefly for a free one
+# Given once: otherwise every new connection reads redis-py's version from its package metadata
+# (file-system work that stalls gevent's hub; disconnects make new connections all the time).
+DRIVER = DriverInfo(name="redis-py", lib_version=redis.__version__)
 
 
 def is_cluster_url(url: str) -> bool:
@@ -81,32 +90,68 @@ def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
     return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options, **kwargs)
 
 
-def connect(url: str, timeout: float | None, watch: PrimaryWatch | None = None) -> Client:
-    """A client whose calls fail after ``timeout`` seconds (None: no limit)."""
+def connect(
+    url: str,
+    timeout: float | None,
+    watch: PrimaryWatch | None = None,
+    *,
+    max_connections: int = SHORT_CALL_CONNECTIONS,
+    socket_read_size: int | None = None,
+    pool_timeout: float = 1.0,
+) -> Client:
+    """A client whose calls fail after ``timeout`` seconds (None: no limit), over at most
+    ``max_connections`` connections (on one Redis a call waits ``pool_timeout`` for a free one)."""
     common: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "socket_timeout": timeout,
         "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "driver_info": DRIVER,
+        **({"socket_read_size": socket_read_size} if socket_read_size else {}),
     }
     if is_sentinel_url(url):
-        return sentinel_client(url, watch or PrimaryWatch(how="sentinel"), health_check_interval=30, **common)
+        return sentinel_client(
+            url,
+            watch or PrimaryWatch(how="sentinel"),
+            health_check_interval=30,
+            max_connections=max_connections,
+            **common,
+        )
     if is_cluster_url(url):
         # A connection error refreshes the slot map; the callers retry with a backoff, since
         # the cluster's own retries come with none.
-        return cluster_client(url, **common)
-    return redis.Redis.from_url(url, health_check_interval=30, **common)
+        return cluster_client(url, max_connections=max_connections, **common)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, health_check_interval=30, **common
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def open_queue(
-    url: str, name: str, *, call_timeout: float, longest_block: float, min_replicas: int | None = None
+    url: str,
+    name: str,
+    *,
+    call_timeout: float,
+    longest_block: float,
+    min_replicas: int | None = None,
+    waiters: int = 16,
 ) -> RedisQueue:
-    """The queue over a short-call client and a blocking-call client to the same Redis.
-    ``min_replicas`` None: 1 for a Sentinel or Cluster URL, else 0."""
+    """The queue over a short-call client and a blocking-call client to the same Redis; the
+    blocking one has a connection for each of ``waiters`` calls at once, and a socket timeout
+    longer than ``longest_block``, the longest wait it serves. ``min_replicas`` None: 1 for a
+    Sentinel or Cluster URL, else 0."""
     if min_replicas is None:
         min_replicas = 1 if is_replicated_url(url) else 0
     watch = PrimaryWatch(how="sentinel") if is_sentinel_url(url) else None
-    short = connect(url, call_timeout, watch)
-    blocking = connect(url, longest_block + BLOCKING_MARGIN_SECONDS, watch)
+    blocking = connect(
+        url,
+        longest_block + BLOCKING_MARGIN_SECONDS,
+        watch,
+        max_connections=waiters + 16,
+        socket_read_size=4096,  # answers and tokens are small: 4 KiB, not 64, per waiting client
+    )
+    # Short calls too: a thousand long-polls arriving at once each read their job first, and a
+    # loaded hub holds a connection longer than the call takes. Connections are made on demand.
+    short = connect(url, call_timeout, watch, max_connections=max(SHORT_CALL_CONNECTIONS, waiters + 16))
     return RedisQueue(short, name, blocking=blocking, min_replicas=min_replicas, watch=watch)
 
 

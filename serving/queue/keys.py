@@ -79,5 +79,9 @@ class QueueKeys:
         """The keys that do not depend on a request, job or worker."""
         return [*self.lanes.values(), self.doorbell, self.stats, self.model, self.workers]
 
+    def job_events(self, job_id: str) -> str:
+        """A job's event stream: an entry per answered image, then one with its end."""
+        return f"{self.name}:job:{job_id}:events"
+
     def job_keys(self, job_id: str) -> list[str]:
         return [self.job(job_id), self.job_results(job_id), self.job_done(job_id), self.job_images(job_id)]

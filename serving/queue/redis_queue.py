@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import redis
@@ -235,10 +235,23 @@ class RedisQueue:
         key = self.keys.job_done(job_id)
         return self.blocking.blmove(key, key, cast(int, timeout), "LEFT", "RIGHT") is not None
 
+    def job_events(
+        self, job_id: str, after: str, timeout: float, count: int = 100
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        """The job's events after stream id ``after`` ("0": from the start), waiting up to
+        ``timeout`` seconds for one; [] when none came."""
+        stream = self.keys.job_events(job_id)
+        found = self.blocking.xread({stream: after}, count=count, block=max(1, int(timeout * 1000)))
+        if not found:
+            return []
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], cast(Any, found)[0][1])  # RESP2 shape
+        return [(entry.decode(), {k.decode(): v for k, v in fields.items()}) for entry, fields in entries]
+
     def cancel_job(self, job_id: str) -> dict[str, str]:
         """Delete a job, taking its queued images out of the bulk lane if it has not ended; its
         fields, or {} when there was none."""
         keys = [*self.keys.job_keys(job_id), self.keys.stats, self.keys.lane(BULK)]
+        keys.append(self.keys.job_events(job_id))
         flat, removed = self._cancel_job(keys=keys, args=[job_id])
         if removed:
             log.info("job %s cancelled: %d queued images taken out of the bulk lane", job_id, removed)
@@ -305,7 +318,7 @@ class RedisQueue:
         job_args: list[float | bytes] = [job_ttl * 1000, time.time()]
         for answer in answers:
             if answer.lane == BULK:
-                job_keys += self.keys.job_keys(answer.reply_to)
+                job_keys += [*self.keys.job_keys(answer.reply_to), self.keys.job_events(answer.reply_to)]
                 job_args += [answer.index, answer.status, answer.to_bytes()]
             else:
                 waiting_keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
@@ -325,6 +338,7 @@ class RedisQueue:
                     self.keys.job(job_id),
                     self.keys.job_done(job_id),
                     self.keys.job_images(job_id),
+                    self.keys.job_events(job_id),
                 ]
             commands.append(("EVAL", scripts.EXPIRE_JOBS, len(expire_keys), *expire_keys, time.time()))
         commands.append(("DEL", self.keys.processing(worker_id), self.keys.processing(worker_id, BULK)))

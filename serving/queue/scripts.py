@@ -181,20 +181,24 @@ return messages
 
 # Answer job images: write each answer once, count it, drop its message, and finish the job with
 # its last image.
-# KEYS[1] the stats hash; per answer, the job's hash, its results hash, its done list and its
-#         images hash
+# Each written answer is also an entry of the job's event stream (GET /jobs/<id>/events reads it
+# with XREAD BLOCK), and the job's end one more, with its final status.
+# KEYS[1] the stats hash; per answer, the job's hash, its results hash, its done list, its
+#         images hash and its event stream
 # ARGV[1] finished jobs' TTL (ms), ARGV[2] now; per answer, the image index, its HTTP status and
 #         the answer (ARGV[3j+3], ARGV[3j+4], ARGV[3j+5])
 # Returns how many answers were written.
 ANSWER_JOBS = """
 local written = 0
-for j = 0, (#KEYS - 1) / 4 - 1 do
-  local job, results, done, images = KEYS[4 * j + 2], KEYS[4 * j + 3], KEYS[4 * j + 4], KEYS[4 * j + 5]
+for j = 0, (#KEYS - 1) / 5 - 1 do
+  local job, results, done = KEYS[5 * j + 2], KEYS[5 * j + 3], KEYS[5 * j + 4]
+  local images, events = KEYS[5 * j + 5], KEYS[5 * j + 6]
   local index, status, answer = ARGV[3 * j + 3], ARGV[3 * j + 4], ARGV[3 * j + 5]
   local state = redis.call('HGET', job, 'status')
   if (state == 'queued' or state == 'running') and redis.call('HSETNX', results, index, answer) == 1 then
     written = written + 1
     redis.call('HDEL', images, index)
+    redis.call('XADD', events, '*', 'index', index, 'status', status, 'answer', answer)
     local answered = redis.call('HINCRBY', job, 'answered', 1)
     if status ~= '200' then redis.call('HINCRBY', job, 'failed', 1) end
     if answered >= tonumber(redis.call('HGET', job, 'images')) then
@@ -206,9 +210,12 @@ for j = 0, (#KEYS - 1) / 4 - 1 do
       redis.call('PEXPIRE', results, ARGV[1])
       redis.call('RPUSH', done, final)
       redis.call('PEXPIRE', done, ARGV[1])
+      redis.call('XADD', events, '*', 'final', final)
+      redis.call('PEXPIRE', events, ARGV[1])
       redis.call('HINCRBY', KEYS[1], 'jobs:' .. final, 1)
     else
       redis.call('PEXPIRE', results, redis.call('PTTL', job))
+      redis.call('PEXPIRE', events, redis.call('PTTL', job))
     end
   end
 end
@@ -218,10 +225,11 @@ return written
 # Jobs whose images were dropped unrun for their deadline: expired, counted once each, their
 # queued messages dropped (their references left in the lane now lead nowhere), and their
 # long-polls woken.
-# KEYS[1] the stats hash; then per job, its hash, its done list and its images hash
+# KEYS[1] the stats hash; then per job, its hash, its done list, its images hash and its event
+#         stream
 # ARGV[1] now
 EXPIRE_JOBS = """
-for i = 2, #KEYS, 3 do
+for i = 2, #KEYS, 4 do
   local state = redis.call('HGET', KEYS[i], 'status')
   if state == 'queued' or state == 'running' then
     redis.call('HSET', KEYS[i], 'status', 'expired', 'finished', ARGV[1])
@@ -229,6 +237,8 @@ for i = 2, #KEYS, 3 do
     redis.call('HINCRBY', KEYS[1], 'jobs:expired', 1)
     redis.call('RPUSH', KEYS[i + 1], 'expired')
     redis.call('PEXPIRE', KEYS[i + 1], redis.call('PTTL', KEYS[i]))
+    redis.call('XADD', KEYS[i + 3], '*', 'final', 'expired')
+    redis.call('PEXPIRE', KEYS[i + 3], redis.call('PTTL', KEYS[i]))
   end
 end
 return 0
@@ -238,7 +248,7 @@ return 0
 # leave the bulk lane (a worker that took some already finds nothing behind them), and
 # long-polls on it wake (its done list lingers a second for them).
 # KEYS[1] the job's hash, KEYS[2] its results hash, KEYS[3] its done list, KEYS[4] its images
-#      hash, KEYS[5] the stats hash, KEYS[6] the bulk lane
+#      hash, KEYS[5] the stats hash, KEYS[6] the bulk lane, KEYS[7] its event stream
 # ARGV[1] the job's id
 # Returns {the job's fields as a flat list (empty when there is no such job), images taken out
 # of the lane}. Each reference is in the lane once, so LREM stops at it: measured 0.5 ms for
@@ -254,8 +264,10 @@ if state == 'queued' or state == 'running' then
     removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[1] .. ':' .. index)
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7])
 redis.call('RPUSH', KEYS[3], 'deleted')
 redis.call('PEXPIRE', KEYS[3], 1000)
+redis.call('XADD', KEYS[7], '*', 'final', 'deleted')
+redis.call('PEXPIRE', KEYS[7], 1000)
 return {fields, removed}
 """

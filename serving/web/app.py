@@ -14,6 +14,7 @@ from serving.queue import DEFAULT_URL
 from serving.queue.connection import open_queue
 from serving.settings import Settings, load_settings
 from serving.web import memory, metrics, request_log, responses
+from serving.web.body import BufferedBody
 from serving.web.routes import api, jobs, ui, v2
 from serving.web.services import EXTENSION, Services
 from serving.web.worker_directory import WorkerDirectory
@@ -32,8 +33,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         call_timeout=settings.redis_timeout,
         longest_block=settings.longest_web_wait,
         min_replicas=settings.redis_min_replicas,
+        waiters=settings.max_connections,  # each connection may be a request waiting in Redis
     )
     app = Flask(__name__)
+    app.wsgi_app = BufferedBody(app.wsgi_app, settings.read_timeout, settings.max_upload_bytes * 4)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
     budget = MemoryBudget(settings.decode_memory_mb * 2**20, release=memory.release_freed_memory)

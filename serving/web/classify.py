@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flask import has_request_context, request
 from PIL import Image
 
 from serving import tracing
@@ -22,6 +23,7 @@ from serving.queue import RedisQueue
 from serving.queue.messages import INTERACTIVE, Answer, ModelInfo, image_messages
 from serving.settings import Settings
 from serving.web import request_log
+from serving.web.disconnect import ClientGone, abort_on_disconnect
 from serving.web.responses import ServiceUnavailable
 from serving.web.services import Services, services
 from serving.web.uploads import Uploads, checked_top_k
@@ -134,7 +136,17 @@ def classify(
         if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
             raise ServiceUnavailable(QUEUE_FULL)
     with request_log.step("wait for answers", "wait") as span:
-        answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
+        try:
+            with abort_on_disconnect(request.environ if has_request_context() else None):
+                answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
+        except ClientGone:  # its images are taken back: no batch is spent on a client that left
+            queue.withdraw(request_id, messages)
+            request_log.note(client="gone")
+            span.set_attribute("inference.withdrawn", len(messages))
+            error = "The client closed the connection; the request was withdrawn."
+            return Classification(
+                request_id, 499, {"success": False, "error": error, "request_id": request_id}
+            )
         if len(answers) < len(messages):
             answered = {answer.index for answer in answers}
             _, late = queue.withdraw(request_id, [m for i, m in enumerate(messages) if i not in answered])

@@ -2,6 +2,7 @@
 
     POST   /jobs            the same inputs as /predict; 202 at once, Location: /jobs/<id>
     GET    /jobs/<id>       queued | running | done | failed | expired; ?wait=S long-polls
+    GET    /jobs/<id>/events  Server-Sent Events: one per finished image, then the whole result
     DELETE /jobs/<id>       cancel a job (its queued images are never computed) or delete its result
 
 A job's images go to the bulk lane, which workers take only to top up a batch after the
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, request
+import orjson
+from flask import Blueprint, Response, request, stream_with_context
 
 from serving import tracing
 from serving.queue import JobSpec
@@ -23,6 +26,7 @@ from serving.queue.messages import BULK, Answer, image_messages
 from serving.settings import LONGEST_JOB_WAIT_SECONDS
 from serving.web import request_log
 from serving.web.classify import compose, new_request_id, prepare_uploads
+from serving.web.disconnect import ClientGone, abort_on_disconnect
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
 from serving.web.services import services
 from serving.web.uploads import read_uploads
@@ -32,6 +36,8 @@ blueprint = Blueprint("jobs", __name__)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 BULK_FULL = "The server is busy: the job queue is full. Try again shortly."
 FINAL = ("done", "failed", "expired")
+STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+KEEP_ALIVE_SECONDS = 10.0  # a comment this often keeps an event stream open through proxies
 
 
 class JobNotFound(ApiError):
@@ -67,9 +73,71 @@ def status(job_id: str) -> Response:
     state = _state(job_id)
     wait = _wait_seconds()
     if wait and state["status"] not in FINAL:
-        queue.wait_job(job_id, wait)
+        try:
+            with abort_on_disconnect(request.environ):
+                queue.wait_job(job_id, wait)
+        except ClientGone:  # nobody to answer; the blocked call left Redis with its connection
+            request_log.note(client="gone")
+            return json_response({"success": False, "error": "The client closed the connection."}, 499)
         state = _state(job_id)
     return json_response(state)
+
+
+@blueprint.get("/jobs/<job_id>/events")
+def events(job_id: str) -> Response:
+    """The job's progress as Server-Sent Events, fed from its Redis stream (XREAD BLOCK, no
+    polling): ``event: image`` per finished image (index, status, top label), then ``event:
+    result`` with the body GET /jobs/<id> gives once it ends. Each event's ``id:`` is its stream
+    id, so a client that reconnects with ``Last-Event-ID`` misses nothing. A stream is bounded
+    like a long-poll: after LONGEST_JOB_WAIT_SECONDS it ends (the client reconnects), and a
+    comment every few seconds keeps proxies from closing it."""
+    state = _state(job_id)  # 404 for a job that does not exist
+    queue = services().queue
+    after = request.headers.get("Last-Event-ID") or request.args.get("last") or "0"
+    if not STREAM_ID.match(after):
+        raise BadRequest(f"Last-Event-ID must be a stream id such as 1700000000000-0, not {after!r}.")
+    environ = request.environ
+
+    def generate() -> Iterator[str]:
+        last = after
+        yield "retry: 2000\n\n"
+        if state["status"] in FINAL and last == "0" and not queue.job_events(job_id, "0", 0.001):
+            yield _event("result", state, None)  # ended before its stream existed (or it expired)
+            return
+        give_up = time.monotonic() + LONGEST_JOB_WAIT_SECONDS
+        while time.monotonic() < give_up:
+            try:
+                with abort_on_disconnect(environ):
+                    found = queue.job_events(
+                        job_id, last, min(KEEP_ALIVE_SECONDS, give_up - time.monotonic())
+                    )
+            except ClientGone:
+                return
+            if not found:
+                if services().queue.job_state(job_id) is None:
+                    return  # deleted, or its result expired
+                yield ": keep-alive\n\n"
+                continue
+            for entry, fields in found:
+                last = entry
+                if "final" in fields:
+                    final = _state(job_id) if fields["final"] != b"deleted" else {"status": "deleted"}
+                    yield _event("result", final, entry)
+                    return
+                answer = Answer.from_bytes(fields["answer"], job_id, BULK)
+                predictions = answer.body.get("predictions") or [{}]
+                image = {"index": answer.index, "status": answer.status, "label": predictions[0].get("label")}
+                if not answer.ok:
+                    image["error"] = answer.error
+                yield _event("image", image, entry)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on
+    return Response(stream_with_context(generate()), mimetype="text/event-stream", headers=headers)
+
+
+def _event(kind: str, data: dict[str, Any], entry: str | None) -> str:
+    head = f"id: {entry}\n" if entry else ""
+    return f"{head}event: {kind}\ndata: {orjson.dumps(data).decode()}\n\n"
 
 
 @blueprint.delete("/jobs/<job_id>")

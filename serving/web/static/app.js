@@ -1,4 +1,6 @@
 // Sends the form to the JSON API (/predict) and shows the answer without leaving the page.
+// Several files go as one job (POST /jobs), whose progress arrives as Server-Sent Events
+// (GET /jobs/<id>/events): a row per finished image, then the whole result.
 // Without JavaScript the same form posts to / and the server renders the answer itself.
 "use strict";
 
@@ -11,6 +13,10 @@ document.addEventListener("DOMContentLoaded", () => {
   const answer = document.getElementById("answer");
   const thumbnail = document.getElementById("thumbnail");
   const list = document.getElementById("predictions");
+  const job = document.getElementById("job");
+  const jobProgress = document.getElementById("job-progress");
+  const jobCount = document.getElementById("job-count");
+  const jobResults = document.getElementById("job-results");
   let thumbnailUrl = null;
 
   function showError(message) {
@@ -56,6 +62,55 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   }
 
+  function followJob(id, files) {
+    // EventSource reconnects on its own, sending Last-Event-ID: no event is lost.
+    return new Promise((resolve) => {
+      const rows = files.map((file) => {
+        const row = document.createElement("li");
+        row.className = "job-image";
+        row.textContent = `${file.name}: waiting…`;
+        return row;
+      });
+      jobResults.replaceChildren(...rows);
+      jobProgress.max = files.length;
+      jobProgress.value = 0;
+      jobCount.textContent = `0 / ${files.length}`;
+      job.hidden = false;
+      let finished = 0;
+      const source = new EventSource(`${form.dataset.jobs}/${id}/events`);
+      source.addEventListener("image", (message) => {
+        const image = JSON.parse(message.data);
+        finished += 1;
+        jobProgress.value = finished;
+        jobCount.textContent = `${finished} / ${files.length}`;
+        const name = files[image.index] ? files[image.index].name : `image ${image.index + 1}`;
+        rows[image.index].textContent = image.label ? `${name}: ${image.label}` : `${name}: ${image.error}`;
+      });
+      source.addEventListener("result", (message) => {
+        source.close();
+        const result = JSON.parse(message.data);
+        if (!result.success) showError(result.error || "The job failed.");
+        resolve();
+      });
+    });
+  }
+
+  async function submitJob(files) {
+    const response = await fetch(form.dataset.jobs, {
+      method: "POST",
+      body: new FormData(form),
+      headers: { Accept: "application/json" },
+    });
+    const body = await readBody(response);
+    if (response.status !== 202) {
+      showError(body.error || `The server answered HTTP ${response.status}.`);
+      return;
+    }
+    answer.hidden = true;
+    errorBox.hidden = true;
+    await followJob(body.id, files);
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const file = input.files[0];
@@ -63,6 +118,20 @@ document.addEventListener("DOMContentLoaded", () => {
       showError("Choose an image first.");
       return;
     }
+    if (input.files.length > 1) {
+      button.disabled = true;
+      status.textContent = "Classifying…";
+      try {
+        await submitJob(Array.from(input.files));
+      } catch {
+        showError("The server could not be reached. Check the connection and try again.");
+      } finally {
+        button.disabled = false;
+        status.textContent = "";
+      }
+      return;
+    }
+    job.hidden = true;
     button.disabled = true;
     status.textContent = "Classifying…";
     try {
