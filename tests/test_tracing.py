@@ -16,13 +16,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from werkzeug.serving import make_server
 
 from harness.otlp import OtlpReceiver
 from serving import tracing
 from serving.logs import JsonFormatter
 from serving.queue import RedisQueue
 from serving.queue.messages import Heartbeat, ModelInfo
-from serving.servers.waitress_server import HttpServer
 from serving.web.services import EXTENSION
 
 from .support import colour_image, free_port, make_settings, wait_until
@@ -45,13 +45,14 @@ def spans():
 
 
 class Web:
-    """The app served by the real HTTP server (waitress) in a thread of this process."""
+    """The app served over real HTTP (werkzeug's threaded server) in a thread of this process;
+    the production servers run on gevent in their own processes (tests/test_waiting.py)."""
 
     def __init__(self, app):
-        settings = app.extensions[EXTENSION].settings.replace(port=free_port(), web_threads=8)
-        self.app, self.url = app, f"http://127.0.0.1:{settings.port}"
-        self.server = HttpServer(app, settings)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        port = free_port()
+        self.app, self.url = app, f"http://127.0.0.1:{port}"
+        self.server = make_server("127.0.0.1", port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def predict(self, colour: str, headers: dict | None = None) -> requests.Response:
@@ -63,7 +64,7 @@ class Web:
         )
 
     def stop(self) -> None:
-        self.server.request_stop()
+        self.server.shutdown()
         self.thread.join(timeout=10)
 
 

@@ -118,7 +118,7 @@ MUTANTS = (
         (
             ("    removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[1] .. ':' .. index)\n", ""),
             (
-                "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])\n"
+                "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7])\n"
                 "redis.call('RPUSH', KEYS[3], 'deleted')\n",
                 "redis.call('RPUSH', KEYS[3], 'deleted')\n",
             ),

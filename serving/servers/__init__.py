@@ -1,1 +1,2 @@
-"""HTTP servers for the web tier: waitress for one process, gunicorn in production."""
+"""HTTP servers for the web tier: gevent's WSGI server for one process; in production,
+gunicorn's gevent worker (gunicorn.conf.py)."""
