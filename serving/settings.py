@@ -101,8 +101,9 @@ OPTIONS: tuple[Option, ...] = (
            "what runs the Keras model: auto (OpenVINO when TensorFlow sees no GPU and OpenVINO "
            "imports, else TensorFlow), tensorflow, openvino", ("auto", *RUNTIMES)),
     Option("precision", str, "auto",
-           "OpenVINO inference precision; auto: bf16 where the CPU supports it, else f32; int8: "
-           "quantized with NNCF on --calibration-dir, served only if its guard passes",
+           "OpenVINO inference precision; auto: the fastest of f32, bf16 (where the CPU has it) and "
+           "int8 (with --calibration-dir, if its guard passes), timed at start; int8: quantized "
+           "with NNCF on --calibration-dir, served only if its guard passes",
            ("auto", *PRECISIONS)),
     Option("calibration_dir", str, None,
            "folder of images like the traffic, to calibrate --precision int8 on (one in three is "

@@ -4,6 +4,7 @@ with f32 on held-out images, cached so a restart does not calibrate again."""
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -39,11 +40,11 @@ def calibration_dir(tmp_path_factory):
     return folder
 
 
-def lite0(tmp_path, calibration_dir, **changes):
+def lite0(tmp_path, calibration_dir, precision="int8", **changes):
     from serving.models import RuntimeOptions, load_classifier
 
     options = RuntimeOptions(
-        "openvino", "int8", cache_dir=tmp_path / "cache", calibration_dir=calibration_dir, **changes
+        "openvino", precision, cache_dir=tmp_path / "cache", calibration_dir=calibration_dir, **changes
     )
     return load_classifier("efficientnet_lite0", options=options)
 
@@ -94,6 +95,18 @@ def test_the_guard_refuses_a_broken_quantization_and_f32_serves(tmp_path, calibr
     assert "INT8 refused" in caplog.text and "below --int8-min-agreement 0.97" in caplog.text
     shuttle = np.asarray(Image.open(TESTDATA / "shuttle.jpg").convert("RGB").resize((224, 224)))[None]
     assert int(classifier.predict(shuttle).argmax()) == 812
+
+
+@pytest.mark.slow
+def test_auto_times_each_precision_it_may_use_and_serves_the_fastest(tmp_path, calibration_dir, caplog):
+    caplog.set_level(logging.INFO)
+    classifier = lite0(tmp_path, calibration_dir, precision="auto", batch_size=4)
+    line = next(record.getMessage() for record in caplog.records if "Precision auto" in record.getMessage())
+    print(line)
+    rates = {name: float(rate) for name, rate in re.findall(r"(f32|bf16|int8) ([0-9.]+) img/s", line)}
+    assert "f32" in rates and "int8" in rates  # int8 passed its guard, so it was a candidate
+    assert classifier.precision == max(rates, key=lambda name: rates[name])
+    assert classifier.int8_agreement is not None
 
 
 def test_int8_without_calibration_images_is_refused_at_start():

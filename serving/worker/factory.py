@@ -32,6 +32,7 @@ def create_worker(settings: Settings) -> ModelWorker:
         calibration_dir=Path(settings.calibration_dir) if settings.calibration_dir else None,
         int8_min_agreement=settings.int8_min_agreement,
         max_image_pixels=settings.max_image_pixels,
+        batch_size=settings.batch_size,
     )
     classifier = load_classifier(
         settings.model, settings.weights, settings.labels, settings.preprocess, settings.resize, options
