@@ -110,7 +110,8 @@ OPTIONS: tuple[Option, ...] = (
            "held out to guard it)"),
     Option("int8_min_agreement", float, 0.97,
            "INT8 serves only if its top-1 agrees with f32 on at least this fraction of the "
-           "held-out images f32 is >= 0.5 sure of; else f32/bf16 serves"),
+           "held-out images f32 is >= 0.5 sure of; else f32/bf16 serves (0: no guard, for timing "
+           "random weights only)"),
     Option("model_cache", str, None,
            "folder for converted (OpenVINO) models, so a restart does not convert again; "
            "unset: $XDG_CACHE_HOME/keras-redis-server or ~/.cache/keras-redis-server"),
@@ -214,7 +215,9 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
     return value
 
 
-ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads"})  # 0 means none / the default
+ZERO_ALLOWED = frozenset(
+    {"batch_wait_ms", "model_threads", "int8_min_agreement"}
+)  # 0 means none / the default
 
 
 def _validate(settings: Settings) -> None:

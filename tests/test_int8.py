@@ -8,35 +8,23 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from serving.queue.messages import MessageError, ModelInfo
 from serving.settings import load_settings
 
 from .support import TESTDATA
 
-PHOTOS = ("shuttle.jpg", "flower.jpg", "airdale.jpg")
-CROPS_PER_PHOTO = 40
-
 
 @pytest.fixture(scope="module")
 def calibration_dir(tmp_path_factory):
     """Random crops (35-100 % of the area) and flips of the test photos, as JPEG files."""
+    from bench.calibration_photos import PHOTOS, write_crops
+
     if not all((TESTDATA / name).is_file() for name in PHOTOS):
         pytest.skip(f"the test photos are not in {TESTDATA}")
     folder = tmp_path_factory.mktemp("calibration")
-    rng = np.random.default_rng(22)
-    for name in PHOTOS:
-        photo = Image.open(TESTDATA / name).convert("RGB")
-        width, height = photo.size
-        for index in range(CROPS_PER_PHOTO):
-            scale = np.sqrt(rng.uniform(0.35, 1.0))
-            w, h = max(32, int(width * scale)), max(32, int(height * scale))
-            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            crop = photo.crop((left, top, left + w, top + h))
-            if rng.random() < 0.5:
-                crop = ImageOps.mirror(crop)
-            crop.save(folder / f"{index:03d}-{name}", quality=92)
+    write_crops(folder, per_photo=40, source=TESTDATA)
     return folder
 
 

@@ -121,6 +121,8 @@ class GuardReport:
     quantize_seconds: float
 
     def verdict(self, min_agreement: float) -> tuple[bool, str]:
+        if min_agreement <= 0:  # e.g. timing random weights, which no image makes confident
+            return True, f"guard off (--int8-min-agreement {min_agreement}); agreement {self.agreement:.1%}"
         if self.confident < MIN_CONFIDENT:
             return False, (
                 f"only {self.confident} of {self.guard_images} guard images are >= {CONFIDENT} "
