@@ -60,6 +60,8 @@ def measure_raw(args, runtime: str, precision: str) -> dict:
         "--min-seconds",
         str(args.raw_seconds),
     ]
+    if precision == "int8":
+        command += ["--calibration-dir", str(args.calibration_dir)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return orjson.loads(out.strip().splitlines()[-1])
@@ -122,6 +124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--raw-batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument(
+        "--calibration-dir",
+        type=Path,
+        default=None,
+        help="photos to calibrate INT8 on: adds the raw OpenVINO int8 rate (and its agreement)",
+    )
+    parser.add_argument(
         "--server-flag",
         action="append",
         default=[],
@@ -175,13 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     results["raw_runtimes"] = []
-    for runtime, precision in RAW_RUNTIMES:
+    int8 = (("openvino", "int8"),) if args.calibration_dir else ()
+    for runtime, precision in RAW_RUNTIMES + int8:
         print(f"raw model rate ({args.model}, {runtime} {precision}, in-process)...", flush=True)
         raw = measure_raw(args, runtime, precision)
         results["raw_runtimes"].append(raw)
         print(
             f"  ran {raw['runtime']} {raw['precision']}: best batch {raw['best_batch']}: "
             f"{raw['best_rate']} img/s; single {raw['single_ms']} ms"
+            + (f"; INT8 agreement {raw['int8_agreement']}" if raw.get("int8_agreement") is not None else "")
         )
 
     redis_server = EmbeddedRedis().start()  # private: nobody else's keys or load in the figures

@@ -24,7 +24,7 @@ LONGEST_JOB_WAIT_SECONDS = 30.0
 # the model, at what precision.
 RESIZE_MODES = ("crop", "squash")
 RUNTIMES = ("tensorflow", "openvino")
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "int8")
 LOG_FORMATS = ("text", "json")
 
 
@@ -108,8 +108,17 @@ OPTIONS: tuple[Option, ...] = (
            "what runs the Keras model: auto (OpenVINO when TensorFlow sees no GPU and OpenVINO "
            "imports, else TensorFlow), tensorflow, openvino", ("auto", *RUNTIMES)),
     Option("precision", str, "auto",
-           "OpenVINO inference precision; auto: bf16 where the CPU supports it, else f32",
+           "OpenVINO inference precision; auto: the fastest of f32, bf16 (where the CPU has it) and "
+           "int8 (with --calibration-dir, if its guard passes), timed at start; int8: quantized "
+           "with NNCF on --calibration-dir, served only if its guard passes",
            ("auto", *PRECISIONS)),
+    Option("calibration_dir", str, None,
+           "folder of images like the traffic, to calibrate --precision int8 on (one in three is "
+           "held out to guard it)"),
+    Option("int8_min_agreement", float, 0.97,
+           "INT8 serves only if its top-1 agrees with f32 on at least this fraction of the "
+           "held-out images f32 is >= 0.5 sure of; else f32/bf16 serves (0: no guard, for timing "
+           "random weights only)"),
     Option("model_cache", str, None,
            "folder for converted (OpenVINO) models, so a restart does not convert again; "
            "unset: $XDG_CACHE_HOME/keras-redis-server or ~/.cache/keras-redis-server"),
@@ -164,6 +173,8 @@ class Settings:
     resize: str
     runtime: str
     precision: str
+    calibration_dir: str | None
+    int8_min_agreement: float
     model_cache: str | None
     top_k: int
     model_threads: int
@@ -225,7 +236,9 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
 
 
 # 0 means none, or the default
-ZERO_ALLOWED = frozenset({"batch_wait_ms", "model_threads", "trace_sample_ratio", "redis_min_replicas"})
+ZERO_ALLOWED = frozenset(
+    {"batch_wait_ms", "model_threads", "trace_sample_ratio", "redis_min_replicas", "int8_min_agreement"}
+)
 
 
 def _validate(settings: Settings) -> None:

@@ -48,6 +48,7 @@ class Classifier:
         self.resize = resize  # crop or squash: how the web tier fits uploads to input_size
         self.runtime = ""
         self.precision = ""
+        self.int8_agreement: float | None = None  # the INT8 guard's top-1 agreement with f32, if tried
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (n, h, w, 3) -> probabilities (n, classes)."""

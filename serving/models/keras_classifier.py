@@ -47,12 +47,13 @@ class KerasClassifier(Classifier):
         super().__init__(name, (width, height), labels, note, wnids=wnids, resize=resize)
         self.model = model
         self.preprocess = preprocess
-        self.compiled = compile_model(model, preprocess, options, cacheable)
+        self.compiled = compile_model(model, preprocess, options, cacheable, resize)
         self._call, self.runtime, self.precision = (
             self.compiled.call,
             self.compiled.runtime,
             self.compiled.precision,
         )
+        self.int8_agreement = self.compiled.int8_agreement
         # Decided once, from the model: a last layer that is not a softmax means logits, unless
         # its outputs are probabilities anyway (e.g. a softmax written as a Lambda).
         self.outputs_probabilities = ends_in_softmax(model) or self._probe_outputs_probabilities()

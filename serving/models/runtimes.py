@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .int8 import CalibrationError, QuantizeSettings
 from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ class RuntimeOptions:
     precision: str = "auto"
     threads: int = 0  # threads for one model call; 0: the runtime's default (one per core)
     cache_dir: Path | None = None  # where converted models are kept; None: never cached
+    calibration_dir: Path | None = None  # images to calibrate INT8 on (serving/models/int8.py)
+    int8_min_agreement: float = 0.97  # the guard's threshold: below it INT8 does not serve
+    int8_settings: QuantizeSettings = QuantizeSettings()
+    max_image_pixels: int = 40_000_000  # calibration images are decoded as uploads are
+    batch_size: int = 1  # the largest batch the worker runs: what auto times the precisions at
 
 
 DEFAULT_OPTIONS = RuntimeOptions()
@@ -58,6 +64,7 @@ class CompiledModel:
     call: Callable[[np.ndarray], np.ndarray]
     runtime: str
     precision: str
+    int8_agreement: float | None = None  # the guard's measured top-1 agreement, when INT8 was tried
 
 
 def default_cache_dir() -> Path:
@@ -80,14 +87,20 @@ def silence_openvino_telemetry() -> None:
 
 
 def compile_model(
-    model: keras.Model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool = True
+    model: keras.Model,
+    preprocessing: Preprocessing,
+    options: RuntimeOptions,
+    cacheable: bool = True,
+    resize: str = "squash",
 ) -> CompiledModel:
     """The model, behind its preprocessing, on the runtime ``options`` ask for; auto: OpenVINO on
     a CPU-only host when it imports, else TensorFlow. Any OpenVINO failure falls back to TensorFlow."""
     runtime, reason = choose_runtime(options.runtime)
     if runtime == "openvino":
         try:
-            return openvino_model(model, preprocessing, options, cacheable)
+            return openvino_model(model, preprocessing, options, cacheable, resize)
+        except CalibrationError:  # the operator asked for INT8 and must fix the folder
+            raise
         except Exception as exc:  # whatever the converter raises, the worker serves on
             log.warning(
                 "OpenVINO could not run %s (%s: %s); serving it with TensorFlow",
@@ -98,6 +111,8 @@ def compile_model(
             return tensorflow_model(model, preprocessing)
     if options.runtime == "auto":
         log.info("Running %s with TensorFlow: %s", model.name, reason)
+    if options.precision == "int8":
+        log.warning("INT8 needs OpenVINO; TensorFlow runs %s in f32", model.name)
     return tensorflow_model(model, preprocessing)
 
 
@@ -138,7 +153,11 @@ def tensorflow_model(model: keras.Model, preprocessing: Preprocessing) -> Compil
 
 
 def openvino_model(
-    model: keras.Model, preprocessing: Preprocessing, options: RuntimeOptions, cacheable: bool
+    model: keras.Model,
+    preprocessing: Preprocessing,
+    options: RuntimeOptions,
+    cacheable: bool,
+    resize: str = "squash",
 ) -> CompiledModel:
     silence_openvino_telemetry()
     import openvino as ov
@@ -147,22 +166,40 @@ def openvino_model(
     why_not_cached = "no cache folder was given"
     if not cacheable:
         why_not_cached = "its weights are random, new at every start"
-    ir = _with_preprocessing(
-        ov,
-        _converted(model, ov, core, options.cache_dir if cacheable else None, why_not_cached),
-        preprocessing,
-    )
+    cache_dir = options.cache_dir if cacheable else None
+    ir = _with_preprocessing(ov, _converted(model, ov, core, cache_dir, why_not_cached), preprocessing)
+    has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     precision = options.precision
+    agreement = None
+    if precision == "int8":
+        quantized, agreement = _guarded_int8(model, preprocessing, ov, core, ir, options, cache_dir, resize)
+        if quantized is None:
+            precision = "bf16" if has_bf16 else "f32"
+        else:
+            ir, precision = quantized, "int8"
     if precision == "auto":
-        precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
-    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        candidates = {"f32": ir, **({"bf16": ir} if has_bf16 else {})}
+        if options.calibration_dir is not None:
+            quantized, agreement = _guarded_int8(
+                model, preprocessing, ov, core, ir, options, cache_dir, resize
+            )
+            if quantized is not None:
+                candidates["int8"] = quantized
+        precision = _fastest(model, core, candidates, options)
+        ir = candidates[precision]
+    # INT8 compiles with the f32 hint: what it does not quantize runs in f32 (a bf16 hint would be
+    # reported but not used).
+    hint = "f32" if precision == "int8" else precision
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if options.threads:
         config["INFERENCE_NUM_THREADS"] = options.threads
     compiled = core.compile_model(ir, "CPU", config)
     # What the CPU plugin really runs: a CPU without BF16 runs f32 whatever was asked.
     used = "bf16" if compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "f32"
-    if used != precision:
+    if used != hint:
         log.warning("OpenVINO runs %s in %s: this CPU does not support %s", model.name, used, precision)
+    if precision == "int8":
+        used = "int8"
     requests = threading.local()  # an infer request serves one call at a time: one per thread
 
     def call(batch: np.ndarray) -> np.ndarray:
@@ -173,7 +210,92 @@ def openvino_model(
         return outputs.copy()  # the next call reuses the buffer
 
     log.info("Running %s with OpenVINO %s on the CPU in %s", model.name, ov.get_version().split("-")[0], used)
-    return CompiledModel(call, "openvino", used)
+    return CompiledModel(call, "openvino", used, agreement)
+
+
+def _fastest(
+    model: keras.Model, core: openvino.Core, candidates: dict[str, openvino.Model], options: RuntimeOptions
+) -> str:
+    """The precision with the most images per second at the worker's largest batch, measured
+    here (best of three warm calls each), the table logged. One candidate: no measuring."""
+    if len(candidates) == 1:
+        return next(iter(candidates))
+    _, height, width, channels = model.input_shape
+    batch = np.zeros((max(1, options.batch_size), height, width, channels), np.uint8)
+    rates = {}
+    for precision, ir in candidates.items():
+        hint = "f32" if precision == "int8" else precision
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        request = core.compile_model(ir, "CPU", config).create_infer_request()
+        request.infer([batch])  # the first call of a shape prepares its kernels
+        seconds = []
+        for _ in range(3):
+            started = time.perf_counter()
+            request.infer([batch])
+            seconds.append(time.perf_counter() - started)
+        rates[precision] = len(batch) / min(seconds)
+    best = max(rates, key=lambda precision: rates[precision])
+    table = ", ".join(f"{precision} {rate:.1f} img/s" for precision, rate in rates.items())
+    log.info(
+        "Precision auto for %s, measured at batch %d: %s; serving %s", model.name, len(batch), table, best
+    )
+    return best
+
+
+def _guarded_int8(
+    model: keras.Model,
+    preprocessing: Preprocessing,
+    ov: ModuleType,
+    core: openvino.Core,
+    ir: openvino.Model,
+    options: RuntimeOptions,
+    cache_dir: Path | None,
+    resize: str,
+) -> tuple[openvino.Model | None, float | None]:
+    """The INT8 model when its guard passes (and the measured agreement); None: serve f32/bf16,
+    logged with the reason. Any failure of NNCF keeps f32/bf16 serving."""
+    from .int8 import int8_model, load_calibration
+
+    if options.calibration_dir is None:
+        raise CalibrationError("--precision int8 needs calibration images: give --calibration-dir DIR")
+    _, height, width, _ = model.input_shape
+    try:
+        calibration = load_calibration(
+            options.calibration_dir, (width, height), resize, options.max_image_pixels
+        )
+        model_key = cache_key(model, ov.get_version()) + repr(preprocessing)
+        result = int8_model(
+            ov,
+            core,
+            ir,
+            calibration,
+            model_key,
+            cache_dir,
+            options.int8_settings,
+            options.int8_min_agreement,
+            _save_atomically,
+        )
+    except CalibrationError:
+        raise
+    except Exception as exc:  # whatever NNCF raises, the worker serves on in f32/bf16
+        log.warning(
+            "INT8 quantization of %s failed (%s: %s); serving it unquantized",
+            model.name,
+            type(exc).__name__,
+            exc,
+        )
+        return None, None
+    if not result.accepted:
+        log.warning("INT8 refused for %s: %s; serving it unquantized", model.name, result.reason)
+        return None, _finite(result.report.agreement)
+    log.info("INT8 accepted for %s: %s", model.name, result.reason)
+    return result.model, _finite(result.report.agreement)
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else value  # NaN: no confident guard image to measure on
 
 
 def _with_preprocessing(ov: ModuleType, ir: openvino.Model, preprocessing: Preprocessing) -> openvino.Model:
@@ -247,12 +369,17 @@ def _convert(ov: ModuleType, model: keras.Model) -> openvino.Model:
         return ov.convert_model(model)
 
 
-def _save_atomically(ov: ModuleType, converted: openvino.Model, entry: Path) -> None:
-    """Written aside, then renamed into place: a reader never sees half a model."""
+def _save_atomically(
+    ov: ModuleType, converted: openvino.Model, entry: Path, extra: dict[str, str] | None = None
+) -> None:
+    """Written aside, then renamed into place: a reader never sees half a model. ``extra``: text
+    files saved beside it (the INT8 guard report)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=entry.parent))
     try:
         ov.save_model(converted, staging / "model.xml", compress_to_fp16=False)
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text)
         os.replace(staging, entry)
     except OSError:
         if not (entry / "model.xml").is_file():  # else another worker cached it first: fine

@@ -295,6 +295,15 @@ class Answer:
             raise MessageError(f"not an answer record ({exc})") from None
 
 
+def _agreement(value: Any) -> float | None:
+    if value is None:
+        return None
+    agreement = _number(value, "int8_agreement")
+    if not 0.0 <= agreement <= 1.0:
+        raise MessageError("int8_agreement must be a fraction in 0..1")
+    return agreement
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a worker's model needs from the web tier, and what answers say about it."""
@@ -304,8 +313,9 @@ class ModelInfo:
     classes: int
     resize: str = "squash"  # how uploads are fitted to input_size: crop or squash
     runtime: str = ""  # tensorflow, openvino, or none (the null model)
-    precision: str = ""  # f32, bf16
+    precision: str = ""  # f32, bf16, int8
     note: str = ""  # a caveat, e.g. that the weights are random
+    int8_agreement: float | None = None  # INT8's measured top-1 agreement with f32, when it was tried
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -320,6 +330,8 @@ class ModelInfo:
             info["precision"] = self.precision
         if self.note:
             info["note"] = self.note
+        if self.int8_agreement is not None:
+            info["int8_agreement"] = self.int8_agreement
         return info
 
     @classmethod
@@ -340,6 +352,7 @@ class ModelInfo:
             runtime=str(data.get("runtime", "")),
             precision=str(data.get("precision", "")),
             note=str(data.get("note", "")),
+            int8_agreement=_agreement(data.get("int8_agreement")),
         )
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from serving import tracing
-from serving.models import RuntimeOptions, configure_tensorflow, load_classifier
+from serving.models import ModelUnavailable, RuntimeOptions, configure_tensorflow, load_classifier
 from serving.models.runtimes import default_cache_dir
 from serving.queue import DEFAULT_URL, open_queue
 from serving.settings import Settings
@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 def create_worker(settings: Settings) -> ModelWorker:
     """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the queue."""
+    if settings.precision == "int8" and not settings.calibration_dir:
+        raise ModelUnavailable(
+            "--precision int8 needs calibration images like the traffic: give --calibration-dir DIR"
+        )
     tracing.configure(settings)  # once per process: a no-op unless --tracing on
     configure_tensorflow(settings.model_threads)
     options = RuntimeOptions(
@@ -27,6 +31,10 @@ def create_worker(settings: Settings) -> ModelWorker:
         settings.precision,
         settings.model_threads,
         Path(settings.model_cache) if settings.model_cache else default_cache_dir(),
+        calibration_dir=Path(settings.calibration_dir) if settings.calibration_dir else None,
+        int8_min_agreement=settings.int8_min_agreement,
+        max_image_pixels=settings.max_image_pixels,
+        batch_size=settings.batch_size,
     )
     classifier = load_classifier(
         settings.model, settings.weights, settings.labels, settings.preprocess, settings.resize, options

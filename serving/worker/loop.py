@@ -53,6 +53,7 @@ def describe(classifier: Classifier) -> ModelInfo:
         resize=classifier.resize,
         runtime=classifier.runtime,
         precision=classifier.precision,
+        int8_agreement=classifier.int8_agreement,
         note=classifier.note,
     )
 
