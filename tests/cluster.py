@@ -48,15 +48,8 @@ class WebServer(ServerProcess):
 
     def __init__(self, name: str, redis_url: str, queue_name: str, log_dir: Path, **env: str):
         port = free_port()
-        settings = queue_env(
-            redis_url,
-            queue_name,
-            PORT=str(port),
-            WEB_CONCURRENCY="1",
-            WEB_THREADS="16",
-            LOG_LEVEL="INFO",
-            **env,
-        )
+        defaults = {"PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "16", "LOG_LEVEL": "INFO"}
+        settings = queue_env(redis_url, queue_name, **{**defaults, **env})  # the caller's env wins
         super().__init__(
             GUNICORN,
             port,
