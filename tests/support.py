@@ -75,9 +75,20 @@ def reference_preprocess(preprocessing: Preprocessing, batch: np.ndarray) -> np.
 
 
 def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
-    """Server flags that serve the tiny dominant-colour classifier."""
+    """Server flags that serve the tiny dominant-colour classifier, in f32: tests check its
+    probabilities to 1e-4, and bf16 (which --precision auto may pick on a CPU that has it) is off
+    by 1e-3."""
     model_path, labels_path = colour_model
-    return "--model", str(model_path), "--labels", str(labels_path), "--preprocess", "unit"
+    return (
+        "--model",
+        str(model_path),
+        "--labels",
+        str(labels_path),
+        "--preprocess",
+        "unit",
+        "--precision",
+        "f32",
+    )
 
 
 def leftover_keys(client, queue_name: str) -> list[str]:
