@@ -28,6 +28,7 @@ from stress_test import run_load
 
 from . import goals, overhead, priority, redis_memory
 from .plot import plot
+from .report import table
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_IMAGE = ROOT.parent / "shared" / "testdata" / "shuttle.jpg"
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.failover:
         from .failover import run_failover
 
-        table, figures = run_failover(args.out)
-        print(table)
+        failover_table, figures = run_failover(args.out)
+        print(failover_table)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "failover.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         return 0

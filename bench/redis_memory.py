@@ -17,7 +17,7 @@ from serving.queue import RedisQueue
 from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
 from serving.queue.keys import QueueKeys
-from serving.queue.messages import Heartbeat, ModelInfo
+from serving.queue.messages import INTERACTIVE, Heartbeat, ModelInfo
 
 QUEUE = "bench_queue"
 FLOAT32_DESIGN_BYTES = 4 * 224 * 224 * 3 * 4 // 3  # float32 pixels in base64: ~803 KB per image
@@ -61,10 +61,11 @@ def measure(
                 time.sleep(0.01)  # polling Redis until every upload is queued
             queued = queue.depth()
             after = int(client.info("memory")["used_memory"])
-            list_bytes = int(client.memory_usage(QUEUE, samples=0) or 0)
-            markers = list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:waiting:*"))
+            keys = QueueKeys(QUEUE)
+            list_bytes = int(client.memory_usage(keys.lane(INTERACTIVE), samples=0) or 0)
+            markers = list(client.scan_iter(match=f"{keys.tag}:waiting:*"))
             marker_bytes = sum(int(client.memory_usage(key) or 0) for key in markers)
-            sample = client.lindex(QUEUE, 0) or b""
+            sample = client.lindex(keys.lane(INTERACTIVE), 0) or b""
             for thread in threads:
                 thread.join()
         client.close()
