@@ -33,6 +33,7 @@ def assert_the_promise(figures: Figures, back_within: float) -> None:
     assert " lost=0 duplicated=0 mixed_up=0" in figures.after_return, figures.line()
 
 
+@pytest.mark.timeout(900)  # a whole deployment started and failed over: slow on a busy machine
 def test_a_sentinel_failover_under_load_keeps_the_promise(tmp_path, colour_model):
     ha = SentinelHarness(replicas=2, sentinels=3, down_after_ms=1000, failover_timeout_ms=2000).start()
     deployment = None
@@ -59,6 +60,7 @@ def test_a_sentinel_failover_under_load_keeps_the_promise(tmp_path, colour_model
         ha.stop()
 
 
+@pytest.mark.timeout(900)  # a whole deployment started and failed over: slow on a busy machine
 def test_a_cluster_shard_failover_under_load_keeps_the_promise(tmp_path, colour_model):
     cluster = ClusterHarness(primaries=3, replicas_per_primary=1, node_timeout_ms=1000).start()
     deployment = None
