@@ -28,7 +28,25 @@ def every_key(keys: QueueKeys) -> list[str]:
         *(keys.processing(i, lane) for i in ids for lane in (INTERACTIVE, BULK)),
         *(keys.heartbeat(i) for i in ids),
         *(key for i in ids for key in keys.job_keys(i)),
+        *every_named_key(keys, ids),
     ]
+
+
+def every_named_key(keys: QueueKeys, ids) -> list[str]:
+    """What every public method of QueueKeys builds for these ids, found by looking, so that a
+    key method added later is checked too."""
+    import inspect
+
+    found = []
+    for name, method in inspect.getmembers(keys, inspect.ismethod):
+        if name.startswith("_"):
+            continue
+        required = [p.name for p in inspect.signature(method).parameters.values() if p.default is p.empty]
+        values = (INTERACTIVE, BULK) if required == ["lane"] else ids
+        for value in values:
+            built = method(*([value] * len(required)))
+            found += built if isinstance(built, list) else [built]
+    return found
 
 
 @pytest.mark.parametrize("name", ["image_queue", "q", "model-a:v1", "lane x"])

@@ -81,7 +81,7 @@ class QueueKeys:
 
     def job_events(self, job_id: str) -> str:
         """A job's event stream: an entry per answered image, then one with its end."""
-        return f"{self.name}:job:{job_id}:events"
+        return f"{self.tag}:job:{job_id}:events"
 
     def job_keys(self, job_id: str) -> list[str]:
         return [self.job(job_id), self.job_results(job_id), self.job_done(job_id), self.job_images(job_id)]
