@@ -11,6 +11,7 @@ import redis
 import requests
 
 from harness.processes import ChildProcess
+from harness.redis_ha import TlsFiles
 from serving.queue.embedded import redis_server_binary
 
 from .support import LiveServer, colour_image, free_port, wait_until
@@ -38,30 +39,8 @@ def tls_capable_redis_server() -> str | None:
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, which the client trusts as its CA."""
-    cert, key = directory / "redis.crt", directory / "redis.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    files = TlsFiles.make(directory)
+    return files.cert, files.key
 
 
 class RedisProcess(ChildProcess):
