@@ -18,7 +18,8 @@ from pathlib import Path
 
 import requests
 
-from harness.redis_ha import ClusterHarness, RedisProcess, SentinelHarness, wait_until
+from harness.redis_ha import ClusterHarness, SentinelHarness
+from harness.redis_nodes import RedisProcess, wait_until
 from serving.queue.connection import connect
 from serving.queue.keys import QueueKeys
 

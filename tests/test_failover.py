@@ -13,7 +13,8 @@ import pytest
 import redis
 import requests
 
-from harness.redis_ha import ClusterHarness, SentinelHarness, default_binaries
+from harness.redis_ha import ClusterHarness, SentinelHarness
+from harness.redis_nodes import default_binaries
 from serving.queue.connection import open_queue
 
 from .failover import ClusterTopology, Deployment, Figures, SentinelTopology, run

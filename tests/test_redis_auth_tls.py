@@ -11,7 +11,7 @@ import redis
 import requests
 
 from harness.processes import ChildProcess
-from harness.redis_ha import TlsFiles
+from harness.redis_nodes import TlsFiles
 from serving.queue.embedded import redis_server_binary
 
 from .support import LiveServer, colour_image, free_port, wait_until
