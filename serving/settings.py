@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,9 @@ RESIZE_MODES = ("crop", "squash")
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = ("f32", "bf16", "int8")
 LOG_FORMATS = ("text", "json")
+# A served model's name and version: queue names, job ids and URLs carry them.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +99,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", str, "auto",
            "resnet50, efficientnet_lite0, null, or a path to a .keras/.h5 classifier; "
            "auto: resnet50 with ImageNet weights when available, else efficientnet_lite0"),
+    Option("model_name", str, None,
+           "the name the model is served under (?model=NAME, /v2/models/NAME); unset: resnet50, "
+           "efficientnet_lite0, null, or the model file's name (with --model-repository: --model)"),
+    Option("model_version", str, None,
+           "the version this worker serves (a whole number); unset: 1, or with --model-repository "
+           "the newest version folder of --model"),
+    Option("model_repository", str, None,
+           "folder of models, one folder per model and one per version inside it "
+           "(DIR/NAME/VERSION/model.keras, labels.txt, optional config.json); the worker serves "
+           "--model NAME from it"),
+    Option("default_model", str, None,
+           "web: the model for requests that name none; unset: the only model served (with "
+           "several, such a request is a 400 that lists them)"),
     Option("weights", str, "imagenet", "resnet50 weights: imagenet, none (random), or a .h5 path"),
     Option("labels", str, None, "labels file for a custom model (JSON list, JSON dict, .npy dict)"),
     Option("preprocess", str, "caffe", "input scaling for a custom model",
@@ -167,6 +184,10 @@ class Settings:
     idle_timeout: float
     read_timeout: float
     model: str
+    model_name: str | None
+    model_version: str | None
+    model_repository: str | None
+    default_model: str | None
     weights: str
     labels: str | None
     preprocess: str
@@ -248,6 +269,14 @@ def _validate(settings: Settings) -> None:
             continue
         if option.kind in (int, float) and (value < 0 or (value == 0 and option.name not in ZERO_ALLOWED)):
             raise SettingsError(f"{option.name} must be positive, got {value}")
+    for name in ("model_name", "default_model"):
+        value = getattr(settings, name)
+        if value is not None and not MODEL_NAME.fullmatch(value):
+            raise SettingsError(
+                f"{name} is 1-64 letters, digits, '_' or '-', starting with a letter or digit; got {value!r}"
+            )
+    if settings.model_version is not None and not VERSION.fullmatch(settings.model_version):
+        raise SettingsError(f"model_version is a whole number from 1, got {settings.model_version!r}")
     if not 0 <= settings.trace_sample_ratio <= 1:  # NaN fails this too
         raise SettingsError(f"trace_sample_ratio is a share from 0 to 1, got {settings.trace_sample_ratio}")
     # Pillow refuses images beyond twice its own MAX_IMAGE_PIXELS whatever we allow: a higher

@@ -91,6 +91,18 @@ def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
     )
 
 
+def pretend_worker(
+    client, queue_name: str, worker_id: str, heartbeat, ttl: float, deployment: str | None = None
+):
+    """A worker's records without a worker: its heartbeat on ``queue_name`` and the catalogue
+    entry web servers route by (``deployment``: ``queue_name``, as in-process apps have it)."""
+    from serving.queue import RedisQueue
+    from serving.queue.catalogue import Catalogue
+
+    RedisQueue(client, queue_name).beat(worker_id, heartbeat, ttl)
+    Catalogue(client, deployment or queue_name).announce(heartbeat.model, queue_name, ttl)
+
+
 def leftover_keys(client, queue_name: str) -> list[str]:
     """Keys of a queue other than live worker heartbeats and the records kept on purpose (the
     counts, the last model): none after a run."""

@@ -26,7 +26,7 @@ from serving.queue import RedisQueue
 from serving.queue.embedded import EmbeddedRedis
 from serving.queue.messages import Heartbeat, ModelInfo
 
-from .support import ROOT, LiveServer, colour_image, colour_model_args, free_port, wait_until
+from .support import ROOT, LiveServer, colour_image, colour_model_args, free_port, pretend_worker, wait_until
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
@@ -167,7 +167,7 @@ def test_a_hung_redis_gives_fast_503s(tmp_path):
     port = free_port()
     embedded = EmbeddedRedis(port=port).start()
     queue = RedisQueue(redis.Redis.from_url(embedded.url), "hungq")
-    queue.beat("w", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=300)
+    pretend_worker(queue.redis, "hungq", "w", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=300)
     web = LiveServer(
         *on_queue("web", embedded.url, "hungq"),
         log_path=tmp_path / "web.log",

@@ -14,7 +14,7 @@ import pytest
 from serving.models.classifier import Classifier
 from serving.queue.keys import QueueKeys
 
-from .support import COLOURS, colour_image, leftover_keys, wait_until
+from .support import COLOURS, colour_image, leftover_keys, pretend_worker, wait_until
 
 
 def multipart(*images: bytes, **fields) -> dict:
@@ -37,7 +37,7 @@ def test_a_job_is_accepted_at_once_and_ends_with_the_body_predict_gives(colour_a
     assert submitted.status_code == 202
     job_id = submitted.json["id"]
     assert submitted.headers["Location"] == f"/jobs/{job_id}"
-    assert submitted.json == {"id": job_id, "status": "queued", "images": 1}
+    assert submitted.json == {"id": job_id, "status": "queued", "images": 1, "model": "colour", "version": "1"}
     body = finished(client, job_id)
     assert body["status"] == "done" and body["success"] is True and body["done"] == 1
     predicted = client.post("/predict", **multipart(image)).json
@@ -87,11 +87,10 @@ def test_a_long_poll_returns_as_the_job_ends(colour_apps, module_redis):
     app = colour_apps(worker=False, heartbeat_ttl=60)
     client = app.test_client()
     queue = app.config["QUEUE_NAME"]
-    from serving.queue import RedisQueue
     from serving.queue.messages import Heartbeat, ModelInfo
 
-    RedisQueue(module_redis, queue).beat(
-        "not-yet", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
+    pretend_worker(
+        module_redis, queue, "not-yet", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
     )
     job = client.post("/jobs", **multipart(colour_image("red"))).json["id"]
     assert client.get(f"/jobs/{job}").json["status"] == "queued"
@@ -145,11 +144,10 @@ def test_a_job_cancelled_while_queued_is_never_computed(colour_apps, module_redi
     app = colour_apps(worker=False)
     client = app.test_client()
     queue = app.config["QUEUE_NAME"]
-    from serving.queue import RedisQueue
     from serving.queue.messages import Heartbeat, ModelInfo
 
-    RedisQueue(module_redis, queue).beat(
-        "busy", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
+    pretend_worker(
+        module_redis, queue, "busy", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
     )
     job = client.post("/jobs", **multipart(colour_image("red"), colour_image("green"))).json["id"]
     cancelled = client.delete(f"/jobs/{job}")
@@ -173,11 +171,10 @@ def test_an_expired_job_says_so_and_then_goes(colour_apps, module_redis):
     app = colour_apps(worker=False, job_timeout=0.5, job_ttl=2)
     client = app.test_client()
     queue = app.config["QUEUE_NAME"]
-    from serving.queue import RedisQueue
     from serving.queue.messages import Heartbeat, ModelInfo
 
-    RedisQueue(module_redis, queue).beat(
-        "away", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
+    pretend_worker(
+        module_redis, queue, "away", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
     )
     job = client.post("/jobs", **multipart(colour_image("red"))).json["id"]
     body = wait_until(
@@ -238,11 +235,15 @@ def test_unknown_jobs_and_bad_waits(colour_app):
 def test_a_full_bulk_lane_is_503_with_retry_after(colour_apps, module_redis):
     app = colour_apps(worker=False, max_job_queue_length=1)
     client = app.test_client()
-    from serving.queue import RedisQueue
     from serving.queue.messages import Heartbeat, ModelInfo
 
-    queue = RedisQueue(module_redis, app.config["QUEUE_NAME"])
-    queue.beat("idle", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60)
+    pretend_worker(
+        module_redis,
+        app.config["QUEUE_NAME"],
+        "idle",
+        Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8),
+        ttl=60,
+    )
     first = client.post("/jobs", **multipart(colour_image("red")))
     assert first.status_code == 202
     full = client.post("/jobs", **multipart(colour_image("red")))
@@ -257,16 +258,15 @@ def test_with_no_worker_alive_images_of_the_last_model_queue_until_one_starts(co
     and a worker that starts meanwhile answers them."""
     app = colour_apps(worker=False, client_timeout=20)
     queue = app.config["QUEUE_NAME"]
-    from serving.queue import RedisQueue
+    from serving.queue.catalogue import Catalogue
     from serving.queue.messages import ModelInfo
 
     client = app.test_client()
     assert client.post("/predict", **multipart(colour_image("red"))).status_code == 503  # never seen: 503
-    module_redis.set(
-        f"{QueueKeys(queue).tag}:model",
-        __import__("orjson").dumps(ModelInfo("colour", (32, 32), 3).as_dict()),
-    )
-    assert RedisQueue(module_redis, queue).last_model().name == "colour"
+    catalogue = Catalogue(module_redis, queue)
+    catalogue.announce(ModelInfo("colour", (32, 32), 3), queue, ttl=60)
+    catalogue.retire("colour", "1")  # its last worker stopped: known, not live
+    assert catalogue.read().versions["colour"]["1"].queue == queue
     time.sleep(1.1)  # the web tier reads the workers' records at most once a second
     answers: list = []
     waiting = threading.Thread(

@@ -151,6 +151,7 @@ def test_heartbeat_round_trip_and_bad_heartbeats():
     beat = Heartbeat(model, host="h", pid=7, batch_size=8)
     assert Heartbeat.from_bytes(beat.to_bytes()) == beat
     assert model.as_dict() == {
+        "version": "1",
         "name": "resnet50",
         "input_size": [224, 224],
         "classes": 1000,
@@ -173,6 +174,6 @@ def test_job_image_references_round_trip_and_bad_ones_are_refused():
     image = JobImage("5f0c" * 8, 31)
     assert image.to_bytes() == b"5f0c5f0c5f0c5f0c5f0c5f0c5f0c5f0c:31"
     assert JobImage.from_bytes(image.to_bytes()) == image and image.reply == (BULK, "5f0c" * 8, 31)
-    for raw in (b"", b"job", b"job:", b":3", b"job:-1", b"job:1e3", b"job:9999999", b"x" * 65 + b":0"):
+    for raw in (b"", b"job", b"job:", b":3", b"job:-1", b"job:1e3", b"job:9999999", b"x" * 129 + b":0"):
         with pytest.raises(MessageError):
             JobImage.from_bytes(raw)

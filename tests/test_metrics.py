@@ -23,7 +23,7 @@ from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.worker.stats import RedisBatchStats
 
-from .support import ROOT, colour_image, colour_model_args, free_port, wait_until
+from .support import ROOT, colour_image, colour_model_args, free_port, pretend_worker, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_queue_depth_and_workers_are_read_from_redis_at_scrape_time(redis_server
         for i in range(3):
             assert queue.enqueue(f"r{i}", [b"r%d" % i], max_length=50, keep_seconds=5)
         heartbeat = Heartbeat(ModelInfo("resnet50", (224, 224), 1000), host="gpu-7", pid=1, batch_size=8)
-        queue.beat("far-away-worker", heartbeat, ttl=30)
+        pretend_worker(queue.redis, "depthq", "far-away-worker", heartbeat, ttl=30)
         samples = scrape(web.url)
         assert value(samples, "inference_queue_depth", lane="interactive") == 3
         assert value(samples, "inference_queue_capacity", lane="interactive") == 50

@@ -20,7 +20,7 @@ from serving.queue import RedisQueue
 from serving.queue.messages import Heartbeat
 from serving.worker.loop import ModelWorker, describe
 
-from .support import TINY_INPUT, colour_image, leftover_keys, make_settings
+from .support import TINY_INPUT, colour_image, leftover_keys, make_settings, pretend_worker
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
@@ -146,7 +146,9 @@ class BrokenClassifier(Classifier):
 def test_timeouts_and_model_failures_match_the_spec(redis_server, serve):
     queue = RedisQueue(redis.Redis.from_url(redis_server.url), "stuckq")
     # A worker that announced itself and then hung: requests time out (504) and are withdrawn.
-    queue.beat("hung-worker", Heartbeat(describe(BrokenClassifier()), "h", 1, 8), ttl=60)
+    pretend_worker(
+        queue.redis, "stuckq", "hung-worker", Heartbeat(describe(BrokenClassifier()), "h", 1, 8), ttl=60
+    )
     web = _web_only(serve, "stuckq")
     worker = thread = None
     try:

@@ -22,6 +22,7 @@ def test_every_option_has_a_flag_and_an_env_var():
         assert option.flag == "--" + option.name.replace("_", "-")
         assert option.env_var == option.name.upper()
         value = option.choices[-1] if option.choices else {int: "7", float: "0.75", str: "x"}[option.kind]
+        value = "7" if option.name == "model_version" else value  # a version is a number
         assert getattr(load_settings([], environ={option.env_var: value}), option.name) == option.kind(value)
 
 
@@ -35,6 +36,9 @@ def test_every_option_has_a_flag_and_an_env_var():
         {"TRACE_SAMPLE_RATIO": "1.5"},
         {"TRACE_SAMPLE_RATIO": "nan"},
         {"LOG_FORMAT": "xml"},
+        {"MODEL_VERSION": "v2"},
+        {"MODEL_NAME": "a/b"},
+        {"DEFAULT_MODEL": "{q}"},
     ],
 )
 def test_bad_values_are_reported(env):

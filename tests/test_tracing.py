@@ -21,11 +21,10 @@ from werkzeug.serving import make_server
 from harness.otlp import OtlpReceiver
 from serving import tracing
 from serving.logs import JsonFormatter
-from serving.queue import RedisQueue
 from serving.queue.messages import Heartbeat, ModelInfo
 from serving.web.services import EXTENSION
 
-from .support import colour_image, free_port, make_settings, wait_until
+from .support import colour_image, free_port, make_settings, pretend_worker, wait_until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -81,7 +80,7 @@ def paused_web(colour_apps, module_redis):
     never takes work lets the web tier queue images meanwhile."""
     app = colour_apps(worker=False, batch_wait_ms=0, client_timeout=20)
     model = ModelInfo("colour", (32, 32), 3)
-    RedisQueue(module_redis, app.config["QUEUE_NAME"]).beat("asleep", Heartbeat(model, "h", 1, 8), ttl=60)
+    pretend_worker(module_redis, app.config["QUEUE_NAME"], "asleep", Heartbeat(model, "h", 1, 8), ttl=60)
     served = Web(app)
     yield served
     served.stop()

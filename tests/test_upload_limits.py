@@ -14,7 +14,7 @@ import pytest
 from serving.queue import RedisQueue
 from serving.queue.messages import LANES, Heartbeat, ModelInfo
 
-from .support import colour_image, leftover_keys
+from .support import colour_image, leftover_keys, pretend_worker
 
 LIMIT = 4  # the colour apps' --max-images-per-request
 PNG = colour_image("red", size=(8, 8))
@@ -24,7 +24,7 @@ PNG = colour_image("red", size=(8, 8))
 def app(colour_apps, module_redis):
     app = colour_apps(worker=False, client_timeout=0.5)
     model = ModelInfo("colour", (32, 32), 3)
-    RedisQueue(module_redis, app.config["QUEUE_NAME"]).beat("idle", Heartbeat(model, "h", 1, 8), ttl=600)
+    pretend_worker(module_redis, app.config["QUEUE_NAME"], "idle", Heartbeat(model, "h", 1, 8), ttl=600)
     return app
 
 

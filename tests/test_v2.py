@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from serving.queue import RedisQueue
+from serving.queue.catalogue import Catalogue
 from serving.queue.messages import Heartbeat, ModelInfo
 
-from .support import COLOURS, colour_image, leftover_keys
+from .support import COLOURS, colour_image, leftover_keys, pretend_worker
 
 # The binary tensor data extension, as the protocol describes it (not the server's helpers): the
 # JSON header's length in this HTTP header, then each tensor's bytes; a BYTES tensor is, per
@@ -95,14 +96,17 @@ def test_server_and_model_metadata_and_health(client):
 def test_a_model_with_no_live_worker_is_not_ready(colour_apps, module_redis):
     app = colour_apps(worker=False)
     queue = RedisQueue(module_redis, app.config["QUEUE_NAME"])
-    queue.beat("gone", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60)
+    pretend_worker(
+        module_redis, queue.name, "gone", Heartbeat(ModelInfo("colour", (32, 32), 3), "h", 1, 8), ttl=60
+    )
     queue.sign_off("gone")  # scaled to zero: the model it served is still known
+    Catalogue(module_redis, queue.name).retire("colour", "1")
     client = app.test_client()
     assert client.get("/v2/models/colour").status_code == 200
     for path in ("/v2/health/ready", "/v2/models/colour/ready"):
         response = client.get(path)
         assert response.status_code == 503 and set(response.json) == {"error"}, path
-    module_redis.delete(queue.keys.model)
+    module_redis.delete(*Catalogue(module_redis, queue.name).all_keys())
 
 
 def test_unknown_models_and_paths_are_404_in_the_protocols_shape(client):

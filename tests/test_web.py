@@ -10,12 +10,11 @@ import pytest
 from PIL import Image
 
 from run_keras_server import create_app
-from serving.queue import RedisQueue
 from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.settings import load_settings
 
-from .support import ROOT, colour_image, free_port, leftover_keys
+from .support import ROOT, colour_image, free_port, leftover_keys, pretend_worker
 
 Q = "webq"
 CLIENT_TIMEOUT = 0.5
@@ -45,7 +44,7 @@ def _app(redis_url, *flags):
 @pytest.fixture
 def stalled(redis_client):
     """A worker that sends heartbeats but never takes work."""
-    RedisQueue(redis_client, Q).beat("stalled", STALLED_WORKER, ttl=30)
+    pretend_worker(redis_client, Q, "stalled", STALLED_WORKER, ttl=30)
     return redis_client
 
 

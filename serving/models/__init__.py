@@ -95,11 +95,22 @@ def _load_custom(
         raise ModelUnavailable(f"Model file {path} does not exist.")
     if not labels_path:
         raise ModelUnavailable(f"--labels is required to serve your own model {path}.")
-    labels = load_labels(labels_path)
-    model = keras.models.load_model(path, compile=False)
-    return KerasClassifier(
-        model, Path(path).stem, labels, PREPROCESSORS[preprocess], resize=resize, options=options
-    )
+    try:
+        labels = load_labels(labels_path)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"The labels file {labels_path} cannot be read: {exc}") from None
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many kinds for a broken or foreign file
+        raise ModelUnavailable(
+            f"The model file {path} cannot be loaded: {exc.__class__.__name__}: {exc}"
+        ) from None
+    try:
+        return KerasClassifier(
+            model, Path(path).stem, labels, PREPROCESSORS[preprocess], resize=resize, options=options
+        )
+    except ValueError as exc:  # input shape or labels that do not fit the model
+        raise ModelUnavailable(f"The model {path} cannot be served: {exc}") from None
 
 
 def _load(

@@ -39,8 +39,14 @@ def _from_mapping(mapping: dict[Any, Any]) -> list[str]:
 
 
 def load_labels(path: str | Path) -> list[str]:
-    """Read a JSON list, a JSON dict, or a class_indices.npy dict (the operator's own file)."""
+    """Read a JSON list, a JSON dict, a class_indices.npy dict (the operator's own file), or a
+    text file of one class name a line (a model repository's labels.txt)."""
     path = Path(path)
+    if path.suffix == ".txt":
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not labels:
+            raise ValueError(f"{path}: no class names")
+        return labels
     if path.suffix == ".npy":
         # A saved dict is an object array; np.load needs allow_pickle for it. This is a local
         # file the operator named on the command line, never data from Redis or a client.

@@ -22,14 +22,14 @@ import msgpack
 import numpy as np
 import orjson
 
-from serving.settings import RESIZE_MODES
+from serving.settings import RESIZE_MODES, VERSION
 
 INTERACTIVE = "interactive"  # /predict, /v2, the upload page: a client waits on the answer
 BULK = "bulk"  # /jobs: answered into the job's record, taken only when no interactive work waits
 LANES = (INTERACTIVE, BULK)
 
 MAX_SIDE = 4096  # pixels; queued images are already resized to a model input, far below this
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = 128  # a job id names its model and version: <model>.<version>.<32 hex digits>
 MAX_INDEX = 100_000
 MAX_TOP_K = 100_000
 _JOB_IMAGE = re.compile(r"([^:]+):([0-9]{1,6})")
@@ -295,6 +295,12 @@ class Answer:
             raise MessageError(f"not an answer record ({exc})") from None
 
 
+def _version(value: Any) -> str:
+    if not isinstance(value, str) or not VERSION.fullmatch(value):
+        raise MessageError("version must be a whole number of up to 9 digits, as a string")
+    return value
+
+
 def _agreement(value: Any) -> float | None:
     if value is None:
         return None
@@ -316,10 +322,12 @@ class ModelInfo:
     precision: str = ""  # f32, bf16, int8
     note: str = ""  # a caveat, e.g. that the weights are random
     int8_agreement: float | None = None  # INT8's measured top-1 agreement with f32, when it was tried
+    version: str = "1"  # which version of the model: every answer names the one that computed it
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "name": self.name,
+            "version": self.version,
             "input_size": list(self.input_size),
             "classes": self.classes,
             "resize": self.resize,
@@ -353,6 +361,7 @@ class ModelInfo:
             precision=str(data.get("precision", "")),
             note=str(data.get("note", "")),
             int8_agreement=_agreement(data.get("int8_agreement")),
+            version=_version(data.get("version", "1")),
         )
 
 

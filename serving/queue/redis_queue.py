@@ -101,6 +101,10 @@ class RedisQueue:
     def name(self) -> str:
         return self.keys.name
 
+    def sibling(self, name: str) -> RedisQueue:
+        """Another queue on the same clients (a web server talks to every model version's queue)."""
+        return RedisQueue(self.redis, name, self.blocking, min_replicas=self.min_replicas, watch=self.watch)
+
     # Web side ------------------------------------------------------------------
     def enqueue(
         self, request_id: str, messages: Sequence[bytes], max_length: int, keep_seconds: float

@@ -24,6 +24,7 @@ from serving.queue.messages import INTERACTIVE, Answer, ModelInfo, image_message
 from serving.settings import Settings
 from serving.web import request_log
 from serving.web.disconnect import ClientGone, abort_on_disconnect
+from serving.web.model_directory import Route
 from serving.web.responses import ServiceUnavailable
 from serving.web.services import Services, services
 from serving.web.uploads import Uploads, checked_top_k
@@ -42,6 +43,7 @@ class Prepared:
     images: list[np.ndarray]
     top_k: int
     as_list: bool  # answer with a list of results, even for one image
+    route: Route  # the model version that computes them, and its queue
 
 
 @dataclass(frozen=True)
@@ -96,24 +98,32 @@ def prepare_uploads(
     them all, before anything is queued."""
     settings = serving.settings
     check_image_count(len(uploads.images), settings.max_images_per_request)
-    model = serving.workers.model()
+    route = serving.models.route(uploads.model, uploads.version)
+    model = route.model
     top_k = checked_top_k(uploads.top_k, settings.top_k, model.classes)
-    attributes = {"inference.images": len(uploads.images), "inference.model.name": model.name}
+    attributes = {
+        "inference.images": len(uploads.images),
+        "inference.model.name": model.name,
+        "inference.model.version": model.version,
+    }
     with request_log.step("decode and resize", "decode", attributes):
         images = prepare_images(
             uploads.images, model, settings.max_image_pixels, serving.decode_budget, on_decoded
         )
-    return Prepared(images, top_k, uploads.as_list or len(images) > 1)
+    return Prepared(images, top_k, uploads.as_list or len(images) > 1, route)
 
 
 def run_classification(prepared: Prepared) -> Classification:
     """Within a request: queue prepared images and wait; the request log learns the request id
     and batches."""
     serving = services()
-    result = classify(serving.queue, serving.settings, prepared.images, prepared.top_k, prepared.as_list)
+    result = classify(
+        prepared.route.queue, serving.settings, prepared.images, prepared.top_k, prepared.as_list
+    )
     request_log.note(request_id=result.request_id, batches=result.batch_ids, images=len(prepared.images))
     if result.answers:
-        request_log.note(model=next((a.model.name for a in result.answers if a.model), None))
+        model = next((a.model for a in result.answers if a.model), None)
+        request_log.note(model=model.name if model else None, version=model.version if model else None)
         # The worker's side of the wait, for the log line: the longest queue wait, the model call.
         request_log.note_timing("queued", max(answer.queued_ms for answer in result.answers))
         request_log.note_timing("model", max(answer.model_ms for answer in result.answers))

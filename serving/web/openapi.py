@@ -51,6 +51,70 @@ def _classify_errors(settings: Settings, shape: str = "Error") -> dict[str, Any]
     )
 
 
+MODEL_QUERY = [
+    {
+        "name": "model",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The model to ask (GET /models lists them); unset: the default model.",
+    },
+    {
+        "name": "version",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The model's version; unset: its current version.",
+    },
+]
+MODEL_PATH = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+VERSION_PATH = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+UNKNOWN_MODEL = "No such model or version: the error lists those this server serves."
+
+
+def _models_paths(settings: Settings) -> dict[str, Any]:
+    listing = {
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "versions"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "current": {"type": "string", "nullable": True},
+                        "versions": {"type": "array", "items": {"type": "object"}},
+                        "canary": {"type": "object"},
+                    },
+                },
+            }
+        },
+    }
+    predict = _predict(settings)["post"]
+    by_name = {**predict, "operationId": "predict_model", "summary": "Classify with a named model"}
+    by_name["parameters"] = [p for p in predict["parameters"] if p["in"] != "query"] + [MODEL_PATH]
+    by_name["responses"] = {**predict["responses"], "404": _json(UNKNOWN_MODEL, ref("Error"))}
+    by_version = {
+        **by_name,
+        "operationId": "predict_model_version",
+        "summary": "Classify with a model version",
+    }
+    by_version["parameters"] = [*by_name["parameters"], VERSION_PATH]
+    return {
+        "/models": _get(
+            "models",
+            "The models served, their versions, and the current version of each",
+            _json("The catalogue.", listing),
+            settings,
+            s503="Redis is unreachable.",
+        ),
+        "/models/{name}/predict": {"post": by_name},
+        "/models/{name}/versions/{version}/predict": {"post": by_version},
+    }
+
+
 def _predict(settings: Settings) -> dict[str, Any]:
     request_id = {
         "X-Request-ID": {
@@ -72,6 +136,7 @@ def _predict(settings: Settings) -> dict[str, Any]:
                     "description": "Your own id for this request; echoed back and logged.",
                 },
                 {"name": "top_k", "in": "query", "required": False, "schema": TOP_K},
+                *MODEL_QUERY,
             ],
             "requestBody": {
                 "required": True,
@@ -93,6 +158,8 @@ def _predict(settings: Settings) -> dict[str, Any]:
                                     "description": "One file field named image, or several (a list).",
                                 },
                                 "top_k": TOP_K,
+                                "model": {"type": "string"},
+                                "version": {"type": "string"},
                             },
                         },
                         "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
@@ -109,6 +176,7 @@ def _predict(settings: Settings) -> dict[str, Any]:
                     request_id,
                 ),
                 **_classify_errors(settings),
+                "404": _json(UNKNOWN_MODEL, ref("Error")),
             },
         }
     }
@@ -120,7 +188,7 @@ def _jobs_paths(settings: Settings) -> dict[str, Any]:
         "in": "path",
         "required": True,
         "schema": {"type": "string"},
-        "description": "The id POST /jobs answered.",
+        "description": "The id POST /jobs answered: <model>.<version>.<32 hex digits>.",
     }
     wait = {
         "name": "wait",
@@ -196,7 +264,7 @@ def _v2_paths(settings: Settings, model_name: str | None) -> dict[str, Any]:
         "in": "path",
         "required": True,
         "schema": {"type": "string"},
-        "description": "The model the workers serve.",
+        "description": "A model the workers serve (GET /models lists them).",
         **({"example": model_name} if model_name else {}),
     }
     version = {
@@ -207,7 +275,7 @@ def _v2_paths(settings: Settings, model_name: str | None) -> dict[str, Any]:
         "example": "1",
     }
     object_ok = {"type": "object"}
-    unknown = "No such model (or version): the error names the one this server serves."
+    unknown = "No such model (or version): the error lists those this server serves."
     busy = "Redis is unreachable or no model worker is alive."
     infer = {
         "post": {
@@ -243,6 +311,16 @@ def _v2_paths(settings: Settings, model_name: str | None) -> dict[str, Any]:
         "/v2/health/ready": _get(
             "v2_ready", "Readiness", _json("Ready.", object_ok), settings, "ProtocolError", s503=busy
         ),
+        "/v2/repository/index": {
+            "post": {
+                "operationId": "v2_repository_index",
+                "summary": "Every model version and its state (READY or UNAVAILABLE)",
+                "responses": {
+                    "200": _json("The index.", {"type": "array", "items": object_ok}),
+                    **_errors(settings, "ProtocolError", s503="Redis is unreachable."),
+                },
+            }
+        },
     }
     for prefix, parameters in (
         ("/v2/models/{name}", [name]),
@@ -273,8 +351,11 @@ def _v2_paths(settings: Settings, model_name: str | None) -> dict[str, Any]:
     return paths
 
 
-def openapi_spec(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
-    """The document; ``model_name``, when a worker is alive, is the example of the /v2 paths' name."""
+def openapi_spec(
+    settings: Settings, model_name: str | None = None, model_names: list[str] | None = None
+) -> dict[str, Any]:
+    """The document; ``model_name`` (the default model, when known) is the example of the model
+    paths' name, and ``model_names`` (the models served) are listed in the description."""
     alive = {
         "type": "object",
         "required": ["alive"],
@@ -282,9 +363,15 @@ def openapi_spec(settings: Settings, model_name: str | None = None) -> dict[str,
     }
     ready = {
         "type": "object",
-        "required": ["ready", "workers", "queue_depth", "model", "redis"],
+        "required": ["ready", "workers", "queue_depth", "model", "models", "redis"],
         "properties": {
             "ready": {"type": "boolean", "enum": [True]},
+            "models": {
+                "type": "object",
+                "description": "Per model: its current version, whether it is ready, and per version "
+                "its live workers and queue depths.",
+                "additionalProperties": {"type": "object"},
+            },
             "workers": {"type": "integer", "minimum": 1},
             "queue_depth": {"type": "integer", "minimum": 0},
             "model": ref("Model"),
@@ -313,6 +400,7 @@ def openapi_spec(settings: Settings, model_name: str | None = None) -> dict[str,
                 "Images are queued in Redis and classified in batches by model workers. Every error is JSON "
                 '`{"success": false, "error": "..."}` (the /v2 routes: `{"error": "..."}`). A path called '
                 "with a method it does not take answers 405 with an Allow header."
+                + (f" Models served: {', '.join(model_names)}." if model_names else "")
             ),
         },
         "paths": {
@@ -320,13 +408,20 @@ def openapi_spec(settings: Settings, model_name: str | None = None) -> dict[str,
             "/healthz": _get(
                 "healthz", "Liveness: the web process answers", _json("Alive.", alive), settings
             ),
-            "/readyz": _get(
-                "readyz",
-                "Readiness: Redis answers and a model worker is alive",
-                _json("Ready to classify.", ready),
-                settings,
-                s503="Redis is unreachable or no model worker has sent a heartbeat recently.",
-            ),
+            "/readyz": {
+                "get": {
+                    **_get(
+                        "readyz",
+                        "Readiness: Redis answers and a model worker is alive (?model=NAME: its worker)",
+                        _json("Ready to classify.", ready),
+                        settings,
+                        s404=UNKNOWN_MODEL,
+                        s503="Redis is unreachable or no model worker has sent a heartbeat recently.",
+                    )["get"],
+                    "parameters": MODEL_QUERY,
+                }
+            },
+            **_models_paths(settings),
             "/metrics": _get("metrics", "Prometheus metrics (text exposition format)", metrics, settings),
             **_jobs_paths(settings),
             **_v2_paths(settings, model_name),

@@ -49,6 +49,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "input_size", "classes"],
         "properties": {
             "name": {"type": "string", "example": "resnet50"},
+            "version": {
+                "type": "string",
+                "pattern": "^[1-9][0-9]{0,8}$",
+                "description": "The version that computed it.",
+            },
             "input_size": {
                 "type": "array",
                 "items": {"type": "integer"},

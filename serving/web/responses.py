@@ -40,7 +40,9 @@ class ServiceUnavailable(ApiError):
     status = 503
 
 
-def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: dict[str, Any] | list[Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 

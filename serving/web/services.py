@@ -9,7 +9,7 @@ from flask import current_app
 from serving.images import MemoryBudget
 from serving.queue import RedisQueue
 from serving.settings import Settings
-from serving.web.worker_directory import WorkerDirectory
+from serving.web.model_directory import ModelDirectory
 
 EXTENSION = "keras_serving"
 
@@ -17,8 +17,8 @@ EXTENSION = "keras_serving"
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    queue: RedisQueue
-    workers: WorkerDirectory
+    queue: RedisQueue  # the clients; each model version's queue is found by ``models``
+    models: ModelDirectory
     decode_budget: MemoryBudget  # decoded pixels this process holds at once
 
 

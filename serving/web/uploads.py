@@ -5,15 +5,17 @@
 - application/json: ``{"images": ["<base64>", ...], "top_k": 3}`` or ``{"image": "<base64>"}``,
   standard or URL-safe base64, with or without a ``data:`` URL prefix;
 
-plus ``?top_k=`` in the query string. The answer mirrors the request: one image (a single
-field, a raw body, ``"image"``) is answered as one result, a list as a list.
+plus ``?top_k=`` in the query string, and the model: ``?model=NAME&version=V``, the form
+fields or JSON keys ``model`` and ``version``, or the path ``/models/NAME/predict``.
+The answer mirrors the request: one image (a single field, a raw body, ``"image"``) is answered
+as one result, a list as a list.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -36,6 +38,8 @@ class Uploads:
     images: list[bytes]
     as_list: bool  # answer with a list of results (the request sent a list)
     top_k: int | None  # asked for; None: the server's --top-k
+    model: str | None = None  # the model asked for; None: the default model
+    version: str | None = None  # its version; None: the current one
 
 
 def read_uploads() -> Uploads:
@@ -64,8 +68,22 @@ def _read_uploads() -> Uploads:
         )
     query_top_k = request.args.get("top_k")
     if uploads.top_k is None and query_top_k is not None:
-        return Uploads(uploads.images, uploads.as_list, parse_top_k(query_top_k))
-    return uploads
+        uploads = replace(uploads, top_k=parse_top_k(query_top_k))
+    # The model: from the path (/models/<name>/predict), the query, or the form or JSON body.
+    view_args = request.view_args or {}
+    model = view_args.get("name") or request.args.get("model") or uploads.model
+    version = view_args.get("version") or request.args.get("version") or uploads.version
+    return replace(uploads, model=_text_or_none(model, "model"), version=_text_or_none(version, "version"))
+
+
+def _text_or_none(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and what == "version":
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string.")
+    return value
 
 
 def _from_form() -> Uploads:
@@ -73,7 +91,13 @@ def _from_form() -> Uploads:
     if not images:
         raise ImageError("Send the image as a multipart/form-data file field named 'image'.")
     top_k = request.form.get("top_k")
-    return Uploads(images, as_list=len(images) > 1, top_k=None if top_k is None else parse_top_k(top_k))
+    return Uploads(
+        images,
+        as_list=len(images) > 1,
+        top_k=None if top_k is None else parse_top_k(top_k),
+        model=request.form.get("model"),
+        version=request.form.get("version"),
+    )
 
 
 def _from_json() -> Uploads:
@@ -85,8 +109,11 @@ def _from_json() -> Uploads:
         raise BadRequest('Send a JSON object with "images": a list of base64 images (or "image": one).')
     top_k = body.get("top_k")
     parsed_top_k = None if top_k is None else parse_top_k(top_k)
+    model = _text_or_none(body.get("model"), "model")
+    version = _text_or_none(body.get("version"), "version")
     if "image" in body:
-        return Uploads([decode_base64(body["image"], "The image")], as_list=False, top_k=parsed_top_k)
+        image = decode_base64(body["image"], "The image")
+        return Uploads([image], as_list=False, top_k=parsed_top_k, model=model, version=version)
     images = body["images"]
     if not isinstance(images, list):
         raise BadRequest('"images" must be a list of base64 strings.')
@@ -94,6 +121,8 @@ def _from_json() -> Uploads:
         [decode_base64(item, f"Image {i + 1}") for i, item in enumerate(images)],
         as_list=True,
         top_k=parsed_top_k,
+        model=model,
+        version=version,
     )
 
 

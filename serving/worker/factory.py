@@ -8,18 +8,38 @@ import time
 from pathlib import Path
 
 from serving import tracing
-from serving.models import ModelUnavailable, RuntimeOptions, configure_tensorflow, load_classifier
+from serving.models import ModelUnavailable, RuntimeOptions, configure_tensorflow, load_classifier, repository
 from serving.models.runtimes import default_cache_dir
 from serving.queue import DEFAULT_URL, open_queue
+from serving.queue.catalogue import Catalogue, model_queue_name
 from serving.settings import Settings
-from serving.worker.loop import IDLE_TIMEOUT, ModelWorker
+from serving.worker.loop import IDLE_TIMEOUT, ModelWorker, served_model
 from serving.worker.stats import RedisBatchStats
 
 log = logging.getLogger(__name__)
 
 
+def from_repository(settings: Settings) -> Settings:
+    """With --model-repository: the settings of the version the worker serves, from its folder."""
+    if not settings.model_repository:
+        return settings
+    source = repository.locate(Path(settings.model_repository), settings.model, settings.model_version)
+    log.info("serving %s version %s from %s", source.name, source.version, source.model_file.parent)
+    return settings.replace(
+        model=str(source.model_file),
+        labels=str(source.labels_file),
+        preprocess=source.preprocess or settings.preprocess,
+        resize=source.resize or settings.resize,
+        batch_size=source.batch_size or settings.batch_size,
+        model_name=source.name,
+        model_version=source.version,
+    )
+
+
 def create_worker(settings: Settings) -> ModelWorker:
-    """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the queue."""
+    """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the
+    queue of the model version it serves."""
+    settings = from_repository(settings)
     if settings.precision == "int8" and not settings.calibration_dir:
         raise ModelUnavailable(
             "--precision int8 needs calibration images like the traffic: give --calibration-dir DIR"
@@ -46,14 +66,20 @@ def create_worker(settings: Settings) -> ModelWorker:
     # each new input shape on its first call, TensorFlow traces its graph once).
     batch_seconds = classifier.warm_up(range(1, settings.batch_size + 1))
     log.info("%s warmed up in %.0f ms", classifier.name, (time.perf_counter() - started) * 1000)
+    served = served_model(settings, classifier.name)  # what the catalogue and every answer call it
     queue = open_queue(
         settings.redis_url or DEFAULT_URL,
-        settings.queue_name,
+        model_queue_name(settings.queue_name, *served),
         call_timeout=settings.redis_timeout,
         longest_block=IDLE_TIMEOUT,
         min_replicas=settings.redis_min_replicas,
     )
     # Batch stats go to Redis, so /metrics on any web server reports every worker's.
     return ModelWorker(
-        queue, classifier, settings, observer=RedisBatchStats(queue), batch_seconds=batch_seconds
+        queue,
+        classifier,
+        settings.replace(model_name=served[0], model_version=served[1]),
+        observer=RedisBatchStats(queue),
+        batch_seconds=batch_seconds,
+        catalogue=Catalogue(queue.redis, settings.queue_name),
     )

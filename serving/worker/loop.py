@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -19,9 +20,11 @@ import redis
 from serving import tracing
 from serving.models.classifier import Classifier
 from serving.queue import Batch, RedisQueue
+from serving.queue.catalogue import Catalogue
 from serving.queue.connection import patient_retry
 from serving.queue.messages import (
     BULK,
+    INTERACTIVE,
     Answer,
     BatchInfo,
     Heartbeat,
@@ -39,15 +42,26 @@ from serving.worker.stats import BatchObserver
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 1.0  # longest block on empty lanes, so a stop request is seen within a second
+# A retired version's last worker stops once its lanes stayed empty this long: longer than a web
+# server's catalogue refresh (serving/web/model_directory.py), so no request routed to it is stranded.
+DRAIN_QUIET_SECONDS = 2.5
 RETRY_SECONDS = 0.25  # how soon a worker tries Redis again after a failed wait for work
 BATCH_FAILED = "The server failed on this request's batch."
 MODEL_FAILED = "The model failed on this request's batch."
 
 
-def describe(classifier: Classifier) -> ModelInfo:
+def served_model(settings: Settings, classifier_name: str) -> tuple[str, str]:
+    """The name and version a worker serves under: as set, else the model's own name (made a
+    valid model name) and version 1."""
+    name = settings.model_name or re.sub(r"[^A-Za-z0-9_-]", "_", classifier_name)[:64].lstrip("_-")
+    return name or "model", settings.model_version or "1"
+
+
+def describe(classifier: Classifier, name: str | None = None, version: str = "1") -> ModelInfo:
     """The model as the wire records it: what web servers need to prepare its images."""
     return ModelInfo(
-        name=classifier.name,
+        name=name or classifier.name,
+        version=version,
         input_size=classifier.input_size,
         classes=len(classifier.labels),
         resize=classifier.resize,
@@ -140,17 +154,22 @@ class ModelWorker:
         worker_id: str | None = None,
         observer: BatchObserver | None = None,
         batch_seconds: dict[int, float] | None = None,
+        catalogue: Catalogue | None = None,
     ):
         self.queue = queue
         self.classifier = classifier
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # asked to stop: no new batch, but a retired version drains
+        self._finished = threading.Event()  # run has returned
         self.observer = observer or BatchObserver()
         self._input_shape = (classifier.input_size[1], classifier.input_size[0], 3)
         # When a batch is ready and how much bulk work it may carry (from warm-up, then followed).
         self.policy = BatchPolicy(settings.batch_size, settings.batch_wait_ms / 1000, batch_seconds)
-        self._model = describe(classifier)  # as every answer names it
+        self.served = served_model(settings, classifier.name)
+        self._model = describe(classifier, *self.served)  # as every answer names it
+        # Where web servers learn that this version is served, and from which queue.
+        self.catalogue = catalogue or Catalogue(queue.redis, settings.queue_name)
         self._heartbeat = Heartbeat(
             model=self._model, host=socket.gethostname(), pid=os.getpid(), batch_size=settings.batch_size
         )
@@ -164,11 +183,12 @@ class ModelWorker:
         self.stopping.set()
 
     def run(self) -> None:
-        info = describe(self.classifier)
+        info = self._model
         log.info(
-            "worker %s serving %s (runtime %s, precision %s, resize %s), batches of up to %d",
+            "worker %s serving %s version %s (runtime %s, precision %s, resize %s), batches of up to %d",
             self.worker_id,
             info.name,
+            info.version,
             info.runtime or "-",
             info.precision or "-",
             info.resize,
@@ -187,14 +207,43 @@ class ModelWorker:
                 except Exception:  # a bug must not take the worker down with it
                     log.exception("worker step failed; continuing")
                     self.stopping.wait(1.0)
+            self._drain_if_retired()
         finally:
             self.stopping.set()
+            self._finished.set()
             heart.join(timeout=2)
             try:
                 self.queue.sign_off(self.worker_id)
+                if not self.queue.live_workers():
+                    self.catalogue.retire(*self.served)
             except redis.RedisError:
                 pass
             log.info("worker %s stopped", self.worker_id)
+
+    def _drain_if_retired(self) -> None:
+        """The last worker of a version that is no longer current answers what its lanes still
+        hold before it stops: no other worker takes from them, and web servers stopped routing to
+        them (at most a directory refresh ago, hence the quiet period). Bounded by a request's
+        lifetime; job images left after that expire at their deadline."""
+        name, version = self.served
+        try:
+            if self.catalogue.read().current(name) == version or set(self.queue.live_workers()) - {
+                self.worker_id
+            }:
+                return
+            log.info(
+                "version %s of %s is retired: answering what its lanes hold before stopping", version, name
+            )
+            give_up = time.monotonic() + self.settings.request_lifetime
+            quiet_since = time.monotonic()
+            while time.monotonic() < give_up:
+                if self.step() or self.queue.depth(INTERACTIVE) or self.queue.depth(BULK):
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= DRAIN_QUIET_SECONDS:
+                    return
+            log.warning("stopping with work still queued for retired version %s of %s", version, name)
+        except redis.RedisError as exc:
+            log.warning("could not drain retired version %s of %s: %s", version, name, exc)
 
     def step(self) -> int:
         """Take and answer one batch. Returns how many messages it took."""
@@ -220,11 +269,12 @@ class ModelWorker:
 
     def _beat(self) -> None:
         self.queue.beat(self.worker_id, self._heartbeat, self.settings.heartbeat_ttl)
+        self.catalogue.announce(self._model, self.queue.name, self.settings.heartbeat_ttl)
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_ttl / 3
         next_reap = 0.0
-        while not self.stopping.is_set():
+        while not self._finished.is_set():  # beating on while a retired version drains
             try:
                 self._beat()
                 if time.monotonic() >= next_reap:
@@ -234,7 +284,7 @@ class ModelWorker:
                     next_reap = time.monotonic() + self.settings.heartbeat_ttl
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
-            self.stopping.wait(interval)
+            self._finished.wait(interval)
 
     # One batch -----------------------------------------------------------------
     def answer(self, batch: Batch, taken_ns: int = 0) -> None:

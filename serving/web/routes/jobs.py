@@ -21,7 +21,7 @@ import orjson
 from flask import Blueprint, Response, request, stream_with_context
 
 from serving import tracing
-from serving.queue import JobSpec
+from serving.queue import JobSpec, RedisQueue
 from serving.queue.messages import BULK, Answer, image_messages
 from serving.settings import LONGEST_JOB_WAIT_SECONDS
 from serving.web import request_log
@@ -33,7 +33,8 @@ from serving.web.uploads import read_uploads
 
 blueprint = Blueprint("jobs", __name__)
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# A job's id names the model version whose queue holds it: <model>.<version>.<32 hex digits>.
+JOB_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})\.([1-9][0-9]{0,8})\.([0-9a-f]{32})$")
 BULK_FULL = "The server is busy: the job queue is full. Try again shortly."
 FINAL = ("done", "failed", "expired")
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
@@ -52,24 +53,31 @@ def submit() -> Response:
     serving = services()
     settings = serving.settings
     prepared = prepare_uploads(serving, read_uploads())
+    queue, model = prepared.route.queue, prepared.route.model
     now = time.time()
-    job = JobSpec(
-        new_request_id(), now, now + settings.job_timeout, prepared.top_k, prepared.as_list, settings.job_ttl
-    )
+    # The id says which version's queue holds the job: any web server finds it from the id alone.
+    job_id = f"{model.name}.{model.version}.{new_request_id()}"
+    job = JobSpec(job_id, now, now + settings.job_timeout, prepared.top_k, prepared.as_list, settings.job_ttl)
     # Each image's span in the worker is a child of this request's: the job's trace follows it.
     trace = tracing.traceparent()
     messages = image_messages(job.id, prepared.images, prepared.top_k, now, job.deadline, BULK, trace)
     with request_log.step("enqueue", "enqueue", {"inference.lane": BULK, "inference.images": len(messages)}):
-        if not serving.queue.create_job(job, messages, settings.max_job_queue_length):
+        if not queue.create_job(job, messages, settings.max_job_queue_length):
             raise ServiceUnavailable(BULK_FULL)
-    request_log.note(request_id=job.id, images=len(messages))
-    body = {"id": job.id, "status": "queued", "images": len(messages)}
-    return json_response(body, 202, {"Location": f"/jobs/{job.id}"})
+    request_log.note(request_id=job_id, images=len(messages))
+    body = {
+        "id": job_id,
+        "status": "queued",
+        "images": len(messages),
+        "model": model.name,
+        "version": model.version,
+    }
+    return json_response(body, 202, {"Location": f"/jobs/{job_id}"})
 
 
 @blueprint.get("/jobs/<job_id>")
 def status(job_id: str) -> Response:
-    queue = services().queue
+    queue = _queue_of(job_id)
     state = _state(job_id)
     wait = _wait_seconds()
     if wait and state["status"] not in FINAL:
@@ -92,7 +100,7 @@ def events(job_id: str) -> Response:
     like a long-poll: after LONGEST_JOB_WAIT_SECONDS it ends (the client reconnects), and a
     comment every few seconds keeps proxies from closing it."""
     state = _state(job_id)  # 404 for a job that does not exist
-    queue = services().queue
+    queue = _queue_of(job_id)
     after = request.headers.get("Last-Event-ID") or request.args.get("last") or "0"
     if not STREAM_ID.match(after):
         raise BadRequest(f"Last-Event-ID must be a stream id such as 1700000000000-0, not {after!r}.")
@@ -114,7 +122,7 @@ def events(job_id: str) -> Response:
             except ClientGone:
                 return
             if not found:
-                if services().queue.job_state(job_id) is None:
+                if queue.job_state(job_id) is None:
                     return  # deleted, or its result expired
                 yield ": keep-alive\n\n"
                 continue
@@ -142,8 +150,8 @@ def _event(kind: str, data: dict[str, Any], entry: str | None) -> str:
 
 @blueprint.delete("/jobs/<job_id>")
 def delete(job_id: str) -> Response:
-    _check_id(job_id)
-    fields = services().queue.cancel_job(job_id)
+    queue = _queue_of(job_id)
+    fields = queue.cancel_job(job_id)
     if not fields:
         raise JobNotFound(job_id)
     images, answered = int(fields["images"]), int(fields["answered"])
@@ -160,9 +168,18 @@ def delete(job_id: str) -> Response:
     )
 
 
-def _check_id(job_id: str) -> None:
-    if not JOB_ID.match(job_id):  # not one this server made: 404 without asking Redis
-        raise JobNotFound(job_id, "job ids are 32 hexadecimal digits")
+def _queue_of(job_id: str) -> RedisQueue:
+    """The queue that holds the job: its model version's, named by the id."""
+    found = JOB_ID.match(job_id)
+    if not found:  # not one this server made: 404 without asking Redis
+        raise JobNotFound(job_id, "job ids look like <model>.<version>.<32 hexadecimal digits>")
+    model, version, _ = found.groups()
+    served = services().models.state().versions.get(model, {}).get(version)
+    if served is None:
+        served = services().models.state(fresh=True).versions.get(model, {}).get(version)
+        if served is None:
+            raise JobNotFound(job_id, f"no version {version} of model {model!r} is known")
+    return services().models.queue(served.queue)
 
 
 def _wait_seconds() -> float:
@@ -180,8 +197,8 @@ def _wait_seconds() -> float:
 
 def _state(job_id: str) -> dict[str, Any]:
     """The job as GET answers it: its progress, then the same body /predict gives once it ends."""
-    _check_id(job_id)
-    found = services().queue.job_state(job_id)
+    queue = _queue_of(job_id)
+    found = queue.job_state(job_id)
     if found is None:
         raise JobNotFound(job_id)
     fields, results = found

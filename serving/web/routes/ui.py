@@ -18,7 +18,7 @@ from serving.images import ImageError
 from serving.queue.messages import ModelInfo
 from serving.web import request_log
 from serving.web.classify import prepare_uploads, run_classification
-from serving.web.responses import RETRY_AFTER_SECONDS, ServiceUnavailable, describe_error
+from serving.web.responses import RETRY_AFTER_SECONDS, ApiError, describe_error
 from serving.web.services import services
 from serving.web.uploads import Uploads
 
@@ -40,17 +40,29 @@ def _human_bytes(count: float) -> str:
     return f"{count:.3g} GB"
 
 
-def _current_model() -> ModelInfo | None:
+def _default_model() -> ModelInfo | None:
     try:
-        return services().workers.model()
-    except (ServiceUnavailable, redis.RedisError):  # the page still loads while they are away
+        return services().models.model()
+    except (ApiError, redis.RedisError):  # the page still loads while they are away
         return None
+
+
+def _model_names() -> list[str]:
+    try:
+        return services().models.state().models()
+    except redis.RedisError:
+        return []
 
 
 def _page(status: int = 200, **context: object) -> Response:
     max_bytes = current_app.config["MAX_CONTENT_LENGTH"]
     html = render_template(
-        "index.html", model=_current_model(), max_bytes=max_bytes, max_size=_human_bytes(max_bytes), **context
+        "index.html",
+        model=_default_model(),
+        models=_model_names(),
+        max_bytes=max_bytes,
+        max_size=_human_bytes(max_bytes),
+        **context,
     )
     response = Response(html, status=status, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
@@ -83,7 +95,8 @@ def classify_form() -> Response:
             upload = request.files.get("image")
             if upload is None:
                 raise ImageError("Choose an image first.")
-            uploads = Uploads([upload.read()], as_list=False, top_k=None)
+            model = request.form.get("model") or None
+            uploads = Uploads([upload.read()], as_list=False, top_k=None, model=model)
         result = run_classification(prepare_uploads(services(), uploads, on_decoded=decoded.append))
     except Exception as exc:  # the same status and sentence /predict would answer
         status, message = describe_error(exc)
