@@ -14,6 +14,7 @@ import requests
 
 from harness.launch import on_queue, python_server
 from serving.queue import RedisQueue
+from serving.queue.catalogue import Catalogue
 from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
 from serving.queue.keys import QueueKeys
@@ -24,8 +25,10 @@ FLOAT32_DESIGN_BYTES = 4 * 224 * 224 * 3 * 4 // 3  # float32 pixels in base64: ~
 
 
 def _fake_worker(queue: RedisQueue, input_size: tuple[int, int]) -> None:
+    """A worker's records with no worker: the web server queues for it and nothing takes."""
     model = ModelInfo("benchmark-placeholder", input_size, 1000)
     queue.beat("benchmark-placeholder", Heartbeat(model, host="", pid=0, batch_size=8), ttl=120)
+    Catalogue(queue.redis, QUEUE).announce(model, queue.name, ttl=120)
 
 
 def measure(

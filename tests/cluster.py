@@ -29,7 +29,7 @@ from serving.queue.embedded import EmbeddedRedis
 from serving.queue.keys import QueueKeys
 from serving.queue.messages import Request
 
-from .support import COLOURS, ROOT, free_port, leftover_keys
+from .support import COLOURS, ROOT, colour_queue, free_port, leftover_keys
 
 __all__ = ["ChildProcess", "wait_until"]
 
@@ -98,7 +98,7 @@ class Worker(ChildProcess):
 
     def wait_ready(self, timeout: float = 90) -> Worker:
         """Wait for this process's heartbeat; it carries the worker id the answers name."""
-        queue = RedisQueue(connect(self.redis_url, 2.0), self.queue_name)
+        queue = RedisQueue(connect(self.redis_url, 2.0), colour_queue(self.queue_name))
 
         def my_id():
             return next((wid for wid, beat in queue.live_workers().items() if beat.pid == self.pid), None)
@@ -329,7 +329,7 @@ class Cluster:
         return redis.Redis.from_url(self.redis_url)
 
     def queue(self) -> RedisQueue:
-        return RedisQueue(self.client(), QUEUE)
+        return RedisQueue(self.client(), colour_queue(QUEUE))
 
     def worker(self, name: str, *extra: str, slow: bool = False) -> Worker:
         """A worker process; ``slow`` ones spend long enough on each batch to be caught mid-batch."""
@@ -367,7 +367,7 @@ def assert_no_leftovers(cluster: Cluster) -> None:
     client = cluster.client()
     assert leftover_keys(client, QUEUE) == []
     wait_until(
-        lambda: not list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:worker:*")),
+        lambda: not list(client.scan_iter(match=f"{QueueKeys(colour_queue(QUEUE)).tag}:worker:*")),
         10,
         "dead workers' heartbeats to expire",
     )

@@ -24,6 +24,7 @@ from serving.queue.connection import connect
 from serving.queue.keys import QueueKeys
 
 from .cluster import Outcome, WebServer, Worker, post_image, start_workers, tally, tinted
+from .support import colour_queue
 
 QUEUE = "failq"
 CLIENTS = 16
@@ -115,13 +116,13 @@ class ClusterTopology(Topology):
         self.url = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes)
 
     def kill_queue_primary(self) -> RedisProcess:
-        node = self.cluster.primary_for_key(QueueKeys(QUEUE).tag)
+        node = self.cluster.primary_for_key(QueueKeys(colour_queue(QUEUE)).tag)
         node.kill()
         return node
 
     def wait_new_primary(self, old: RedisProcess, timeout: float) -> RedisProcess:
         def moved() -> RedisProcess | None:
-            node = self.cluster.primary_for_key(QueueKeys(QUEUE).tag)
+            node = self.cluster.primary_for_key(QueueKeys(colour_queue(QUEUE)).tag)
             return node if node is not old and node.role() == "master" else None
 
         new = wait_until(moved, timeout, "the cluster to promote a replica", interval=0.05)

@@ -88,6 +88,8 @@ def colour_model_args(colour_model: tuple[Path, Path]) -> tuple[str, ...]:
         "unit",
         "--precision",
         "f32",
+        "--model-name",
+        "colour",  # the slow variant too: one model, whichever file serves it
     )
 
 
@@ -103,13 +105,29 @@ def pretend_worker(
     Catalogue(client, deployment or queue_name).announce(heartbeat.model, queue_name, ttl)
 
 
+def colour_queue(deployment: str, version: str = "1") -> str:
+    """The queue a worker serving the colour model takes from in deployment ``deployment``."""
+    from serving.queue.catalogue import model_queue_name
+
+    return model_queue_name(deployment, "colour", version)
+
+
 def leftover_keys(client, queue_name: str) -> list[str]:
-    """Keys of a queue other than live worker heartbeats and the records kept on purpose (the
-    counts, the last model): none after a run."""
-    names = QueueKeys(queue_name)
-    keys = [key.decode() for key in client.scan_iter(match=f"{names.tag}*")]
-    kept = {names.stats, names.model, names.workers}
-    return sorted(key for key in keys if not key.startswith(names.heartbeat("")) and key not in kept)
+    """Keys of a queue, and of every model version's queue of the deployment of that name, other
+    than live worker heartbeats and the records kept on purpose (the counts, the last model, the
+    workers' index, the catalogue): none after a run."""
+    from serving.queue.catalogue import Catalogue
+
+    found = {key.decode() for key in client.scan_iter(match=f"{{{queue_name}}}*")}
+    found |= {key.decode() for key in client.scan_iter(match=f"{{{queue_name}:*")}
+    kept = set(Catalogue(client, queue_name).all_keys())
+    leftovers = []
+    for key in sorted(found - kept):
+        names = QueueKeys(key[1 : key.index("}")])
+        if key.startswith(names.heartbeat("")) or key in (names.stats, names.model, names.workers):
+            continue
+        leftovers.append(key)
+    return leftovers
 
 
 def make_settings(**overrides) -> Settings:

@@ -18,7 +18,7 @@ from serving.queue import RedisQueue
 from serving.queue.connection import connect
 
 from .cluster import WebServer, distinct_answers, fire, tally
-from .support import colour_model_args, leftover_keys, wait_until
+from .support import colour_model_args, colour_queue, leftover_keys, wait_until
 
 pytestmark = pytest.mark.slow  # starts and stops worker processes
 
@@ -26,7 +26,7 @@ QUEUE = "autoscaleq"
 
 
 def test_a_burst_scales_workers_from_zero_and_back(redis_server, colour_model, tmp_path):
-    queue = RedisQueue(connect(redis_server.url, timeout=5), QUEUE)
+    queue = RedisQueue(connect(redis_server.url, timeout=5), colour_queue(QUEUE))
     worker_args = [
         *on_queue(None, redis_server.url, QUEUE, *colour_model_args(colour_model)),
         "--top-k",

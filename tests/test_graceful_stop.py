@@ -17,7 +17,15 @@ import requests
 from harness.launch import on_queue
 from serving.queue.keys import QueueKeys
 
-from .support import COLOURS, LiveServer, colour_image, colour_model_args, leftover_keys, wait_until
+from .support import (
+    COLOURS,
+    LiveServer,
+    colour_image,
+    colour_model_args,
+    colour_queue,
+    leftover_keys,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
@@ -30,7 +38,7 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(
     stop_signal, redis_server, colour_model, tmp_path
 ):
     client = redis.Redis.from_url(redis_server.url)
-    client.delete(*client.keys(f"{QueueKeys(QUEUE).tag}*") or ["-"])
+    client.delete(*client.keys(f"{QueueKeys(colour_queue(QUEUE)).tag}*") or ["-"])
     worker = LiveServer(
         *on_queue("worker", redis_server.url, QUEUE, *colour_model_args(colour_model)),
         log_path=tmp_path / "worker.log",
@@ -50,7 +58,7 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(
                 pool.submit(web.predict, colour_image(colour, seed=i)) for i, colour in enumerate(colours)
             ]
             wait_until(
-                lambda: len(client.keys(f"{QueueKeys(QUEUE).tag}:waiting:*")) == IN_FLIGHT,
+                lambda: len(client.keys(f"{QueueKeys(colour_queue(QUEUE)).tag}:waiting:*")) == IN_FLIGHT,
                 20,
                 "requests in flight",
             )

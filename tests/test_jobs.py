@@ -37,7 +37,13 @@ def test_a_job_is_accepted_at_once_and_ends_with_the_body_predict_gives(colour_a
     assert submitted.status_code == 202
     job_id = submitted.json["id"]
     assert submitted.headers["Location"] == f"/jobs/{job_id}"
-    assert submitted.json == {"id": job_id, "status": "queued", "images": 1, "model": "colour", "version": "1"}
+    assert submitted.json == {
+        "id": job_id,
+        "status": "queued",
+        "images": 1,
+        "model": "colour",
+        "version": "1",
+    }
     body = finished(client, job_id)
     assert body["status"] == "done" and body["success"] is True and body["done"] == 1
     predicted = client.post("/predict", **multipart(image)).json
@@ -203,7 +209,8 @@ def test_a_finished_jobs_result_can_be_deleted(colour_app):
     assert finished(client, job)["status"] == "done"
     scrape = client.get("/metrics").get_data(as_text=True)
     assert (
-        'inference_jobs_total{status="done"}' in scrape and 'inference_queue_depth{lane="bulk"} 0.0' in scrape
+        'inference_jobs_total{model="colour",status="done",version="1"}' in scrape
+        and 'inference_queue_depth{lane="bulk",model="colour",version="1"} 0.0' in scrape
     )
     assert client.delete(f"/jobs/{job}").json == {"id": job, "status": "deleted", "images": 1}
     assert client.get(f"/jobs/{job}").status_code == 404

@@ -23,7 +23,15 @@ from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.worker.stats import RedisBatchStats
 
-from .support import ROOT, colour_image, colour_model_args, free_port, pretend_worker, wait_until
+from .support import (
+    ROOT,
+    colour_image,
+    colour_model_args,
+    colour_queue,
+    free_port,
+    pretend_worker,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,10 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of the samples of ``name`` whose labels include ``labels`` (e.g. over every
+    model version when no model is named)."""
+    wanted = set(labels.items())
+    return sum(v for (sample, have), v in samples.items() if sample == name and wanted <= set(have))
 
 
 def scrape_until(url: str, condition) -> dict:
@@ -90,7 +101,7 @@ def test_counters_and_histograms_move_with_requests(server):
 @pytest.mark.slow
 def test_expired_requests_are_counted_as_dropped(server, redis_server):
     before = value(scrape(server.url), "inference_dropped_expired_total")
-    queue = RedisQueue(redis.Redis.from_url(redis_server.url), server.queue_name)
+    queue = RedisQueue(redis.Redis.from_url(redis_server.url), colour_queue(server.queue_name))
     stale = Request("stale-1", 0, np.zeros((32, 32, 3), np.uint8), 3, time.time() - 60, time.time() - 30)
     assert queue.enqueue("stale-1", [stale.to_bytes()], max_length=100, keep_seconds=1)
     wait_until(

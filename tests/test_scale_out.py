@@ -29,7 +29,9 @@ from .cluster import (
     tally,
     wait_until,
 )
-from .support import LiveServer, free_port
+from .support import LiveServer, colour_queue, free_port
+
+WAITING = f"{QueueKeys(colour_queue(QUEUE)).tag}:waiting:*"  # the markers of requests in flight
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
@@ -159,8 +161,8 @@ def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(
     client = fresh.client()
     wait_until(
         lambda: (
-            not list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:processing:*"))
-            and not client.llen(QueueKeys(QUEUE).tag)
+            not list(client.scan_iter(match=f"{QueueKeys(colour_queue(QUEUE)).tag}:processing:*"))
+            and not client.llen(QueueKeys(colour_queue(QUEUE)).tag)
         ),
         20,
         "the dead worker's messages to be requeued and taken",
@@ -185,7 +187,7 @@ def test_sigterm_mid_batch_answers_the_batch_and_web_server_drains(fresh):
             load = pool.submit(fire, web.url, range(6), 6, 30, "drain")
             client = fresh.client()
             wait_until(
-                lambda: len(list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:waiting:*"))) == 6,
+                lambda: len(list(client.scan_iter(match=WAITING))) == 6,
                 20,
                 "all six requests to be queued",
             )
@@ -261,10 +263,7 @@ def check_outage_and_recovery(fresh: Cluster, entries: list[str]) -> None:
         with ThreadPoolExecutor(len(entries)) as pool:
             loads = [pool.submit(fire, url, range(20, 140), 8, 10, "outage", progress) for url in entries]
             wait_until(
-                lambda: (
-                    len(progress) >= 20
-                    and len(list(client.scan_iter(match=f"{QueueKeys(QUEUE).tag}:waiting:*"))) >= 4
-                ),
+                lambda: len(progress) >= 20 and len(list(client.scan_iter(match=WAITING))) >= 4,
                 20,
                 "some answers, and requests waiting on theirs",
             )

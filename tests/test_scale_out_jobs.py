@@ -20,7 +20,7 @@ from .cluster import (
     tinted,
     wait_until,
 )
-from .support import leftover_keys
+from .support import colour_queue, leftover_keys
 
 pytestmark = pytest.mark.slow  # starts a cluster of processes
 
@@ -72,7 +72,7 @@ def test_jobs_survive_a_killed_worker_and_any_web_server_answers_for_them(fresh)
         for job_id in jobs
     }
     wrong = [job_id for job_id, body in bodies.items() if not job_is_right(body, jobs[job_id])]
-    answered = int(fresh.client().hget(f"{QueueKeys(QUEUE).tag}:stats", "jobs:done") or 0)
+    answered = int(fresh.client().hget(f"{QueueKeys(colour_queue(QUEUE)).tag}:stats", "jobs:done") or 0)
     print(
         f"\njobs with a worker killed mid-batch ({held} job images in its hands): {len(jobs)} submitted, "
         f"{len(jobs) - len(wrong)} right, {answered} counted done"

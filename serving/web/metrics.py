@@ -40,10 +40,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from serving.queue import RedisQueue
-from serving.queue.messages import BULK, INTERACTIVE, LANES
+from serving.queue.messages import BULK, INTERACTIVE, LANES, Heartbeat
 from serving.queue.stats import BATCH_SIZE_BUCKETS, MODEL_SECONDS_BUCKETS
 from serving.web import request_log
+from serving.web.model_directory import ModelDirectory
 from serving.web.services import services
 
 log = logging.getLogger(__name__)
@@ -63,34 +63,49 @@ HTTP_LATENCY = Histogram(
 )
 
 
-def _histogram(
-    name: str, doc: str, stats: dict[str, str], prefix: str, bounds: tuple[float, ...]
-) -> HistogramMetricFamily:
-    """Cumulative Prometheus buckets from the per-bucket counts the workers wrote."""
-    buckets, running = [], 0
+def _buckets(
+    stats: dict[str, str], prefix: str, bounds: tuple[float, ...]
+) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets and the sum, from the per-bucket counts the workers wrote."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
     edges: tuple[float | str, ...] = (*bounds, "+Inf")
     for bound in edges:
         running += int(stats.get(f"{prefix}:{bound}", 0))
         buckets.append((str(float(bound)) if bound != "+Inf" else "+Inf", running))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(stats.get(f"{prefix}_sum", 0)))
+    return buckets, float(stats.get(f"{prefix}_sum", 0))
 
 
 class QueueCollector:
-    """Read at scrape time from Redis: queue depth, live workers and the workers' batch stats."""
+    """Read at scrape time from Redis, per served model version (labels ``model`` and
+    ``version``; only versions in the catalogue, so the label set stays bounded): queue depth,
+    live workers and the workers' batch stats."""
 
-    def __init__(self, queue: RedisQueue, capacities: dict[str, int]):
-        self.queue = queue
+    def __init__(self, directory: ModelDirectory, capacities: dict[str, int]):
+        self.directory = directory
         self.capacities = capacities  # per lane: the depth at which new work gets 503
+
+    def _read(self) -> list[tuple[list[str], list[int], dict[str, str], dict[str, Heartbeat]]]:
+        """Per version: its labels, lane depths, batch stats and live workers."""
+        state = self.directory.state(fresh=True)
+        found = []
+        for name in state.models():
+            for version, served in sorted(state.versions[name].items()):
+                queue = self.directory.queue(served.queue)
+                pipe = queue.redis.pipeline(transaction=False)
+                for lane in LANES:
+                    pipe.llen(queue.keys.lane(lane))
+                pipe.hgetall(queue.keys.stats)
+                *depths, raw_stats = pipe.execute()
+                stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
+                workers = queue.live_workers() if state.is_live(name, version) else {}
+                found.append(([name, version], depths, stats, workers))
+        return found
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("inference_redis_up", "1 if Redis answered this scrape, else 0.")
         try:
-            pipe = self.queue.redis.pipeline(transaction=False)
-            for lane in LANES:
-                pipe.llen(self.queue.keys.lane(lane))
-            pipe.hgetall(self.queue.keys.stats)
-            *depths, raw_stats = pipe.execute()
-            workers = self.queue.live_workers()
+            versions = self._read()
         except redis.RedisError as exc:
             log.warning("metrics scrape could not read Redis: %s", exc)
             up.add_metric([], 0)
@@ -98,7 +113,7 @@ class QueueCollector:
             return
         up.add_metric([], 1)
         yield up
-        watch = self.queue.watch
+        watch = self.directory.base.watch
         yield CounterMetricFamily(
             "inference_redis_primary_changes",
             "Times this process found the Redis primary at a new address (a failover it saw).",
@@ -111,52 +126,54 @@ class QueueCollector:
         )
         primary.add_metric([watch.address or "", watch.how], 1)
         yield primary
-        stats = {key.decode(): value.decode() for key, value in raw_stats.items()}
+        labels = ["model", "version"]
         depth = GaugeMetricFamily(
-            "inference_queue_depth", "Images waiting in the Redis queue, by lane.", labels=["lane"]
+            "inference_queue_depth",
+            "Images waiting in the Redis queue, by model version and lane.",
+            labels=[*labels, "lane"],
         )
         capacity = GaugeMetricFamily(
-            "inference_queue_capacity", "Lane depth at which new work gets 503.", labels=["lane"]
+            "inference_queue_capacity", "Lane depth at which new work gets 503.", labels=[*labels, "lane"]
         )
-        for lane, waiting in zip(LANES, depths):
-            depth.add_metric([lane], waiting)
-            capacity.add_metric([lane], self.capacities[lane])
-        yield depth
-        yield capacity
-        jobs = CounterMetricFamily("inference_jobs", "Jobs that ended, by final status.", labels=["status"])
-        for final in ("done", "failed", "expired", "cancelled"):
-            jobs.add_metric([final], int(stats.get(f"jobs:{final}", 0)))
-        yield jobs
-        yield GaugeMetricFamily(
-            "inference_workers_live", "Model workers with a live heartbeat.", value=len(workers)
+        jobs = CounterMetricFamily(
+            "inference_jobs",
+            "Jobs that ended, by model version and final status.",
+            labels=[*labels, "status"],
+        )
+        live = GaugeMetricFamily(
+            "inference_workers_live", "Model workers with a live heartbeat.", labels=labels
         )
         info = GaugeMetricFamily(
             "inference_worker_info",
             "One per live model worker (value 1).",
-            labels=["worker", "host", "model"],
+            labels=["worker", "host", "model", "version"],
         )
-        for worker_id, beat in sorted(workers.items()):
-            info.add_metric([worker_id, beat.host, beat.model.name], 1)
-        yield info
-        yield _histogram(
-            "inference_batch_size",
-            "Images per model call, all workers.",
-            stats,
-            "batch_size",
-            BATCH_SIZE_BUCKETS,
-        )
-        yield _histogram(
-            "inference_model_seconds",
-            "Model time per batch, all workers.",
-            stats,
-            "model_seconds",
-            MODEL_SECONDS_BUCKETS,
-        )
-        yield CounterMetricFamily(
+        dropped = CounterMetricFamily(
             "inference_dropped_expired",
             "Queued images dropped unprocessed because their deadline had passed.",
-            value=int(stats.get("dropped_expired", 0)),
+            labels=labels,
         )
+        sizes = HistogramMetricFamily(
+            "inference_batch_size", "Images per model call, all workers.", labels=labels
+        )
+        seconds = HistogramMetricFamily(
+            "inference_model_seconds", "Model time per batch, all workers.", labels=labels
+        )
+        for version_labels, depths, stats, workers in versions:
+            for lane, waiting in zip(LANES, depths):
+                depth.add_metric([*version_labels, lane], waiting)
+                capacity.add_metric([*version_labels, lane], self.capacities[lane])
+            for final in ("done", "failed", "expired", "cancelled"):
+                jobs.add_metric([*version_labels, final], int(stats.get(f"jobs:{final}", 0)))
+            live.add_metric(version_labels, len(workers))
+            for worker_id, beat in sorted(workers.items()):
+                info.add_metric([worker_id, beat.host, beat.model.name, beat.model.version], 1)
+            dropped.add_metric(version_labels, int(stats.get("dropped_expired", 0)))
+            sizes.add_metric(version_labels, *_buckets(stats, "batch_size", BATCH_SIZE_BUCKETS))
+            seconds.add_metric(version_labels, *_buckets(stats, "model_seconds", MODEL_SECONDS_BUCKETS))
+        if not versions:  # no model served yet: the totals are 0, not absent
+            live.add_metric(["", ""], 0)
+        yield from (depth, capacity, jobs, live, info, sizes, seconds, dropped)
 
 
 class _Scrape:
@@ -194,6 +211,6 @@ def register_metrics(app: Flask) -> None:
             INTERACTIVE: serving.settings.max_queue_length,
             BULK: serving.settings.max_job_queue_length,
         }
-        queue_metrics = QueueCollector(serving.queue, capacities)
+        queue_metrics = QueueCollector(serving.models, capacities)
         body = generate_latest(_Scrape(_process_metrics(), queue_metrics))
         return Response(body, mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -19,6 +19,7 @@ from serving.queue.messages import BULK, INTERACTIVE, ModelInfo
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable
 
 NO_WORKER = "No model worker is running; try again shortly."
+MISS_REFRESH_SECONDS = 0.1
 
 
 class UnknownModel(ApiError):
@@ -66,6 +67,16 @@ class ModelDirectory:
                 self._read_at = time.monotonic()
             return self._state
 
+    def _state_knowing(self, model: str | None) -> CatalogueState:
+        """The cached state, read again when it lacks ``model`` (or every model): a worker that
+        just started is found at once, not a refresh later. Misses re-read at most every
+        MISS_REFRESH_SECONDS, so a flood of unknown names costs Redis little."""
+        state = self.state()
+        missing = not state.versions if model is None else model not in state.versions
+        if missing and time.monotonic() - self._read_at > MISS_REFRESH_SECONDS:
+            state = self.state(fresh=True)
+        return state
+
     def queue(self, name: str) -> RedisQueue:
         """The queue named ``name`` on the shared clients (one per served version: bounded)."""
         with self._lock:
@@ -93,7 +104,7 @@ class ModelDirectory:
         """Where a request for ``model`` (None: the default) at ``version`` (None: its current
         version, or the canary's share) goes. 404 for a model or version never served; 503 for a
         version that is neither live nor current (nothing would ever take its images)."""
-        state = self.state()
+        state = self._state_knowing(model or self.default_model)
         name = model or self.default_name(state)
         versions = state.versions.get(name)
         if versions is None:
