@@ -25,20 +25,31 @@ DEFAULT_URL = "http://127.0.0.1:5000/predict"
 
 
 def classify(
-    images: list[Path], url: str, timeout: float, top_k: int | None = None
+    images: list[Path],
+    url: str,
+    timeout: float,
+    top_k: int | None = None,
+    model: str | None = None,
+    version: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     with ExitStack() as files:
         fields = [("image", (image.name, files.enter_context(image.open("rb")))) for image in images]
-        params = {"top_k": top_k} if top_k else None
-        return _answer(requests.post(url, files=fields, params=params, timeout=timeout))
+        asked = {"top_k": top_k, "model": model, "version": version}
+        params = {key: value for key, value in asked.items() if value}
+        return _answer(requests.post(url, files=fields, params=params or None, timeout=timeout))
 
 
 def classify_later(
-    images: list[Path], url: str, timeout: float, top_k: int | None = None
+    images: list[Path],
+    url: str,
+    timeout: float,
+    top_k: int | None = None,
+    model: str | None = None,
+    version: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Submit a job, then long-poll it until it ends or ``timeout`` passes."""
     jobs_url = url.rsplit("/predict", 1)[0] + "/jobs"
-    status, body = classify(images, jobs_url, timeout, top_k)
+    status, body = classify(images, jobs_url, timeout, top_k, model, version)
     if status != 202:
         return status, body
     print(f"job {body['id']}: {body['images']} image(s) queued", file=sys.stderr)
@@ -97,7 +108,8 @@ def print_result(body: dict[str, Any], name: str | None = None) -> None:
     model = body.get("model", {})
     heading = f"{name}: " if name else ""
     note = f" ({model['note']})" if model.get("note") else ""
-    print(f"{heading}model: {model.get('name', '?')}{note}")
+    version = f" version {model['version']}" if model.get("version") else ""
+    print(f"{heading}model: {model.get('name', '?')}{version}{note}")
     for rank, prediction in enumerate(body["predictions"], start=1):
         print(f"{rank}. {prediction['label']}: {prediction['probability']:.4f}")
 
@@ -114,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="submit a job (the server's bulk lane) and follow its progress instead of waiting on /predict",
     )
+    parser.add_argument("--model", help="the model to ask (default: the server's default model)")
+    parser.add_argument("--version", help="the model's version (default: its current version)")
     parser.add_argument("--follow", metavar="JOB_ID", help="follow a job submitted earlier to its result")
     args = parser.parse_args(argv)
     if args.follow:
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         send = classify_later if args.later else classify
-        status, body = send(args.images, args.url, args.timeout, args.top_k)
+        status, body = send(args.images, args.url, args.timeout, args.top_k, args.model, args.version)
     except requests.RequestException as exc:
         print(f"error: could not reach {args.url}: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from serving.queue import QueueKeys
+from serving.queue.catalogue import model_queue_name
 from serving.queue.embedded import DEFAULT_URL
 from serving.queue.messages import BULK
 from serving.queue.sentinel import parse_sentinel_url
@@ -53,6 +54,33 @@ def env(container_spec: dict) -> dict[str, str]:
     return {item["name"]: item.get("value", "") for item in container_spec.get("env", [])}
 
 
+def worker_lanes(deployment: dict) -> list[str]:
+    """The two lists a worker Deployment's model version takes from: its queue's lanes."""
+    spec = deployment["spec"]["template"]["spec"]["containers"][0]
+    variables, args = env(spec), spec.get("args", [])
+    name = variables.get("MODEL_NAME") or args[args.index("--model") + 1]
+    lanes = QueueKeys(model_queue_name(DEFAULTS.queue_name, name, variables["MODEL_VERSION"]))
+    return [lanes.lane("interactive"), lanes.lane(BULK)]
+
+
+@needs_kubectl
+def test_two_models_have_their_own_workers_and_scaled_objects_on_their_own_lanes():
+    docs = render(ROOT / "deploy" / "k8s" / "overlays" / "two-models")
+    by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    lanes = {}
+    for name in ("worker", "worker-documents"):
+        scaled = by_kind[("ScaledObject", name)]["spec"]
+        assert scaled["scaleTargetRef"]["name"] == name
+        listed = [t["metadata"]["listName"] for t in scaled["triggers"]]
+        assert listed == worker_lanes(by_kind[("Deployment", name)])
+        assert all(t["metadata"]["address"].startswith("redis.keras-server.svc") for t in scaled["triggers"])
+        lanes[name] = listed
+        kubernetes_validate.validate(by_kind[("Deployment", name)], "1.32", strict=True)
+    assert set(lanes["worker"]).isdisjoint(lanes["worker-documents"])
+    settings = by_kind[("ConfigMap", next(n for k, n in by_kind if k == "ConfigMap"))]["data"]
+    assert settings["DEFAULT_MODEL"] == "imagenet"
+
+
 @needs_kubectl
 def test_every_built_in_object_validates_against_the_kubernetes_schemas(objects):
     kinds = sorted(kind for kind, _ in objects)
@@ -78,11 +106,9 @@ def test_the_scaled_object_has_what_kedas_redis_list_scaler_documents(objects):
     assert scaled["scaleTargetRef"]["name"] == "worker" and ("Deployment", "worker") in objects
     assert 0 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
     assert scaled["pollingInterval"] > 0 and scaled["cooldownPeriod"] > 0
-    lanes = QueueKeys(DEFAULTS.queue_name)
-    assert [t["metadata"]["listName"] for t in scaled["triggers"]] == [
-        lanes.lane("interactive"),
-        lanes.lane(BULK),
-    ]
+    assert [t["metadata"]["listName"] for t in scaled["triggers"]] == worker_lanes(
+        objects["Deployment", "worker"]
+    )
     for trigger in scaled["triggers"]:
         assert trigger["type"] == "redis"
         metadata = trigger["metadata"]
@@ -244,7 +270,7 @@ def test_the_sentinel_overlay_points_every_process_and_keda_at_the_sentinels():
         assert password["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "redis-password"}
         kubernetes_validate.validate(by_kind[("Deployment", name)], "1.32", strict=True)
     scaled = by_kind[("ScaledObject", "worker")]["spec"]
-    lanes = QueueKeys(DEFAULTS.queue_name)
+    lanes = QueueKeys(model_queue_name(DEFAULTS.queue_name, "imagenet", "1"))
     assert [t["metadata"]["listName"] for t in scaled["triggers"]] == [
         lanes.lane("interactive"),
         lanes.lane(BULK),

@@ -99,7 +99,7 @@ def test_simple_request_prints_ranked_labels(server, tmp_path):
     out = simple_request(server, str(image))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "model: colour" and lines[1].startswith("1. green: ")
+    assert lines[0] == "model: colour version 1" and lines[1].startswith("1. green: ")
     assert len(lines) == 4  # model line + 3 classes
 
 
@@ -120,9 +120,9 @@ def test_simple_request_sends_several_images_with_a_top_k(server, tmp_path):
     assert out.returncode == 0, out.stderr
     blue, red = (top_probability(server, colour) for colour in ("blue", "red"))
     assert out.stdout.splitlines() == [
-        "blue.png: model: colour",
+        "blue.png: model: colour version 1",
         f"1. blue: {blue:.4f}",
-        "red.png: model: colour",
+        "red.png: model: colour version 1",
         f"1. red: {red:.4f}",
     ]
 
@@ -134,6 +134,6 @@ def test_simple_request_async_submits_a_job_and_prints_its_answer(server, tmp_pa
     assert out.returncode == 0, out.stderr
     assert out.stderr.startswith("job ") and "1 image(s) queued" in out.stderr
     assert out.stdout.splitlines()[:2] == [
-        "model: colour",
+        "model: colour version 1",
         f"1. green: {top_probability(server, 'green'):.4f}",
     ]
