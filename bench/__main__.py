@@ -5,6 +5,7 @@ own pipeline, all measured in one run on one machine.
     python -m bench --quick         # smoke run: small model, few requests, about a minute
     python -m bench --autoscale     # KEDA's scaling rule against real workers, from zero and back
     python -m bench --failover      # the Redis primary killed under load: Sentinel and Cluster
+    python -m bench --many-models   # two models on one web tier against one; a rollout under load
 
 Prints a table of ratios and the goals, writes bench/results/benchmark.json and .png.
 """
@@ -151,6 +152,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the failover row (rates before/during/after, unavailability, lost and doubled counts)",
     )
     parser.add_argument(
+        "--many-models",
+        action="store_true",
+        help="instead: two (null) models on one web tier against one alone, and a rollout under "
+        "load (failed requests, p99 at the switch against before)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: efficientnet_lite0, c = 1 and 4, a handful of requests",
@@ -169,6 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     image = load_image(args.image)
     if args.autoscale:
         return run_autoscale(args, image)
+    if args.many_models:
+        from . import many_models
+
+        figures = many_models.measure(image, args.out / "logs", quick=args.quick)
+        figures["machine"] = {"cpus": os.cpu_count(), "load": _load()}
+        print(many_models.report(figures))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "many_models.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        return 0
     if args.failover:
         from .failover import run_failover
 

@@ -60,6 +60,32 @@ def test_quick_benchmark_writes_results_and_plot(tmp_path):
     assert "goal" in finished.stdout and "x best raw" in finished.stdout
 
 
+def test_the_many_models_benchmark_shares_one_web_tier_and_rolls_out_without_failures(tmp_path):
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(colour_image("red", size=(300, 200), fmt="JPEG"))
+    out = tmp_path / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--many-models",
+        "--quick",
+        "--image",
+        str(image),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    figures = orjson.loads((out / "many_models.json").read_bytes())
+    shared, rolled = figures["sharing"], figures["rollout"]
+    assert set(shared["per_model_rps"]) == {"a", "b"} and all(v > 0 for v in shared["per_model_rps"].values())
+    assert all(statuses == {"200": 200} for statuses in shared["statuses"].values()), shared["statuses"]
+    assert rolled["requests"] > 0 and rolled["failed"] == 0
+    assert "ratio" in finished.stdout and "rollout under load" in finished.stdout
+
+
 def _stress(url: str, image, *flags: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "stress_test.py", "--url", url, "--image", str(image), *flags]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
