@@ -88,6 +88,8 @@ class Worker(ChildProcess):
             # auto picks on a CPU that has it (AVX512_BF16), is off by 1e-3.
             "--precision",
             "f32",
+            "--model-name",
+            "colour",  # the slow variant too: one model, one queue
             *extra,
         ]
         super().__init__(args, name=name, log_path=log_dir / f"{name}.log")

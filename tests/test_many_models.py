@@ -15,8 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
+import requests
 
+from harness.launch import on_queue, server_command
+from harness.processes import ChildProcess, http_status
 from serving.models import ModelUnavailable, load_classifier, repository
+from serving.models.labels import imagenet_labels
 from serving.queue import RedisQueue, open_queue
 from serving.queue.catalogue import Catalogue, model_queue_name
 from serving.queue.messages import INTERACTIVE, ModelInfo
@@ -24,7 +29,16 @@ from serving.web.app import create_app
 from serving.worker.factory import from_repository
 from serving.worker.loop import ModelWorker
 
-from .support import COLOURS, build_colour_model, colour_image, leftover_keys, make_settings, wait_until
+from .support import (
+    COLOURS,
+    TESTDATA,
+    build_colour_model,
+    colour_image,
+    colour_model_args,
+    leftover_keys,
+    make_settings,
+    wait_until,
+)
 
 FRENCH = {"red": "rouge", "green": "vert", "blue": "bleu"}
 _deployments = itertools.count(1)
@@ -331,3 +345,68 @@ def test_a_pinned_version_and_a_canary_share_route_unversioned_requests(deployme
     assert status == 200 and body["model"]["version"] == "2"
     catalogue.clear_canary("colour")
     catalogue.unpin("colour")
+
+
+@pytest.mark.slow
+def test_the_bundled_model_and_a_users_model_served_apart_by_separate_processes(
+    redis_server, colour_model, serve, tmp_path
+):
+    """Production layout: one web process, a worker process of EfficientNet-Lite0 and one of the
+    colour model; 32 clients mixing both. Every answer comes from the model it named, with its
+    labels; none lost; nothing left behind."""
+    web = serve("--role", "web", model=False, queue="twoproc", ready_path="/healthz")
+    workers = [
+        ChildProcess(
+            server_command(*on_queue("worker", redis_server.url, "twoproc", *flags)),
+            log_path=tmp_path / f"worker-{i}.log",
+            name=f"worker-{i}",
+        ).start()
+        for i, flags in enumerate(
+            [("--model", "efficientnet_lite0", "--precision", "f32"), colour_model_args(colour_model)]
+        )
+    ]
+    photos = {p.name: p.read_bytes() for p in sorted(TESTDATA.glob("*.jpg"))} or {
+        "red.png": colour_image("red")
+    }
+    try:
+        for model in ("efficientnet_lite0", "colour"):
+            wait_until(
+                lambda model=model: http_status(f"{web.url}/readyz?model={model}", timeout=5) == 200,
+                120,
+                f"the {model} worker",
+                lambda: [w.check_alive() for w in workers],
+            )
+        asks = [
+            ("colour", c) if i % 2 else ("efficientnet_lite0", name)
+            for i, (c, name) in enumerate(zip(itertools.cycle(COLOURS), itertools.cycle(photos)))
+            if i < 96
+        ]
+
+        def ask(item):
+            model, what = item
+            data = colour_image(what) if model == "colour" else photos[what]
+            response = requests.post(
+                f"{web.url}/predict?model={model}", files={"image": ("x", data)}, timeout=60
+            )
+            return model, what, response.status_code, response.json()
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(ask, asks))
+        imagenet = set(imagenet_labels())
+        wrong = [
+            (model, what, status)
+            for model, what, status, body in results
+            if status != 200
+            or body["model"]["name"] != model
+            or (model == "colour" and body["predictions"][0]["label"] != what)
+            or (model != "colour" and body["predictions"][0]["label"] not in imagenet)
+        ]
+        assert wrong == [] and len(results) == 96
+        if "shuttle.jpg" in photos:
+            shuttle = next(body for model, what, _, body in results if what == "shuttle.jpg")
+            assert shuttle["predictions"][0]["label"] == "space shuttle"
+        print(f"\ntwo model processes, 32 clients: {len(results)} answered, 0 wrong")
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert leftover_keys(redis.Redis.from_url(redis_server.url), "twoproc") == []

@@ -21,7 +21,7 @@ from serving.queue import RedisQueue
 from serving.queue.embedded import redis_server_binary
 
 from .cluster import ChildProcess, http_ok, post_image, tally, tinted, wait_until
-from .support import ROOT, free_port
+from .support import ROOT, colour_queue, free_port
 
 SUPERVISORD = shutil.which(
     "supervisord", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
@@ -91,7 +91,7 @@ def test_supervisord_starts_everything_and_restarts_what_dies(tmp_path, colour_m
         "WEB_THREADS": "8",
     }
     webs = [f"http://127.0.0.1:{web_base}{i}" for i in (1, 2)]
-    queue = RedisQueue(redis.Redis.from_url(f"redis://127.0.0.1:{redis_port}/0"), "image_queue")
+    queue = RedisQueue(redis.Redis.from_url(f"redis://127.0.0.1:{redis_port}/0"), colour_queue("image_queue"))
     supervisor = ChildProcess(
         [SUPERVISORD, "-c", str(config)], name="supervisord", env=env, log_path=tmp_path / "supervisord.log"
     ).start()

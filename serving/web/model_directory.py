@@ -39,6 +39,15 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names) or "none"
 
 
+def _remembering(read: CatalogueState, before: CatalogueState) -> CatalogueState:
+    """The catalogue as read; but an empty one (a Redis restarted without its data, before the
+    workers beat again) keeps the versions read before, none of them live, so their requests
+    queue for the workers rather than fail."""
+    if read.versions or not before.versions:
+        return read
+    return CatalogueState(before.versions, read.live, read.pinned, read.canary)
+
+
 class ModelDirectory:
     """The catalogue, read from Redis at most once per ``refresh_seconds`` (every request needs
     its model's input size; a read per request would cost more than the request). A pin, a
@@ -63,7 +72,7 @@ class ModelDirectory:
     def state(self, fresh: bool = False) -> CatalogueState:
         with self._lock:
             if fresh or time.monotonic() - self._read_at > self.refresh_seconds:
-                self._state = self.catalogue.read()
+                self._state = _remembering(self.catalogue.read(), self._state)
                 self._read_at = time.monotonic()
             return self._state
 
@@ -144,6 +153,8 @@ def ready_state(
     and queue depths. Ready (else 503) when Redis answers and a worker is alive for ``model``'s
     current version (or ``version``), or with no model named, for some model's current version."""
     queue = directory.base
+    if version is not None and model is None:
+        raise BadRequest("Name the model whose version to check: ?model=NAME&version=V.")
     try:
         state = directory.state(fresh=True)
         models: dict[str, Any] = {}
