@@ -100,8 +100,13 @@ def prepare_uploads(
     top_k = checked_top_k(uploads.top_k, settings.top_k, model.classes)
     attributes = {"inference.images": len(uploads.images), "inference.model.name": model.name}
     with request_log.step("decode and resize", "decode", attributes):
-        images = prepare_images(
-            uploads.images, model, settings.max_image_pixels, serving.decode_budget, on_decoded
+        images = serving.cpu_threads.run(  # off the event loop: a big image stalls nobody
+            prepare_images,
+            uploads.images,
+            model,
+            settings.max_image_pixels,
+            serving.decode_budget,
+            on_decoded,
         )
     return Prepared(images, top_k, uploads.as_list or len(images) > 1)
 
