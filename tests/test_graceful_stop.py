@@ -113,7 +113,8 @@ def test_a_stopping_server_answers_long_polls_and_ends_event_streams_at_once(
             lines = events.result()
             streamed_in = time.monotonic() - stopped
         print(
-            f"\nafter SIGTERM: long-poll answered in {polled_in:.2f} s, event stream ended in {streamed_in:.2f} s"
+            f"\nafter SIGTERM: long-poll answered in {polled_in:.2f} s, "
+            f"event stream ended in {streamed_in:.2f} s"
         )
         assert answer.status_code == 200 and answer.json()["status"] == "queued"
         assert lines and lines[0] == "retry: 2000"  # a whole, cleanly ended stream
