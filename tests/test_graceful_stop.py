@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import redis
 import requests
@@ -124,3 +126,25 @@ def test_a_stopping_server_answers_long_polls_and_ends_event_streams_at_once(
         os.kill(worker.pid, signal.SIGCONT)
         web.stop()
         worker.stop()
+
+
+def test_the_one_process_mode_is_one_process_tree(redis_server, colour_model, tmp_path):
+    """`python run_keras_server.py` runs its model worker as a child: a stop signal answers the
+    request in flight and stops both; a parent killed outright takes its worker with it."""
+    for stop_signal in (signal.SIGINT, signal.SIGKILL):
+        server = LiveServer(
+            *on_queue(None, redis_server.url, QUEUE, *colour_model_args(colour_model)),
+            log_path=tmp_path / f"all-{stop_signal}.log",
+        ).start()
+        try:
+            [worker] = psutil.Process(server.pid).children()
+            assert "--role" in worker.cmdline() and "worker" in worker.cmdline()
+            assert server.predict(colour_image("red")).json()["predictions"][0]["label"] == "red"
+            os.kill(server.pid, stop_signal)
+            code = server.wait(timeout=30)
+            assert code == (0 if stop_signal == signal.SIGINT else -signal.SIGKILL)
+            assert worker.wait(timeout=30) is not None or not worker.is_running()
+            if stop_signal == signal.SIGINT:
+                assert re.search(r"worker \S+ stopped", server.log())  # signed off: a graceful stop
+        finally:
+            server.stop()
