@@ -16,7 +16,8 @@ import pytest
 import redis
 import requests
 
-from harness.launch import on_queue
+from harness.launch import GUNICORN, on_queue, queue_env
+from harness.processes import ServerProcess, free_port
 from serving.queue.keys import QueueKeys
 
 from .support import COLOURS, LiveServer, colour_image, colour_model_args, leftover_keys, wait_until
@@ -77,8 +78,9 @@ def test_web_server_answers_requests_in_flight_after_a_stop_signal(
     assert leftover_keys(client, QUEUE) == []
 
 
+@pytest.mark.parametrize("server", ["one-process", "gunicorn"])
 def test_a_stopping_server_answers_long_polls_and_ends_event_streams_at_once(
-    redis_server, colour_model, tmp_path
+    server, redis_server, colour_model, tmp_path
 ):
     """A 30 s long-poll gets the job's state and an event stream ends cleanly as soon as the
     server stops listening, instead of being cut when the drain runs out."""
@@ -88,7 +90,14 @@ def test_a_stopping_server_answers_long_polls_and_ends_event_streams_at_once(
         log_path=tmp_path / "worker.log",
         ready_path=None,
     ).start()
-    web = LiveServer(*on_queue("web", redis_server.url, QUEUE), log_path=tmp_path / "web.log")
+    if server == "gunicorn":
+        port = free_port()
+        env = queue_env(redis_server.url, QUEUE, PORT=str(port), WEB_CONCURRENCY="1")
+        web: ServerProcess = ServerProcess(
+            GUNICORN, port, env=env, log_path=tmp_path / "web.log", name="gunicorn"
+        )
+    else:
+        web = LiveServer(*on_queue("web", redis_server.url, QUEUE), log_path=tmp_path / "web.log")
     try:
         web.start()
         os.kill(worker.pid, signal.SIGSTOP)  # nothing computes the job: both waits would last 30 s
