@@ -138,8 +138,8 @@ def test_a_stopping_server_answers_long_polls_and_ends_event_streams_at_once(
 
 
 def test_the_one_process_mode_is_one_process_tree(redis_server, colour_model, tmp_path):
-    """`python run_keras_server.py` runs its model worker as a child: a stop signal answers the
-    request in flight and stops both; a parent killed outright takes its worker with it."""
+    """`python run_keras_server.py` runs its model worker as a child: a stop signal to the parent
+    stops both (the worker signs off); a parent killed outright takes its worker with it."""
     for stop_signal in (signal.SIGINT, signal.SIGKILL):
         server = LiveServer(
             *on_queue(None, redis_server.url, QUEUE, *colour_model_args(colour_model)),
@@ -148,6 +148,9 @@ def test_the_one_process_mode_is_one_process_tree(redis_server, colour_model, tm
         try:
             [worker] = psutil.Process(server.pid).children()
             assert "--role" in worker.cmdline() and "worker" in worker.cmdline()
+            # A terminal's Ctrl-C reaches the parent only: the worker computes what is in flight
+            # while the web side drains, and is stopped after it.
+            assert os.getpgid(worker.pid) != os.getpgid(server.pid)
             assert server.predict(colour_image("red")).json()["predictions"][0]["label"] == "red"
             os.kill(server.pid, stop_signal)
             code = server.wait(timeout=30)

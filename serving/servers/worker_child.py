@@ -6,9 +6,9 @@ crossed the GIL between two busy threads. A child runs ``--role worker`` unpatch
 in the scaled-out layout, and stays one process tree with its parent:
 
 - it dies with the parent, even one killed by SIGKILL (PR_SET_PDEATHSIG);
-- a graceful stop reaches it as SIGTERM after the web side has drained (the batch in hand is
-  answered first); Ctrl-C in a terminal reaches the whole process group, which it answers the
-  same way;
+- a graceful stop reaches it as SIGTERM only after the web side has drained, so the requests
+  in flight are still computed; it runs in a session of its own, so a Ctrl-C in the terminal
+  reaches the parent alone, which stops it so (the batch in hand is answered first);
 - if it exits on its own (the model does not load), the parent is told and stops too.
 """
 
@@ -42,7 +42,7 @@ class WorkerChild:
 
     def start(self, on_exit: Callable[[], None]) -> WorkerChild:
         """Start it; ``on_exit`` runs (in a greenlet) if it exits before ``stop`` is called."""
-        self.process.start_inheriting_output()
+        self.process.start_inheriting_output(own_session=True)
         gevent.spawn(self._watch, on_exit)
         return self
 
