@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    if settings.role == "web":
+    if settings.role != "worker":
         limit_arenas()  # a web process's threads decode images; its model workers are elsewhere
 
     embedded = None
