@@ -48,6 +48,7 @@ keepalive = max(1, round(_settings.idle_timeout))
 timeout = int(2 * _settings.request_lifetime)
 # On SIGTERM, requests in flight get their full client_timeout to be answered (or 504) before exit.
 graceful_timeout = int(_settings.request_lifetime)
+STOP_WATCH_SECONDS = 0.2  # how soon a stopping worker ends its long-polls and event streams
 loglevel = _settings.log_level.lower()
 # With --log-format json the app's own request line (JSON, one per request) stands in for it.
 accesslog = None if _settings.log_format == "json" else "-"
@@ -72,9 +73,21 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
 
 def post_worker_init(worker: Worker) -> None:
     """The app is loaded: its objects out of the cyclic collector's way (with a thousand
-    requests parked, a full collection that walks them stalls every one)."""
+    requests parked, a full collection that walks them stalls every one). A greenlet watches
+    for the graceful stop: long-polls are then answered and event streams ended at once
+    (serving/web/server_stop.py) instead of being cut at graceful_timeout."""
     import gc
 
+    import gevent
+
+    from serving.web.server_stop import end_waits
+
+    def end_waits_on_stop() -> None:
+        while worker.alive:  # set False by gunicorn's SIGTERM handler; read, never written
+            gevent.sleep(STOP_WATCH_SECONDS)
+        end_waits()
+
+    gevent.spawn(end_waits_on_stop)
     gc.collect()
     gc.freeze()
 

@@ -1,11 +1,13 @@
 """python -m bench.waiting: what a waiting client costs, and the null-model pipeline's speed.
 
-    python -m bench.waiting [--root DIR] [--seconds 8] [--waits 1000]
+    python -m bench.waiting [--root DIR] [--baseline DIR] [--seconds 8] [--waits 1000]
 
-Starts `python run_keras_server.py --model null` from ``--root`` (default: this checkout; give
-an older checkout to compare before and after) on an embedded Redis, then measures:
+Starts `python run_keras_server.py --model null` from ``--root`` (default: this checkout) on an
+embedded Redis, then measures:
 
 - null-model /predict throughput at 32 clients and latency at 1 client (keep-alive clients);
+  with ``--baseline`` (an older checkout, e.g. `git worktree add /tmp/before 754ac22^`, the
+  last commit before gevent) the same from there first, in the same run, and the ratios;
 - the server's RSS and Redis's memory with ``--waits`` long-polls (GET /jobs/<id>?wait=30 on a
   job nothing computes) held, and /healthz latency meanwhile.
 
@@ -58,38 +60,58 @@ def cpu_model() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose run_keras_server.py runs")
+    parser.add_argument("--baseline", type=Path, default=None, help="checkout to compare against")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--waits", type=int, default=1000)
     args = parser.parse_args(argv)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; root {args.root}")
     embedded = EmbeddedRedis(port=free_port()).start()
-    server = start_server(args.root, embedded.url, args.waits, "--model", "null")
     image = png()
+    server = None
     try:
-        url = server.url
-        run_load(url, image, 200, 8, filename="i.png", progress=False)  # warm-up
-        for concurrency in (32, 1):
-            count = int((600 if concurrency > 1 else 150) * args.seconds)
-            started = time.monotonic()
-            result = run_load(url, image, count, concurrency, filename="i.png", progress=False)
-            summary = result.summary()
-            rate, p50 = summary["throughput_rps"], summary["p50_ms"]
+        figures = {}
+        for root in ([args.baseline] if args.baseline else []) + [args.root]:
+            server = start_server(root, embedded.url, args.waits, "--model", "null")
+            figures[root] = null_model_figures(server.url, image, args.seconds, root)
+            server.stop()
+        if args.baseline:
+            before, after = figures[args.baseline], figures[args.root]
             print(
-                f"null model, c={concurrency}: {rate} req/s, p50 {p50} ms, "
-                f"p99 {summary['p99_ms']} ms ({summary['requests']} requests in "
-                f"{time.monotonic() - started:.1f} s, statuses {summary['statuses']})",
+                f"after/before: c=32 throughput x{after[32][0] / before[32][0]:.2f}, "
+                f"c=1 p50 x{after[1][1] / before[1][1]:.2f} (below 1: faster); "
+                f"load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-        server.stop()
         # Long-polls on a job nothing computes: a web-only server, a worker's heartbeat faked.
         queue = RedisQueue(redis.Redis.from_url(embedded.url, socket_timeout=5), QUEUE)
         queue.beat("bench", Heartbeat(ModelInfo("null", (32, 32), 3), "h", 1, 8), ttl=300)
         server = start_server(args.root, embedded.url, args.waits, "--role", "web")
         waits_figures(server, embedded, image, args.waits)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         embedded.stop()
     return 0
+
+
+def null_model_figures(url: str, image: bytes, seconds: float, root: Path) -> dict[int, tuple[float, float]]:
+    """Throughput and p50 at 32 clients and at 1 client, printed; by concurrency."""
+    run_load(url, image, 200, 8, filename="i.png", progress=False)  # warm-up
+    figures = {}
+    for concurrency in (32, 1):
+        count = int((600 if concurrency > 1 else 150) * seconds)
+        started = time.monotonic()
+        result = run_load(url, image, count, concurrency, filename="i.png", progress=False)
+        summary = result.summary()
+        rate, p50 = summary["throughput_rps"], summary["p50_ms"]
+        print(
+            f"{root.name}: null model, c={concurrency}: {rate} req/s, p50 {p50} ms, "
+            f"p99 {summary['p99_ms']} ms ({summary['requests']} requests in "
+            f"{time.monotonic() - started:.1f} s, statuses {summary['statuses']})",
+            flush=True,
+        )
+        figures[concurrency] = (float(rate), float(p50))
+    return figures
 
 
 def start_server(root: Path, redis_url: str, waits: int, *flags: str) -> ServerProcess:

@@ -81,6 +81,18 @@ class ChildProcess:
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
 
+    def start_inheriting_output(self, own_session: bool = False) -> ChildProcess:
+        """Start it writing to this process's stdout and stderr (no log file); ``own_session``:
+        out of the terminal's process group, so a Ctrl-C reaches only its parent."""
+        self.popen = subprocess.Popen(
+            self.args,
+            cwd=self.cwd,
+            env=self.env,
+            preexec_fn=_terminate_when_parent_dies() if self.dies_with_parent else None,
+            start_new_session=own_session,
+        )
+        return self
+
     def start(self) -> ChildProcess:
         out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path:

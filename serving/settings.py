@@ -51,12 +51,13 @@ class Option:
 
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
-    Option("role", str, "all", "what this process runs: web + worker thread, web only, worker only",
+    Option("role", str, "all", "what this process runs: web + a model worker child, web only, worker only",
            ("all", "web", "worker")),
     Option("host", str, "127.0.0.1", "address the HTTP server binds to"),
     Option("port", int, 5000, "port the HTTP server listens on"),
-    Option("web_threads", int, 32,
-           "unused: every connection is a greenlet now (gevent); kept so existing configurations parse"),
+    Option("web_threads", int, 4,
+           "threads per web process that decode and resize uploaded images, off the event loop "
+           "(connections are greenlets; more uploads than threads wait their turn)"),
     Option("redis_url", str, None,
            "Redis URL (redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
            "redis+cluster://, rediss+cluster://); unset: 127.0.0.1:6379 if it answers, "

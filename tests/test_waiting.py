@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import selectors
@@ -10,11 +11,13 @@ import signal
 import socket
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
 import redis
 import requests
+from PIL import Image
 
 from harness.launch import on_queue
 
@@ -261,3 +264,46 @@ def test_simple_request_follows_a_job_by_id(stack):
     top = [line.split(". ", 1)[1].split(":")[0] for line in out.stdout.splitlines() if line.startswith("1. ")]
     assert top == colours
     assert "image" in out.stderr  # the progress bar
+
+
+def flat_png(side: int) -> bytes:
+    """Two flat halves: about 80 KB to upload, ``side`` x ``side`` pixels to decode."""
+    image = Image.new("RGB", (side, side), (200, 30, 40))
+    image.paste((30, 200, 50), (0, 0, side // 2, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_checks_stay_fast_while_large_images_decode(stack):
+    """Decoding runs on native threads (--web-threads), not on the event loop: /healthz keeps
+    answering while 24 uploads of a 24-megapixel PNG decode, 6 at a time."""
+    web, _, _ = stack
+    data = flat_png(4900)
+    idle = sorted(healthz_latencies(web.url, 30))
+    with ThreadPoolExecutor(6) as pool:
+
+        def upload(_: int) -> int:
+            return requests.post(
+                web.url + "/predict", files={"image": ("big.png", data)}, timeout=60
+            ).status_code
+
+        started = time.monotonic()
+        uploads = [pool.submit(upload, i) for i in range(24)]
+        time.sleep(0.2)  # the first decodes have begun
+        busy: list[float] = []
+        while not all(future.done() for future in uploads):
+            busy += healthz_latencies(web.url, 1)
+        codes = [future.result() for future in uploads]
+        took = time.monotonic() - started
+    busy.sort()
+    p50, p90 = busy[len(busy) // 2], busy[int(len(busy) * 0.9)]
+    print(
+        f"\n24 uploads of a 4900x4900 PNG ({len(data) // 1024} KB) in {took:.1f} s, statuses "
+        f"{sorted(set(codes))}; /healthz idle p50 {idle[15] * 1000:.1f} ms; while decoding "
+        f"p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms, max {busy[-1] * 1000:.1f} ms "
+        f"({len(busy)} checks)"
+    )
+    assert codes == [200] * 24 and len(busy) >= 5
+    # Measured: p50 6 ms with the decode threads, 393 ms with decoding on the loop (2 vCPUs).
+    assert p50 < 0.1, "health checks waited for decodes: decoding is on the event loop again"

@@ -17,7 +17,8 @@ event stream) holds no thread. What pywsgi lacks, added here:
 - TCP_NODELAY (pywsgi writes headers and body apart: without it every keep-alive answer waits
   out a 40 ms delayed ACK) and a listen backlog of 2048 (gevent's default, 128, overflows in a
   burst of long-polls);
-- a graceful stop: stop listening, close idle connections, let what is in flight finish.
+- a graceful stop: stop listening, close idle connections, answer long-polls and end event
+  streams at once (the app's ``end_waits``), let what is in flight finish.
 
 The process must be monkey-patched before anything imports socket, ssl or redis
 (run_keras_server.py and serving/__main__.py do it first); gunicorn's gevent worker patches on
@@ -132,10 +133,13 @@ class GuardedWSGIServer(WSGIServer):  # type: ignore[misc]
         """Connections with a request being read, handled or answered; idle ones don't count."""
         return sum(1 for handler in list(self.connections) if handler.phase != "idle")
 
-    def graceful_stop(self, drain_seconds: float) -> None:
-        """Stop listening, close idle connections, give what is in flight ``drain_seconds``."""
+    def graceful_stop(self, drain_seconds: float, end_waits: Callable[[], None] | None = None) -> None:
+        """Stop listening, close idle connections, end the long waits with ``end_waits``, give
+        what is in flight ``drain_seconds``."""
         self._janitor.kill(block=False)
         self.close()  # the listening socket only: new connections are refused from now on
+        if end_waits:
+            end_waits()
         give_up = time.monotonic() + drain_seconds
         log.info("stopped listening; finishing %d request(s) in flight", self.in_flight())
         while self.connections and time.monotonic() < give_up:
@@ -160,8 +164,9 @@ def serve(
     read_timeout: float,
     drain_seconds: float,
     stop: gevent.event.Event,
+    end_waits: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` until ``stop`` is set, then stop gracefully."""
+    """Serve ``app`` until ``stop`` is set, then stop gracefully (long waits ended by ``end_waits``)."""
     server = GuardedWSGIServer(
         (host, port),
         app,
@@ -174,4 +179,4 @@ def serve(
     server.start()
     log.info("Serving HTTP on http://%s:%s", host, server.server_port)
     stop.wait()
-    server.graceful_stop(drain_seconds)
+    server.graceful_stop(drain_seconds, end_waits)

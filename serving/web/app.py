@@ -15,6 +15,7 @@ from serving.queue.connection import open_queue
 from serving.settings import Settings, load_settings
 from serving.web import memory, metrics, request_log, responses
 from serving.web.body import BufferedBody
+from serving.web.cpu_threads import CpuThreads
 from serving.web.model_directory import ModelDirectory
 from serving.web.routes import api, jobs, ui, v2
 from serving.web.services import EXTENSION, Services
@@ -41,7 +42,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
     budget = MemoryBudget(settings.decode_memory_mb * 2**20, release=memory.release_freed_memory)
     app.extensions[EXTENSION] = Services(
-        settings, queue, ModelDirectory(queue, settings.queue_name, settings.default_model), budget
+        settings,
+        queue,
+        ModelDirectory(queue, settings.queue_name, settings.default_model),
+        budget,
+        CpuThreads(settings.web_threads),
     )
     request_log.register_request_log(app)
     metrics.register_metrics(app)

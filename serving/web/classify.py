@@ -107,8 +107,13 @@ def prepare_uploads(
         "inference.model.version": model.version,
     }
     with request_log.step("decode and resize", "decode", attributes):
-        images = prepare_images(
-            uploads.images, model, settings.max_image_pixels, serving.decode_budget, on_decoded
+        images = serving.cpu_threads.run(  # off the event loop: a big image stalls nobody
+            prepare_images,
+            uploads.images,
+            model,
+            settings.max_image_pixels,
+            serving.decode_budget,
+            on_decoded,
         )
     return Prepared(images, top_k, uploads.as_list or len(images) > 1, route)
 

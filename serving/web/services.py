@@ -9,6 +9,7 @@ from flask import current_app
 from serving.images import MemoryBudget
 from serving.queue import RedisQueue
 from serving.settings import Settings
+from serving.web.cpu_threads import CpuThreads
 from serving.web.model_directory import ModelDirectory
 
 EXTENSION = "keras_serving"
@@ -20,6 +21,7 @@ class Services:
     queue: RedisQueue  # the clients; each model version's queue is found by ``models``
     models: ModelDirectory
     decode_budget: MemoryBudget  # decoded pixels this process holds at once
+    cpu_threads: CpuThreads  # where images are decoded: off the event loop
 
 
 def services() -> Services:

@@ -28,6 +28,7 @@ from serving.web import request_log
 from serving.web.classify import compose, new_request_id, prepare_uploads
 from serving.web.disconnect import ClientGone, abort_on_disconnect
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
+from serving.web.server_stop import ServerStopping, ends_when_server_stops, stopping
 from serving.web.services import services
 from serving.web.uploads import read_uploads
 
@@ -82,11 +83,13 @@ def status(job_id: str) -> Response:
     wait = _wait_seconds()
     if wait and state["status"] not in FINAL:
         try:
-            with abort_on_disconnect(request.environ):
+            with abort_on_disconnect(request.environ), ends_when_server_stops():
                 queue.wait_job(job_id, wait)
         except ClientGone:  # nobody to answer; the blocked call left Redis with its connection
             request_log.note(client="gone")
             return json_response({"success": False, "error": "The client closed the connection."}, 499)
+        except ServerStopping:
+            pass  # answered at once with the state it has: the client asks again elsewhere
         state = _state(job_id)
     return json_response(state)
 
@@ -113,13 +116,13 @@ def events(job_id: str) -> Response:
             yield _event("result", state, None)  # ended before its stream existed (or it expired)
             return
         give_up = time.monotonic() + LONGEST_JOB_WAIT_SECONDS
-        while time.monotonic() < give_up:
+        while time.monotonic() < give_up and not stopping():
             try:
-                with abort_on_disconnect(environ):
+                with abort_on_disconnect(environ), ends_when_server_stops():
                     found = queue.job_events(
                         job_id, last, min(KEEP_ALIVE_SECONDS, give_up - time.monotonic())
                     )
-            except ClientGone:
+            except (ClientGone, ServerStopping):  # a stopping server: it reconnects elsewhere
                 return
             if not found:
                 if queue.job_state(job_id) is None:
