@@ -415,6 +415,7 @@ def openapi_spec(
                         "Readiness: Redis answers and a model worker is alive (?model=NAME: its worker)",
                         _json("Ready to classify.", ready),
                         settings,
+                        s400="A version without the model it belongs to.",
                         s404=UNKNOWN_MODEL,
                         s503="Redis is unreachable or no model worker has sent a heartbeat recently.",
                     )["get"],

@@ -65,7 +65,7 @@ def healthz() -> Response:
 def readyz() -> Response:
     """Ready when a worker serves some model (``?model=NAME[&version=V]``: that one)."""
     return json_response(
-        ready_state(services().models, request.args.get("model"), request.args.get("version"))
+        ready_state(services().models, request.args.get("model") or None, request.args.get("version") or None)
     )
 
 
