@@ -378,8 +378,9 @@ def test_the_bundled_model_and_a_users_model_served_apart_by_separate_processes(
             )
         asks = [
             ("colour", c) if i % 2 else ("efficientnet_lite0", name)
-            for i, (c, name) in enumerate(zip(itertools.cycle(COLOURS), itertools.cycle(photos)))
-            if i < 96
+            for i, (c, name) in enumerate(
+                itertools.islice(zip(itertools.cycle(COLOURS), itertools.cycle(photos)), 96)
+            )
         ]
 
         def ask(item):
