@@ -411,3 +411,21 @@ def test_the_bundled_model_and_a_users_model_served_apart_by_separate_processes(
         for worker in workers:
             worker.stop()
     assert leftover_keys(redis.Redis.from_url(redis_server.url), "twoproc") == []
+
+
+def test_a_broken_version_leaves_the_others_serving_and_the_page_offers_each_model(deployment):
+    served = deployment()
+    served.start_worker("colour", "1")
+    served.start_worker("french")
+    wait_until(lambda: _ready(served, "colour") and _ready(served, "french"), 60, "both models' workers")
+    with pytest.raises(ModelUnavailable, match="cannot be loaded"):
+        served.start_worker("broken")
+    assert served.predict("red", model="french")[1]["predictions"][0]["label"] == "rouge"
+    assert served.predict("red", model="colour")[1]["predictions"][0]["label"] == "red"
+    page = served.app.test_client().get("/").get_data(as_text=True)
+    assert '<select id="model" name="model">' in page
+    assert '<option value="colour"' in page and '<option value="french"' in page
+    answered = served.app.test_client().post(
+        "/", data={"image": (io.BytesIO(colour_image("blue")), "b.png"), "model": "french"}
+    )
+    assert answered.status_code == 200 and "bleu" in answered.get_data(as_text=True)
