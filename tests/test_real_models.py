@@ -45,7 +45,7 @@ def test_resnet50_random_weights_end_to_end(tmp_path):
         server.stop()
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("model: resnet50 (") and "random weights" in lines[0]
+    assert lines[0].startswith("model: resnet50 version 1 (") and "random weights" in lines[0]
     assert len(lines) == 6 and lines[1].startswith("1. ")
     if not answers(DEFAULT_URL):
         assert "started an embedded redis-server" in log.read_text()
