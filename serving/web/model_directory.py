@@ -19,7 +19,7 @@ from serving.queue.messages import BULK, INTERACTIVE, ModelInfo
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable
 
 NO_WORKER = "No model worker is running; try again shortly."
-MISS_REFRESH_SECONDS = 0.1
+MISS_REFRESH_SECONDS = 0.01  # a read is one pipelined round trip: 100 a second at most per process
 
 
 class UnknownModel(ApiError):
