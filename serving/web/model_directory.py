@@ -76,7 +76,7 @@ class ModelDirectory:
                 self._read_at = time.monotonic()
             return self._state
 
-    def _state_knowing(self, model: str | None) -> CatalogueState:
+    def state_knowing(self, model: str | None) -> CatalogueState:
         """The cached state, read again when it lacks ``model`` (or every model): a worker that
         just started is found at once, not a refresh later. Misses re-read at most every
         MISS_REFRESH_SECONDS, so a flood of unknown names costs Redis little."""
@@ -113,7 +113,7 @@ class ModelDirectory:
         """Where a request for ``model`` (None: the default) at ``version`` (None: its current
         version, or the canary's share) goes. 404 for a model or version never served; 503 for a
         version that is neither live nor current (nothing would ever take its images)."""
-        state = self._state_knowing(model or self.default_model)
+        state = self.state_knowing(model or self.default_model)
         name = model or self.default_name(state)
         versions = state.versions.get(name)
         if versions is None:

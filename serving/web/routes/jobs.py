@@ -177,12 +177,11 @@ def _queue_of(job_id: str) -> RedisQueue:
     if not found:  # not one this server made: 404 without asking Redis
         raise JobNotFound(job_id, "job ids look like <model>.<version>.<32 hexadecimal digits>")
     model, version, _ = found.groups()
-    served = services().models.state().versions.get(model, {}).get(version)
+    models = services().models
+    served = models.state_knowing(model).versions.get(model, {}).get(version)
     if served is None:
-        served = services().models.state(fresh=True).versions.get(model, {}).get(version)
-        if served is None:
-            raise JobNotFound(job_id, f"no version {version} of model {model!r} is known")
-    return services().models.queue(served.queue)
+        raise JobNotFound(job_id, f"no version {version} of model {model!r} is known")
+    return models.queue(served.queue)
 
 
 def _wait_seconds() -> float:
