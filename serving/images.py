@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import math
-import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import numpy as np
+from gevent import monkey
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 CROP_FRACTION = 0.875  # the centre crop keeps 224 of 256: the standard ImageNet evaluation
@@ -23,6 +25,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF") + (
 )
 # Modes Image.reduce takes; the others are converted first (palette indices cannot be averaged).
 REDUCIBLE_MODES = frozenset({"L", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "I", "F"})
+_native_lock = monkey.get_original("_thread", "allocate_lock")  # never a patched one
 REDUCING_GAP = 2  # a decoded image is box-reduced to no less than twice the side the model needs
 
 
@@ -35,8 +38,13 @@ class DecodeBusy(Exception):
 
 
 class MemoryBudget:
-    """Bytes of decoded pixels this process may hold at once, shared by its request threads: a
-    burst of large images waits its turn instead of taking the host's memory."""
+    """Bytes of decoded pixels this process may hold at once, shared by the threads that decode:
+    a burst of large images waits its turn instead of taking the host's memory.
+
+    Built on the interpreter's own locks, whatever gevent has patched: under gevent the decodes
+    run on native threads (serving/web/cpu_threads.py), and a patched ``threading.Condition``
+    contended across OS threads can miss its wake-up and hang a decode for ever. A wait here
+    blocks its OS thread, so only those threads (or unpatched request threads) reserve."""
 
     def __init__(
         self,
@@ -48,7 +56,8 @@ class MemoryBudget:
         self.max_bytes = max_bytes
         self.wait_seconds = wait_seconds
         self.in_use = 0
-        self._changed = threading.Condition()
+        self._lock = _native_lock()
+        self._waiters: list[Any] = []  # a held native lock per waiting reservation
         # Called after a reservation of more than release_above bytes ends: hand memory back.
         self._release, self._release_above = release, release_above
 
@@ -59,18 +68,39 @@ class MemoryBudget:
                 f"Decoding this image would take {nbytes // 2**20} MB, more than this server's "
                 f"decode budget of {self.max_bytes // 2**20} MB."
             )
-        with self._changed:
-            if not self._changed.wait_for(lambda: self.in_use + nbytes <= self.max_bytes, self.wait_seconds):
-                raise DecodeBusy("The server is busy decoding other large images. Try again shortly.")
-            self.in_use += nbytes
+        if not self._take(nbytes):
+            raise DecodeBusy("The server is busy decoding other large images. Try again shortly.")
         try:
             yield
         finally:
-            with self._changed:
-                self.in_use -= nbytes
-                self._changed.notify_all()
+            self._give_back(nbytes)
             if self._release and nbytes > self._release_above:
                 self._release()
+
+    def _take(self, nbytes: int) -> bool:
+        give_up = time.monotonic() + self.wait_seconds
+        while True:
+            with self._lock:
+                if self.in_use + nbytes <= self.max_bytes:
+                    self.in_use += nbytes
+                    return True
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    return False
+                waiter = _native_lock()
+                waiter.acquire()
+                self._waiters.append(waiter)
+            waiter.acquire(timeout=remaining)  # released by the next give-back: look again
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _give_back(self, nbytes: int) -> None:
+        with self._lock:
+            self.in_use -= nbytes
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.release()
 
 
 def _decoded_bytes(image: Image.Image) -> int:

@@ -1,5 +1,8 @@
 import io
+import re
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -7,6 +10,8 @@ import pytest
 from PIL import Image
 
 from serving.images import ACCEPTED_FORMATS, DecodeBusy, ImageError, MemoryBudget, prepare_image
+
+from .support import ROOT
 
 SIZE = (32, 24)  # (width, height)
 
@@ -173,6 +178,74 @@ def test_the_memory_budget_refuses_what_can_never_fit_and_makes_the_rest_wait():
             prepare_image(fits, SIZE, max_pixels=100_000_000, budget=budget)
     assert prepare_image(fits, SIZE, max_pixels=100_000_000, budget=budget).shape == (24, 32, 3)
     assert budget.in_use == 0
+
+
+# gevent's patching is process-wide, so this runs in fresh processes. In each, 32 greenlets hand
+# 3 x 1,280 decodes to 16 native threads (as serving/web/cpu_threads.py does) that contend for the
+# budget's lock. Four such processes at once on a small machine: with a patched Condition about
+# one in three hung (a lost wake-up only shows while threads are preempted mid-handoff).
+BUDGET_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import gevent
+from gevent.threadpool import ThreadPool
+from serving.images import MemoryBudget
+budget, pool = MemoryBudget(max_bytes=10**9, wait_seconds=30), ThreadPool(16)
+def decode():
+    for _ in range(50):
+        with budget.reserve(100):
+            sum(range(200))
+def client():
+    for _ in range(120):
+        with gevent.Timeout(10):
+            pool.apply(decode)
+gevent.joinall([gevent.spawn(client) for _ in range(32)], raise_error=True)
+assert budget.in_use == 0, budget.in_use
+print("all decoded")
+"""
+
+
+def test_the_memory_budget_never_hangs_a_decode_thread_under_gevent():
+    # A patched threading.Condition contended across OS threads missed wake-ups: a decode hung
+    # for ever and its request with it (nginx gave up after 30 s).
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUDGET_UNDER_GEVENT],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0 and "all decoded" in out, err[-1500:]
+
+
+STUCK_DECODE_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import time
+from serving.web.cpu_threads import CpuThreads
+native_sleep = monkey.get_original("time", "sleep")
+started = time.monotonic()
+try:
+    CpuThreads(2).run(native_sleep, 5.0, timeout=0.5)
+except TimeoutError:
+    print(f"gave up after {time.monotonic() - started:.2f} s")
+"""
+
+
+def test_a_stuck_decode_thread_gives_up_at_its_deadline():
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK_DECODE_UNDER_GEVENT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    waited = re.search(r"gave up after ([\d.]+) s", done.stdout)
+    assert waited, done.stdout + done.stderr[-1500:]
+    assert 0.5 <= float(waited.group(1)) < 2.0
 
 
 def _fine_pattern(width: int, height: int) -> np.ndarray:

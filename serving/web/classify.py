@@ -18,7 +18,7 @@ from flask import has_request_context, request
 from PIL import Image
 
 from serving import tracing
-from serving.images import ImageError, MemoryBudget, decode_image, decoded_side, fit_image
+from serving.images import DecodeBusy, ImageError, MemoryBudget, decode_image, decoded_side, fit_image
 from serving.queue import RedisQueue
 from serving.queue.messages import INTERACTIVE, Answer, ModelInfo, image_messages
 from serving.settings import Settings
@@ -107,14 +107,18 @@ def prepare_uploads(
         "inference.model.version": model.version,
     }
     with request_log.step("decode and resize", "decode", attributes):
-        images = serving.cpu_threads.run(  # off the event loop: a big image stalls nobody
-            prepare_images,
-            uploads.images,
-            model,
-            settings.max_image_pixels,
-            serving.decode_budget,
-            on_decoded,
-        )
+        try:
+            images = serving.cpu_threads.run(  # off the event loop: a big image stalls nobody
+                prepare_images,
+                uploads.images,
+                model,
+                settings.max_image_pixels,
+                serving.decode_budget,
+                on_decoded,
+                timeout=settings.client_timeout,
+            )
+        except TimeoutError:
+            raise DecodeBusy("The server could not decode the images in time. Try again shortly.") from None
     return Prepared(images, top_k, uploads.as_list or len(images) > 1, route)
 
 

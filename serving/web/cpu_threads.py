@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import gevent
 from gevent import monkey
 from gevent.threadpool import ThreadPool
 
@@ -39,9 +40,14 @@ class CpuThreads:
                     self._pool, self._pid = ThreadPool(self.size), os.getpid()
         return self._pool
 
-    def run(self, work: Callable[..., T], *args: Any) -> T:
-        """``work(*args)`` on a pool thread, its result or exception returned here."""
+    def run(self, work: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """``work(*args)`` on a pool thread, its result or exception returned here. Waits at most
+        ``timeout`` seconds (then ``TimeoutError``): a request is answered even if its thread is
+        stuck, though the thread is not freed."""
         if not monkey.is_module_patched("socket"):
             return work(*args)
-        result: T = self._threads().apply(work, args)
+        try:
+            result: T = self._threads().spawn(work, *args).get(timeout=timeout)
+        except gevent.Timeout:
+            raise TimeoutError(f"no result within {timeout:g} s") from None
         return result
