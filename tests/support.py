@@ -13,7 +13,8 @@ from PIL import Image
 from harness.launch import server_command
 from harness.processes import ROOT, ServerProcess, free_port, wait_until
 from serving.models.preprocessing import Preprocessing
-from serving.queue.keys import QueueKeys
+from serving.queue.keys import DEFAULT_TENANT, QueueKeys
+from serving.queue.messages import INTERACTIVE
 from serving.settings import Settings, load_settings
 
 __all__ = ["ROOT", "TESTDATA", "COLOURS", "TINY_INPUT", "free_port", "wait_until"]
@@ -103,6 +104,21 @@ def pretend_worker(
 
     RedisQueue(client, queue_name).beat(worker_id, heartbeat, ttl)
     Catalogue(client, deployment or queue_name).announce(heartbeat.model, queue_name, ttl)
+
+
+def push_raw(queue, lane: str, *messages: bytes, tenant: str = DEFAULT_TENANT) -> None:
+    """Put messages in a lane as the queue's scripts do (in the tenant's lane, a count token
+    each, the tenant marked active) without a request's bookkeeping: for tests of the take."""
+    pipe = queue.redis.pipeline(transaction=True)
+    pipe.rpush(queue.keys.tenant_lane(tenant, lane), *messages)
+    pipe.rpush(queue.keys.lane(lane), *[b"1"] * len(messages))
+    pipe.zadd(queue.keys.active(lane), {tenant: 0}, nx=True)
+    pipe.execute()
+
+
+def queued(queue, lane: str = INTERACTIVE, tenant: str = DEFAULT_TENANT) -> list[bytes]:
+    """The messages waiting in a tenant's lane, oldest first."""
+    return queue.redis.lrange(queue.keys.tenant_lane(tenant, lane), 0, -1)
 
 
 def colour_queue(deployment: str, version: str = "1") -> str:

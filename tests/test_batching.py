@@ -17,7 +17,7 @@ from serving.queue.messages import BULK, JobImage, Request
 from serving.worker import batching
 from serving.worker.batching import BatchCosts, take_batch
 
-from .support import COLOURS, colour_image, wait_until
+from .support import COLOURS, colour_image, push_raw, wait_until
 
 
 def linear(per_image: float, batch_size: int = 8) -> dict[int, float]:
@@ -48,7 +48,7 @@ def test_take_respects_the_bulk_caps(redis_client):
     for lane, count in ((BULK, 6), ("interactive", 2)):
         for i in range(count):
             message = Request(f"{lane}{i}", 0, pixels, 1, 0, 1e12, lane=lane).to_bytes()
-            redis_client.rpush(queue.keys.lane(lane), message)
+            push_raw(queue, lane, message)
     caps = [1, 0, 1, 5, 4, 3, 2, 1, 0]
     first = queue.take("w", 8, bulk_caps=caps)
     assert (len(first.interactive), len(first.bulk)) == (2, 1)  # 2 interactive may carry 1 bulk
@@ -124,9 +124,9 @@ def test_a_short_grace_for_interactive_work_only_while_it_is_coming():
 def test_the_grace_catches_an_interactive_image_before_a_bulk_batch(redis_client):
     queue = RedisQueue(redis_client, "graceq")
     pixels = np.zeros((2, 2, 3), np.uint8)
-    redis_client.rpush(queue.keys.lane(BULK), JobImage("job", 0).to_bytes())
+    push_raw(queue, BULK, JobImage("job", 0).to_bytes())
     arriving = Request("now", 0, pixels, 1, 0, 1e12).to_bytes()
-    threading.Timer(0.02, lambda: redis_client.rpush(queue.keys.lane("interactive"), arriving)).start()
+    threading.Timer(0.02, lambda: push_raw(queue, "interactive", arriving)).start()
     # A grace far longer than the 20 ms it takes: it ends when the interactive image comes.
     batch = take_batch(queue, "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8, grace=5.0)
     assert batch.interactive == [arriving] and batch.bulk == []

@@ -12,7 +12,7 @@ from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImag
 from serving.queue.redis_queue import NotReplicated
 from serving.worker.batching import take_batch
 
-from .support import leftover_keys, wait_until
+from .support import leftover_keys, push_raw, queued, wait_until
 
 Q = "testq"
 
@@ -53,7 +53,7 @@ def test_enqueue_refuses_once_the_lane_holds_its_bound(queue):
 def test_a_request_of_several_images_is_queued_whole_and_awaited_per_image(queue):
     messages = [message("multi", i) for i in range(3)]
     assert queue.enqueue("multi", messages, max_length=10, keep_seconds=30)
-    assert queue.redis.lrange(queue.keys.tag, 0, -1) == messages
+    assert queued(queue) == messages
     assert queue.redis.hkeys(queue.keys.waiting("multi")) == [b"0", b"1", b"2"]
     assert 0 < queue.redis.pttl(queue.keys.waiting("multi")) <= 30_000
 
@@ -68,7 +68,7 @@ def test_take_batch_takes_in_order_up_to_the_batch_size(queue):
 
 def test_take_fills_from_the_interactive_lane_first_and_tops_up_from_bulk(queue):
     bulk = [JobImage("job", i).to_bytes() for i in range(6)]
-    queue.redis.rpush(queue.keys.lane(BULK), *bulk)
+    push_raw(queue, BULK, *bulk)
     interactive = fill(queue, 3)
     batch = queue.take("w1", 5)
     assert batch.interactive == interactive and batch.bulk == bulk[:2]
@@ -119,7 +119,7 @@ def test_the_window_ends_as_soon_as_the_batch_is_full(queue):
 
 def test_a_blocked_worker_wakes_for_bulk_work_too(queue):
     def submit_bulk():  # as POST /jobs does it: the image, then the doorbell
-        queue.redis.rpush(queue.keys.lane(BULK), JobImage("job", 0).to_bytes())
+        push_raw(queue, BULK, JobImage("job", 0).to_bytes())
         queue.redis.rpush(queue.keys.doorbell, "1")
 
     threading.Timer(0.1, submit_bulk).start()
@@ -182,7 +182,7 @@ def test_wait_answers_returns_what_arrived_when_time_is_up(queue):
 def test_withdraw_takes_queued_messages_back(queue):
     messages = fill(queue, 2)
     assert queue.withdraw("m1", [messages[1]]) == (1, [])
-    assert queue.redis.lrange(queue.keys.tag, 0, -1) == [messages[0]]
+    assert queued(queue) == [messages[0]]
     assert not queue.redis.exists(queue.keys.waiting("m1"))
 
 
@@ -199,15 +199,15 @@ def test_withdraw_keeps_an_answer_that_landed_late_and_blocks_later_ones(queue):
 def test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order(queue):
     messages = fill(queue, 4)
     bulk = [JobImage("job", i).to_bytes() for i in range(2)]
-    queue.redis.rpush(queue.keys.lane(BULK), *bulk)
+    push_raw(queue, BULK, *bulk)
     queue.take("dead", 3)  # m0, m1, m2; no heartbeat: dead
     queue.take("alive", 2)  # m3 and the first bulk image
     queue.redis.rpush(queue.keys.processing("dead", BULK), b"bulk-held-by-the-dead")
     heartbeat = Heartbeat(ModelInfo("m", (2, 2), 3), host="h", pid=1, batch_size=8)
     queue.beat("alive", heartbeat, ttl=10)
     assert queue.requeue_dead() == 4
-    assert queue.redis.lrange(queue.keys.tag, 0, -1) == messages[:3]
-    assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"bulk-held-by-the-dead", bulk[1]]
+    assert queued(queue) == messages[:3]
+    assert queued(queue, BULK) == [b"bulk-held-by-the-dead", bulk[1]]
     assert queue.redis.llen(queue.keys.processing("alive")) == 1
     assert set(queue.live_workers()) == {"alive"}
 
@@ -226,7 +226,7 @@ def job(queue, job_id: str, images: int, deadline_in: float = 60.0) -> list[byte
 
 def test_the_bulk_lane_holds_references_and_the_job_its_messages(queue):
     messages = job(queue, "j1", 3)
-    assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"j1:0", b"j1:1", b"j1:2"]
+    assert queued(queue, BULK) == [b"j1:0", b"j1:1", b"j1:2"]
     batch = queue.take("w1", 2)
     assert queue.open_job_images(batch.bulk) == messages[:2]
     assert queue.redis.hget(queue.keys.job("j1"), "status") == b"running"
@@ -238,7 +238,7 @@ def test_cancelling_takes_a_jobs_queued_images_out_of_the_lane(queue):
     job(queue, "after", 1)
     taken = queue.take("w1", 3)  # before:0, before:1 and cancelled:0, already in a worker's hands
     assert queue.cancel_job("cancelled")["status"] == "queued"
-    assert queue.redis.lrange(queue.keys.lane(BULK), 0, -1) == [b"after:0"]
+    assert queued(queue, BULK) == [b"after:0"]
     assert not queue.redis.exists(*queue.keys.job_keys("cancelled")[:2], queue.keys.job_images("cancelled"))
     opened = queue.open_job_images(taken.bulk)  # the worker finds nothing behind the cancelled one
     assert len(opened) == 2 and messages[0] not in opened

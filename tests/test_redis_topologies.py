@@ -80,17 +80,77 @@ def test_no_operation_of_the_queue_scans_the_keyspace():
     )
 
 
+def _split_arguments(text: str) -> list[str]:
+    """Top-level comma-separated arguments of a Lua call (no nested calls with commas here)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()] if current.strip() else parts
+
+
 def test_every_script_names_redis_keys_only_through_keys():
     """A key a script builds itself (from ARGV or a literal) could lie in another slot: every
-    redis.call's key argument is KEYS[...] or a local bound to one."""
+    redis.call's key argument is KEYS[...], a local bound to one, or a key parameter of a local
+    function whose every call passes one of those."""
     for name in dir(scripts):
         text = getattr(scripts, name)
         if not name.isupper() or not isinstance(text, str):
             continue
-        bound_to_keys = set(re.findall(r"local (\w+(?:, \w+)*) = KEYS", text)) | {"doorbell"}
-        names = {n.strip() for group in bound_to_keys for n in group.split(",")}
-        for first in re.findall(r"redis\.call\('\w+', ([^,)]+)", text):
-            assert first.startswith("KEYS[") or first in names, (name, first)
+        bound = set()
+        for group in re.findall(r"local (\w+(?:, \w+)*) = KEYS", text):
+            bound |= {n.strip() for n in group.split(",")}
+        # Tables of keys: lane[name] = KEYS[...], lanes[tenant] = {KEYS[...], ...}
+        bound |= set(re.findall(r"(\w+)\[[^\n=]+\] = \{?KEYS\[", text))
+        bound |= set(re.findall(r"\w+\[name\], (\w+)\[name\] = [^,\n]+, KEYS\[", text))
+        # Local functions: a parameter is a key parameter when the body uses it as a key
+        # (redis.call, or passed on as another function's key); every call must then pass a key.
+        functions = {}
+        for match in re.finditer(r"local function (\w+)\(([^)]*)\)", text):
+            end = text.index("\nend\n", match.end())
+            params = [p.strip() for p in match.group(2).split(",")]
+            functions[match.group(1)] = (params, match.end(), end)
+
+        def enclosing(position: int, functions=functions) -> str | None:
+            return next((f for f, (_, start, end) in functions.items() if start <= position < end), None)
+
+        calls = [
+            (function, call.start(), _split_arguments(call.group(1)))
+            for function in functions
+            for call in re.finditer(rf"(?<!function ){function}\(([^()]*(?:\([^()]*\))?[^()]*)\)", text)
+        ]
+        uses = [
+            (call.start(), [call.group(1)]) for call in re.finditer(r"redis\.call\('\w+', ([^,)]+)", text)
+        ]
+        key_parameters: dict[str, set[int]] = {f: set() for f in functions}
+        changed = True
+        while changed:  # a key parameter passed on makes the caller's parameter one too
+            changed = False
+            for position, arguments, positions in [(p, a, [0]) for p, a in uses] + [
+                (p, a, sorted(key_parameters[f])) for f, p, a in calls
+            ]:
+                owner = enclosing(position)
+                for index in positions:
+                    base = arguments[index].split("[")[0]
+                    if owner and base in functions[owner][0]:
+                        found = functions[owner][0].index(base)
+                        if found not in key_parameters[owner]:
+                            key_parameters[owner].add(found)
+                            changed = True
+        for position, arguments, positions in [(p, a, [0]) for p, a in uses] + [
+            (p, a, sorted(key_parameters[f])) for f, p, a in calls
+        ]:
+            owner = enclosing(position)
+            for index in positions:
+                argument = arguments[index]
+                base = argument.split("[")[0]
+                in_owner = owner is not None and base in functions[owner][0]
+                assert argument.startswith("KEYS[") or base in bound or in_owner, (name, argument)
 
 
 def test_the_sentinel_url_with_passwords_and_options():

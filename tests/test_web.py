@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from run_keras_server import create_app
+from serving.queue import RedisQueue
 from serving.queue.keys import QueueKeys
 from serving.queue.messages import Heartbeat, ModelInfo, Request
 from serving.settings import load_settings
 
-from .support import ROOT, colour_image, free_port, leftover_keys, pretend_worker
+from .support import ROOT, colour_image, free_port, leftover_keys, pretend_worker, push_raw
+from .support import queued as queued_in
 
 Q = "webq"
 CLIENT_TIMEOUT = 0.5
@@ -127,11 +129,11 @@ def test_full_queue_is_503_with_retry_after(redis_server, stalled):
     queued = [
         Request(f"queued-{i}", 0, np.zeros((32, 32, 3), np.uint8), 1, 0, 1e12).to_bytes() for i in (1, 2)
     ]
-    stalled.rpush(QueueKeys(Q).tag, *queued)
+    push_raw(RedisQueue(stalled, Q), "interactive", *queued)
     response = _post(client, colour_image("red"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "busy" in response.json["error"]
-    assert stalled.lrange(QueueKeys(Q).tag, 0, -1) == queued
+    assert queued_in(RedisQueue(stalled, Q)) == queued
     assert not stalled.keys(f"{QueueKeys(Q).tag}:waiting:*")
 
 

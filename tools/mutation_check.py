@@ -48,10 +48,10 @@ MUTANTS = (
         (
             (
                 "        interactive, bulk = self._take(keys=keys, args=args)\n",
-                "        interactive = self.redis.lrange(keys[0], 0, room - 1)\n"
+                "        interactive = self.redis.lrange(keys[10], 0, room - 1) if named[0] else []\n"
                 "        time.sleep(0.002)\n"
                 "        for raw in interactive:\n"
-                "            self.redis.lrem(keys[0], 1, raw)\n"
+                "            self.redis.lrem(keys[10], 1, raw)\n"
                 "        if interactive:\n"
                 "            self.redis.rpush(keys[2], *interactive)\n"
                 "        bulk: list = []\n",
@@ -65,11 +65,23 @@ MUTANTS = (
         "serving/queue/scripts.py",
         (
             (
-                "  for i = #items, 1, -1 do redis.call('LPUSH', KEYS[lane + 3], items[i]) end\n",
+                "    redis.call('LPUSH', lanes[owner][lane], items[i])\n",
                 "",
             ),
         ),
         ("tests/test_queue.py::test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order",),
+    ),
+    Mutant(
+        "take-not-fair",
+        "a take serves tenants first come, first served: one tenant's flood delays everyone",
+        "serving/queue/scripts.py",
+        (
+            (
+                "    for i = 2, #live do if score[live[i]] < score[live[best]] then best = i end end\n",
+                "",
+            ),
+        ),
+        ("tests/test_fair_share.py::test_one_tenants_flood_delays_anothers_image_by_at_most_one_batch",),
     ),
     Mutant(
         "requeue-live",
@@ -85,9 +97,9 @@ MUTANTS = (
         (
             (
                 "if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end\n"
-                "for index = 0, #ARGV - 3",
+                "local images, cap = #ARGV - 4,",
                 "if redis.call('LLEN', KEYS[1]) > tonumber(ARGV[1]) then return 0 end\n"
-                "for index = 0, #ARGV - 3",
+                "local images, cap = #ARGV - 4,",
             ),
         ),
         ("tests/test_web.py::test_full_queue_is_503_with_retry_after",),
@@ -108,7 +120,7 @@ MUTANTS = (
         "cancel-leaves-queued",
         "DELETE /jobs/<id> leaves the job's queued images in the bulk lane",
         "serving/queue/scripts.py",
-        (("    removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[1] .. ':' .. index)\n", ""),),
+        (("    removed = removed + redis.call('LREM', KEYS[8], 1, ARGV[1] .. ':' .. index)\n", ""),),
         ("tests/test_jobs.py::test_a_job_cancelled_while_queued_is_never_computed",),
     ),
     Mutant(
@@ -116,7 +128,7 @@ MUTANTS = (
         "a cancelled job's images are still computed (the cancel only reports)",
         "serving/queue/scripts.py",
         (
-            ("    removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[1] .. ':' .. index)\n", ""),
+            ("    removed = removed + redis.call('LREM', KEYS[8], 1, ARGV[1] .. ':' .. index)\n", ""),
             (
                 "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7])\n"
                 "redis.call('RPUSH', KEYS[3], 'deleted')\n",

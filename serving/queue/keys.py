@@ -5,15 +5,25 @@ The braces are Redis Cluster's hash tag: only ``Q`` is hashed, so every key of o
 in one hash slot, on one shard, and every script and transaction of the queue runs unchanged on
 a cluster. A key built anywhere else could land in another slot; so none is.
 
-- ``{Q}``                           interactive lane: request messages (serving/messages.py), oldest first
-- ``{Q}:bulk``                      bulk lane: references to job images (messages.JobImage), taken
-                                   only to top up a batch
+- ``{Q}``                           interactive lane's count: one token ("1") per queued image, so
+                                   its length is the lane's depth (what KEDA, the bound and /metrics
+                                   read); the messages themselves wait in their tenants' lanes
+- ``{Q}:bulk``                      the bulk lane's count, the same way
+- ``{Q}:tenant:<t>``                tenant t's interactive messages (serving/messages.py), oldest first
+- ``{Q}:tenant:<t>:bulk``           tenant t's job image references (messages.JobImage), taken only to
+                                   top up a batch
+- ``{Q}:active``, ``{Q}:active-bulk``  sorted sets of the tenants with images queued in that lane;
+                                   score: images served so far (a tenant joins at the lowest
+                                   score), so a take fills a batch from them in turn (scripts.TAKE)
 - ``{Q}:doorbell``                  a token workers block on; rung when work is queued (scripts.py)
 - ``{Q}:waiting:<request>``         hash of the request's image indexes still awaited; the worker that
                                    deletes an index is the one that answers it (exactly one answer)
 - ``{Q}:result:<request>``          list of the request's answers, popped by the waiting handler
 - ``{Q}:processing:<worker>``       interactive messages a worker has taken and not yet answered
 - ``{Q}:processing-bulk:<worker>``  the same for job image references
+- ``{Q}:owners:<worker>``, ``{Q}:owners-bulk:<worker>``  the tenant of each message in those lists,
+                                   in the same order: a dead worker's images go back to their own
+                                   tenants' lanes
 - ``{Q}:worker:<worker>``           heartbeat with a TTL (messages.Heartbeat)
 - ``{Q}:workers``                   sorted set of the workers that beat (score: heartbeat expiry, ms):
                                    the index that finds heartbeats and processing lists, no SCAN;
@@ -32,6 +42,9 @@ from __future__ import annotations
 
 from serving.queue.messages import BULK, INTERACTIVE
 
+# Every request's tenant while --auth is off; registered names start with a letter or digit.
+DEFAULT_TENANT = "_"
+
 
 class QueueKeys:
     """Every Redis key name of one queue."""
@@ -46,9 +59,16 @@ class QueueKeys:
         self.stats = f"{self.tag}:stats"
         self.model = f"{self.tag}:model"
         self.workers = f"{self.tag}:workers"
+        self.actives = {INTERACTIVE: f"{self.tag}:active", BULK: f"{self.tag}:active-bulk"}
 
     def lane(self, lane: str) -> str:
         return self.lanes[lane]
+
+    def active(self, lane: str) -> str:
+        return self.actives[lane]
+
+    def tenant_lane(self, tenant: str, lane: str = INTERACTIVE) -> str:
+        return f"{self.tag}:tenant:{tenant}" + ("" if lane == INTERACTIVE else ":bulk")
 
     def waiting(self, request_id: str) -> str:
         return f"{self.tag}:waiting:{request_id}"
@@ -58,6 +78,10 @@ class QueueKeys:
 
     def processing(self, worker_id: str, lane: str = INTERACTIVE) -> str:
         kind = "processing" if lane == INTERACTIVE else "processing-bulk"
+        return f"{self.tag}:{kind}:{worker_id}"
+
+    def owners(self, worker_id: str, lane: str = INTERACTIVE) -> str:
+        kind = "owners" if lane == INTERACTIVE else "owners-bulk"
         return f"{self.tag}:{kind}:{worker_id}"
 
     def heartbeat(self, worker_id: str) -> str:
@@ -77,7 +101,14 @@ class QueueKeys:
 
     def all_fixed(self) -> list[str]:
         """The keys that do not depend on a request, job or worker."""
-        return [*self.lanes.values(), self.doorbell, self.stats, self.model, self.workers]
+        return [
+            *self.lanes.values(),
+            *self.actives.values(),
+            self.doorbell,
+            self.stats,
+            self.model,
+            self.workers,
+        ]
 
     def job_events(self, job_id: str) -> str:
         """A job's event stream: an entry per answered image, then one with its end."""

@@ -17,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from serving.queue import scripts
-from serving.queue.keys import QueueKeys
+from serving.queue.keys import DEFAULT_TENANT, QueueKeys
 from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, MessageError, ModelInfo
 from serving.queue.primary import PrimaryWatch
 
@@ -34,6 +34,7 @@ class JobSpec:
     top_k: int
     as_list: bool  # answer with a list of results, as /predict does for a list
     result_ttl: int  # seconds its result is kept once it ends
+    tenant: str = DEFAULT_TENANT  # who may read or cancel it
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,15 @@ class Batch:
 
 
 EMPTY = Batch([], [])
+
+
+class TenantQueueFull(Exception):
+    """The tenant already has as many images queued as it may (its cap, not the lane's bound)."""
+
+    def __init__(self, cap: int):
+        super().__init__(f"at most {cap} queued images")
+        self.cap = cap
+
 
 # A client of one Redis (plain or Sentinel-managed) or of a Redis Cluster.
 Client = redis.Redis | RedisCluster
@@ -107,15 +117,34 @@ class RedisQueue:
 
     # Web side ------------------------------------------------------------------
     def enqueue(
-        self, request_id: str, messages: Sequence[bytes], max_length: int, keep_seconds: float
+        self,
+        request_id: str,
+        messages: Sequence[bytes],
+        max_length: int,
+        keep_seconds: float,
+        tenant: str = DEFAULT_TENANT,
+        tenant_cap: int = 0,
     ) -> bool:
-        """Queue a request's image messages (in image order) unless the interactive lane holds
-        ``max_length`` or more. False means full. The request's waiting marker outlives the
-        wait by ``keep_seconds`` at most, and so expires if its web server dies."""
+        """Queue a request's image messages (in image order) in its tenant's lane unless the
+        interactive lane holds ``max_length`` or more (False: full) or the tenant would have more
+        than ``tenant_cap`` images queued (TenantQueueFull; 0: no cap). The request's waiting
+        marker outlives the wait by ``keep_seconds`` at most, and so expires if its web server
+        dies."""
         if not messages:  # the upload path refuses requests without images before this
             raise ValueError("a request to queue carries at least one image")
-        keys = [self.keys.lane(INTERACTIVE), self.keys.waiting(request_id), self.keys.doorbell]
-        return bool(self._enqueue(keys=keys, args=[max_length, int(keep_seconds * 1000), *messages]))
+        keys = [
+            self.keys.lane(INTERACTIVE),
+            self.keys.waiting(request_id),
+            self.keys.doorbell,
+            self.keys.tenant_lane(tenant, INTERACTIVE),
+            self.keys.tenant_lane(tenant, BULK),
+            self.keys.active(INTERACTIVE),
+        ]
+        args: list[int | str | bytes] = [max_length, int(keep_seconds * 1000), tenant, tenant_cap, *messages]
+        queued = int(self._enqueue(keys=keys, args=args))
+        if queued < 0:
+            raise TenantQueueFull(tenant_cap)
+        return queued == 1
 
     def wait_answers(self, request_id: str, count: int, timeout: float) -> list[Answer]:
         """Block until ``count`` answers arrived or ``timeout`` passed; returns those that did."""
@@ -135,7 +164,9 @@ class RedisQueue:
             answers += [Answer.from_bytes(raw, request_id) for raw in raws]
         return answers
 
-    def withdraw(self, request_id: str, unanswered: Sequence[bytes]) -> tuple[int, list[Answer]]:
+    def withdraw(
+        self, request_id: str, unanswered: Sequence[bytes], tenant: str = DEFAULT_TENANT
+    ) -> tuple[int, list[Answer]]:
         """Give up on a request: take back its unanswered messages still queued. Returns how many
         were taken back and the answers that landed meanwhile."""
         keys = [
@@ -144,31 +175,61 @@ class RedisQueue:
             self.keys.result(request_id),
             self.keys.lane(BULK),
             self.keys.doorbell,
+            self.keys.tenant_lane(tenant, INTERACTIVE),
+            self.keys.active(INTERACTIVE),
         ]
-        removed, late = self._withdraw(keys=keys, args=list(unanswered))
+        removed, late = self._withdraw(keys=keys, args=[tenant, *unanswered])
         return int(removed), [Answer.from_bytes(raw, request_id) for raw in late]
 
     def depth(self, lane: str = INTERACTIVE) -> int:
         return int(self.redis.llen(self.keys.lane(lane)))
 
     # Jobs (the bulk lane) -----------------------------------------------------
-    def create_job(self, job: JobSpec, messages: Sequence[bytes], max_length: int) -> bool:
-        """Record a job and queue its images in the bulk lane unless it holds ``max_length`` or
-        more. False means full. The job's keys live until its deadline plus its result TTL."""
+    def create_job(
+        self, job: JobSpec, messages: Sequence[bytes], max_length: int, tenant_cap: int = 0
+    ) -> bool:
+        """Record a job and queue its images in its tenant's bulk lane unless the bulk lane holds
+        ``max_length`` or more (False: full) or the tenant would have more than ``tenant_cap``
+        images queued (TenantQueueFull). The job's keys live until its deadline plus its result
+        TTL."""
         if not messages:
             raise ValueError("a job carries at least one image")
-        keys = [self.keys.lane(BULK), self.keys.job(job.id), self.keys.doorbell, self.keys.job_images(job.id)]
+        keys = [
+            self.keys.lane(BULK),
+            self.keys.job(job.id),
+            self.keys.doorbell,
+            self.keys.job_images(job.id),
+            self.keys.tenant_lane(job.tenant, BULK),
+            self.keys.tenant_lane(job.tenant, INTERACTIVE),
+            self.keys.active(BULK),
+        ]
         keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
         fields = [len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
-        args: list[float | str | bytes] = [max_length, keep_ms, *fields, job.id, *messages]
+        args: list[float | str | bytes] = [
+            max_length,
+            keep_ms,
+            *fields,
+            job.id,
+            job.tenant,
+            tenant_cap,
+            *messages,
+        ]
         if not self.min_replicas:
-            return bool(self._create_job(keys=keys, args=args))
-        # WAIT counts replicas for the connection that wrote, so it follows the script on it.
-        (queued,), replicas = self._replicated([("EVAL", scripts.CREATE_JOB, len(keys), *keys, *args)])
-        if queued and replicas < self.min_replicas:
-            self.cancel_job(job.id)  # not acknowledged: taken back, so a 503 means "not accepted"
-            raise NotReplicated(f"job {job.id} reached {replicas} of {self.min_replicas} replicas in time")
-        return bool(queued)
+            queued = int(self._create_job(keys=keys, args=args))
+        else:
+            # WAIT counts replicas for the connection that wrote, so it follows the script on it.
+            (reply,), replicas = self._replicated([("EVAL", scripts.CREATE_JOB, len(keys), *keys, *args)])
+            queued = int(cast(int, reply))
+            if queued == 1 and replicas < self.min_replicas:
+                self.cancel_job(
+                    job.id, job.tenant
+                )  # not acknowledged: taken back, so a 503 means "not accepted"
+                raise NotReplicated(
+                    f"job {job.id} reached {replicas} of {self.min_replicas} replicas in time"
+                )
+        if queued < 0:
+            raise TenantQueueFull(tenant_cap)
+        return queued == 1
 
     def primary(self) -> str | None:
         """host:port of the primary this process talks to (None before it first found one)."""
@@ -251,12 +312,12 @@ class RedisQueue:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], cast(Any, found)[0][1])  # RESP2 shape
         return [(entry.decode(), {k.decode(): v for k, v in fields.items()}) for entry, fields in entries]
 
-    def cancel_job(self, job_id: str) -> dict[str, str]:
-        """Delete a job, taking its queued images out of the bulk lane if it has not ended; its
-        fields, or {} when there was none."""
+    def cancel_job(self, job_id: str, tenant: str = DEFAULT_TENANT) -> dict[str, str]:
+        """Delete ``tenant``'s job, taking its queued images out of the bulk lane if it has not
+        ended; its fields, or {} when there was none (or it is another tenant's)."""
         keys = [*self.keys.job_keys(job_id), self.keys.stats, self.keys.lane(BULK)]
-        keys.append(self.keys.job_events(job_id))
-        flat, removed = self._cancel_job(keys=keys, args=[job_id])
+        keys += [self.keys.job_events(job_id), self.keys.tenant_lane(tenant, BULK), self.keys.active(BULK)]
+        flat, removed = self._cancel_job(keys=keys, args=[job_id, tenant])
         if removed:
             log.info("job %s cancelled: %d queued images taken out of the bulk lane", job_id, removed)
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
@@ -273,6 +334,12 @@ class RedisQueue:
         caps: Sequence[int] = (
             bulk_caps if bulk_caps is not None else [len(holding) + room] * (len(holding) + room + 1)
         )
+        # The least-served tenants of each lane, as many as the batch has room for: the script
+        # fills the batch from them in turn (a tenant that shows up after this read waits a take).
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(self.keys.active(INTERACTIVE), 0, room - 1)
+        pipe.zrange(self.keys.active(BULK), 0, room - 1)
+        named = [[raw.decode() for raw in names] for names in pipe.execute()]
         keys = [
             self.keys.lane(INTERACTIVE),
             self.keys.lane(BULK),
@@ -280,8 +347,15 @@ class RedisQueue:
             self.keys.processing(worker_id, BULK),
             self.keys.doorbell,
             self.keys.workers,
+            self.keys.active(INTERACTIVE),
+            self.keys.active(BULK),
+            self.keys.owners(worker_id),
+            self.keys.owners(worker_id, BULK),
+            *(self.keys.tenant_lane(tenant, INTERACTIVE) for tenant in named[0]),
+            *(self.keys.tenant_lane(tenant, BULK) for tenant in named[1]),
         ]
-        args: list[int | str] = [room, len(holding.interactive), len(holding.bulk), worker_id, *caps]
+        args: list[int | str] = [room, len(holding.interactive), len(holding.bulk), worker_id]
+        args += [len(named[0]), len(named[1]), *named[0], *named[1], *caps]
         interactive, bulk = self._take(keys=keys, args=args)
         return Batch(holding.interactive + interactive, holding.bulk + bulk)
 
@@ -345,7 +419,7 @@ class RedisQueue:
                     self.keys.job_events(job_id),
                 ]
             commands.append(("EVAL", scripts.EXPIRE_JOBS, len(expire_keys), *expire_keys, time.time()))
-        commands.append(("DEL", self.keys.processing(worker_id), self.keys.processing(worker_id, BULK)))
+        commands.append(("DEL", *self._held_keys(worker_id)))
         # Job answers wait for a replica; when none acknowledges, they stay written on the primary
         # and NotReplicated says so (every step is idempotent, so running it again is safe). An
         # interactive answer lost with its primary costs its client a 504, which the promise allows.
@@ -412,14 +486,39 @@ class RedisQueue:
         index. Returns how many."""
         return sum(self._requeue_worker(worker_id) for worker_id in self._indexed_workers())
 
-    def _requeue_worker(self, worker_id: str) -> int:
-        keys = [
+    def _held_keys(self, worker_id: str) -> list[str]:
+        """A worker's processing lists and the owners lists beside them."""
+        return [
             self.keys.processing(worker_id),
             self.keys.processing(worker_id, BULK),
-            self.keys.heartbeat(worker_id),
-            self.keys.lane(INTERACTIVE),
-            self.keys.lane(BULK),
-            self.keys.doorbell,
-            self.keys.workers,
+            self.keys.owners(worker_id),
+            self.keys.owners(worker_id, BULK),
         ]
-        return int(self._requeue(keys=keys, args=[worker_id]))
+
+    def _requeue_worker(self, worker_id: str) -> int:
+        for _ in range(3):  # -1: an owner was missing from what we read; read again
+            # The script returns 0 at once for a live worker, whose lists may still change.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lrange(self.keys.owners(worker_id), 0, -1)
+            pipe.lrange(self.keys.owners(worker_id, BULK), 0, -1)
+            owners = pipe.execute()
+            tenants = sorted({DEFAULT_TENANT, *(raw.decode() for listed in owners for raw in listed)})
+            keys = [
+                self.keys.processing(worker_id),
+                self.keys.processing(worker_id, BULK),
+                self.keys.heartbeat(worker_id),
+                self.keys.lane(INTERACTIVE),
+                self.keys.lane(BULK),
+                self.keys.doorbell,
+                self.keys.workers,
+                self.keys.owners(worker_id),
+                self.keys.owners(worker_id, BULK),
+                self.keys.active(INTERACTIVE),
+                self.keys.active(BULK),
+            ]
+            for tenant in tenants:
+                keys += [self.keys.tenant_lane(tenant, INTERACTIVE), self.keys.tenant_lane(tenant, BULK)]
+            moved = int(self._requeue(keys=keys, args=[worker_id, *tenants]))
+            if moved >= 0:
+                return moved
+        raise redis.ResponseError(f"the owners of worker {worker_id}'s messages kept changing")

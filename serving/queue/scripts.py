@@ -18,18 +18,52 @@ local function ring(doorbell)
 end
 """
 
-# Queue a request's images unless the lane is full; mark each image as awaited.
-# KEYS[1] lane, KEYS[2] the request's waiting hash, KEYS[3] doorbell
-# ARGV[1] the lane's bound, ARGV[2] waiting-hash TTL (ms), ARGV[3..] one message per image,
-#         in image order (message i is image i - 3)
-# Returns 1 when queued, 0 when the lane is full (nothing is written).
+# A lane is a count (a list of identical tokens: its length is its depth, which KEDA reads) and a
+# list of messages per tenant, with a sorted set of the tenants that have some queued. A tenant
+# that joins it starts level with the least-served one: fair from its first image, no credit
+# saved up while it was idle.
+_TENANTS = """
+local function add_tokens(count_key, n)
+  local tokens = {}
+  for i = 1, math.min(n, 4096) do tokens[i] = '1' end
+  for _ = 1, math.floor(n / 4096) do redis.call('RPUSH', count_key, unpack(tokens)) end
+  if n % 4096 > 0 then redis.call('RPUSH', count_key, unpack(tokens, 1, n % 4096)) end
+end
+local function drop_tokens(count_key, n)
+  if n > 0 then redis.call('LTRIM', count_key, 0, -n - 1) end
+end
+local function join(active, tenant)
+  if not redis.call('ZSCORE', active, tenant) then
+    local least = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', active, tonumber(least[2] or 0), tenant)
+  end
+end
+local function leave_if_empty(active, tenant_lane, tenant)
+  if redis.call('LLEN', tenant_lane) == 0 then redis.call('ZREM', active, tenant) end
+end
+"""
+
+# Queue a request's images unless the lane is full or its tenant has too many queued; mark each
+# image as awaited.
+# KEYS[1] interactive count, KEYS[2] the request's waiting hash, KEYS[3] doorbell, KEYS[4] the
+# tenant's interactive lane, KEYS[5] its bulk lane, KEYS[6] the interactive active set
+# ARGV[1] the lane's bound, ARGV[2] waiting-hash TTL (ms), ARGV[3] the tenant, ARGV[4] the most
+#         images it may have queued in both lanes (0: no cap), ARGV[5..] one message per image,
+#         in image order (message i is image i - 5)
+# Returns 1 when queued, 0 when the lane is full, -1 when the tenant's cap is reached (nothing
+# is written unless 1).
 ENQUEUE = (
     _RING
+    + _TENANTS
     + """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-for index = 0, #ARGV - 3 do redis.call('HSET', KEYS[2], index, '1') end
+local images, cap = #ARGV - 4, tonumber(ARGV[4])
+if cap > 0 and redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) + images > cap then return -1 end
+for index = 0, images - 1 do redis.call('HSET', KEYS[2], index, '1') end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('RPUSH', KEYS[4], unpack(ARGV, 5))
+add_tokens(KEYS[1], images)
+join(KEYS[6], ARGV[3])
 ring(KEYS[3])
 return 1
 """
@@ -37,37 +71,78 @@ return 1
 
 # Take messages into the worker's processing lists: interactive first, then bulk up to a cap
 # that depends on how many interactive images the batch holds (a bulk image must not slow the
-# interactive ones in its batch by much: serving/batching.py).
+# interactive ones in its batch by much: serving/batching.py). Within a lane the batch is filled
+# from the tenants in turn, always from the least-served one, one image at a time: a tenant
+# with 10,000 queued images delays another's one image by at most one batch. The tenants'
+# lanes must be passed as keys, so the caller names the least-served ones it read just before
+# (ZRANGE of each active set, as many as the batch has room); a tenant that became active
+# since waits for the next take. Each taken message's tenant goes to the owners list beside it.
 # A worker that takes is in the workers index (never left out of requeue_dead, even before its
 # first heartbeat); ZADD NX keeps the expiry its heartbeat wrote.
-# KEYS[1] interactive lane, KEYS[2] bulk lane, KEYS[3] interactive processing list,
-# KEYS[4] bulk processing list, KEYS[5] doorbell, KEYS[6] the workers index
+# KEYS[1] interactive count, KEYS[2] bulk count, KEYS[3] interactive processing list,
+# KEYS[4] bulk processing list, KEYS[5] doorbell, KEYS[6] the workers index, KEYS[7] and KEYS[8]
+# the interactive and bulk active sets, KEYS[9] and KEYS[10] the owners lists beside KEYS[3] and
+# KEYS[4], then the lanes of the interactive tenants named, then those of the bulk ones
 # ARGV[1] room left in the batch, ARGV[2] interactive and ARGV[3] bulk images it already holds,
-# ARGV[4] the worker's id,
-# ARGV[5 + n] the most bulk images a batch of n interactive images may hold (n = 0, 1, ...)
+# ARGV[4] the worker's id, ARGV[5] how many interactive and ARGV[6] how many bulk tenants are
+# named, then their names, then ARGV[7 + named + n] the most bulk images a batch of n
+# interactive images may hold (n = 0, 1, ...)
 # Returns {interactive messages, bulk messages}. Work left behind rings the doorbell, so an idle
 # worker wakes for it; empty lanes silence it.
 TAKE = (
     _RING
+    + _TENANTS
     + """
+local function fill(want, count_key, processing, owners, active, first_name, first_key, named)
+  local taken, taken_from = {}, {}
+  if want <= 0 or named == 0 then return taken end
+  local live, score, lane = {}, {}, {}
+  for i = 0, named - 1 do
+    local name = ARGV[first_name + i]
+    local served = redis.call('ZSCORE', active, name)
+    if served then
+      live[#live + 1] = name
+      score[name], lane[name] = tonumber(served), KEYS[first_key + i]
+    end
+  end
+  while #taken < want and #live > 0 do
+    local best = 1
+    for i = 2, #live do if score[live[i]] < score[live[best]] then best = i end end
+    local name = live[best]
+    -- The only tenant left takes the rest in one call; otherwise one image per turn.
+    local n = 1
+    if #live == 1 then n = want - #taken end
+    local popped = redis.call('LPOP', lane[name], n)
+    if popped then
+      for _, message in ipairs(popped) do
+        taken[#taken + 1], taken_from[#taken_from + 1] = message, name
+      end
+      score[name] = score[name] + #popped
+    end
+    if redis.call('LLEN', lane[name]) == 0 then
+      redis.call('ZREM', active, name)
+      table.remove(live, best)
+    end
+  end
+  for _, name in ipairs(live) do redis.call('ZADD', active, 'XX', score[name], name) end
+  if #taken > 0 then
+    redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[4])
+    drop_tokens(count_key, #taken)
+    redis.call('RPUSH', processing, unpack(taken))
+    redis.call('RPUSH', owners, unpack(taken_from))
+  end
+  return taken
+end
+
 local room = tonumber(ARGV[1])
-local interactive = {}
-if room > 0 then interactive = redis.call('LRANGE', KEYS[1], 0, room - 1) end
-if #interactive > 0 then
-  redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[4])
-  redis.call('LTRIM', KEYS[1], #interactive, -1)
-  redis.call('RPUSH', KEYS[3], unpack(interactive))
-end
+local named_interactive, named_bulk = tonumber(ARGV[5]), tonumber(ARGV[6])
+local interactive = fill(room, KEYS[1], KEYS[3], KEYS[9], KEYS[7], 7, 11, named_interactive)
 local holding = tonumber(ARGV[2]) + #interactive
-local cap = tonumber(ARGV[5 + holding] or 0) - tonumber(ARGV[3])
+local caps = 7 + named_interactive + named_bulk
+local cap = tonumber(ARGV[caps + holding] or 0) - tonumber(ARGV[3])
 local want = math.min(room - #interactive, cap)
-local bulk = {}
-if want > 0 then bulk = redis.call('LRANGE', KEYS[2], 0, want - 1) end
-if #bulk > 0 then
-  redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[4])
-  redis.call('LTRIM', KEYS[2], #bulk, -1)
-  redis.call('RPUSH', KEYS[4], unpack(bulk))
-end
+local bulk = fill(want, KEYS[2], KEYS[4], KEYS[10], KEYS[8], 7 + named_interactive,
+                  11 + named_interactive, named_bulk)
 if redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) > 0 then
   ring(KEYS[5])
 else
@@ -96,36 +171,60 @@ return written
 
 # A client gives up: stop awaiting its images, take back those still queued, and collect any
 # answers that landed meanwhile.
-# KEYS[1] interactive lane, KEYS[2] the request's waiting hash, KEYS[3] its result list,
-# KEYS[4] bulk lane, KEYS[5] doorbell
-# ARGV the messages of the images not yet answered
+# KEYS[1] interactive count, KEYS[2] the request's waiting hash, KEYS[3] its result list,
+# KEYS[4] bulk count, KEYS[5] doorbell, KEYS[6] the tenant's interactive lane, KEYS[7] the
+# interactive active set
+# ARGV[1] the tenant, ARGV[2..] the messages of the images not yet answered
 # Returns {messages taken back, answers that landed late}.
-WITHDRAW = """
+WITHDRAW = (
+    _TENANTS
+    + """
 redis.call('DEL', KEYS[2])
 local removed = 0
-for i = 1, #ARGV do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+for i = 2, #ARGV do removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[i]) end
+drop_tokens(KEYS[1], removed)
+leave_if_empty(KEYS[7], KEYS[6], ARGV[1])
 local late = redis.call('LRANGE', KEYS[3], 0, -1)
 redis.call('DEL', KEYS[3])
 if redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[4]) == 0 then redis.call('DEL', KEYS[5]) end
 return {removed, late}
 """
+)
 
-# Return a dead worker's unanswered messages to the head of their lanes, in their order.
-# The worker leaves the workers index with its lists.
+# Return a dead worker's unanswered messages to the head of their own tenants' lanes, in their
+# order. The worker leaves the workers index with its lists. The caller reads the owners lists
+# first and names each tenant in them (a dead worker's lists no longer change).
 # KEYS[1] its interactive processing list, KEYS[2] its bulk processing list, KEYS[3] its
-# heartbeat, KEYS[4] interactive lane, KEYS[5] bulk lane, KEYS[6] doorbell, KEYS[7] the workers
-# index
-# ARGV[1] the worker's id
-# Returns how many messages moved (0 while the heartbeat lives: the worker is not dead).
+# heartbeat, KEYS[4] interactive count, KEYS[5] bulk count, KEYS[6] doorbell, KEYS[7] the workers
+# index, KEYS[8] and KEYS[9] its owners lists, KEYS[10] and KEYS[11] the active sets, then per
+# tenant named its interactive and its bulk lane
+# ARGV[1] the worker's id, ARGV[2..] the tenants
+# Returns how many messages moved (0 while the heartbeat lives: the worker is not dead; -1 when
+# a tenant in its owners lists was not named: nothing moved, read them again).
 REQUEUE = (
     _RING
+    + _TENANTS
     + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local lanes = {}
+for i = 2, #ARGV do lanes[ARGV[i]] = {KEYS[10 + 2 * (i - 1)], KEYS[11 + 2 * (i - 1)]} end
 local moved = 0
 for lane = 1, 2 do
+  for _, owner in ipairs(redis.call('LRANGE', KEYS[lane + 7], 0, -1)) do
+    if not lanes[owner] then return -1 end
+  end
+end
+for lane = 1, 2 do
   local items = redis.call('LRANGE', KEYS[lane], 0, -1)
-  for i = #items, 1, -1 do redis.call('LPUSH', KEYS[lane + 3], items[i]) end
-  redis.call('DEL', KEYS[lane])
+  local owners = redis.call('LRANGE', KEYS[lane + 7], 0, -1)
+  for i = #items, 1, -1 do
+    local owner = owners[i] or '_'
+    if not lanes[owner] then return redis.error_reply('a processing list without its owners') end
+    redis.call('LPUSH', lanes[owner][lane], items[i])
+    join(KEYS[lane + 9], owner)
+  end
+  add_tokens(KEYS[lane + 3], #items)
+  redis.call('DEL', KEYS[lane], KEYS[lane + 7])
   moved = moved + #items
 end
 if moved > 0 then ring(KEYS[6]) end
@@ -135,27 +234,37 @@ return moved
 )
 
 # Create a job: its image messages go into the job's images hash, and a small reference to each
-# ("<job>:<index>") into the bulk lane, unless the lane is full. References let a cancel take the
-# job's queued images out of the lane (LREM) without comparing whole messages.
-# KEYS[1] bulk lane, KEYS[2] the job's hash, KEYS[3] doorbell, KEYS[4] the job's images hash
+# ("<job>:<index>") into its tenant's bulk lane, unless the lane is full or the tenant has too
+# many images queued. References let a cancel take the job's queued images out of the lane
+# (LREM) without comparing whole messages.
+# KEYS[1] bulk count, KEYS[2] the job's hash, KEYS[3] doorbell, KEYS[4] the job's images hash,
+# KEYS[5] the tenant's bulk lane, KEYS[6] its interactive lane, KEYS[7] the bulk active set
 # ARGV[1] the lane's bound, ARGV[2] the job keys' TTL (ms), ARGV[3] images, ARGV[4] created,
 #         ARGV[5] deadline, ARGV[6] top_k, ARGV[7] answer as a list (0/1), ARGV[8] the job's id,
-#         ARGV[9..] the messages, in image order (message i is image i - 9)
-# Returns 1 when queued, 0 when the lane is full (nothing is written).
+#         ARGV[9] the tenant, ARGV[10] the most images it may have queued (0: no cap),
+#         ARGV[11..] the messages, in image order (message i is image i - 11)
+# Returns 1 when queued, 0 when the lane is full, -1 when the tenant's cap is reached (nothing
+# is written unless 1).
 CREATE_JOB = (
     _RING
+    + _TENANTS
     + """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local images, cap = #ARGV - 10, tonumber(ARGV[10])
+if cap > 0 and redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6]) + images > cap then return -1 end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'images', ARGV[3], 'answered', 0, 'failed', 0,
-           'created', ARGV[4], 'deadline', ARGV[5], 'top_k', ARGV[6], 'as_list', ARGV[7])
+           'created', ARGV[4], 'deadline', ARGV[5], 'top_k', ARGV[6], 'as_list', ARGV[7],
+           'tenant', ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local refs = {}
-for i = 9, #ARGV do
-  redis.call('HSET', KEYS[4], i - 9, ARGV[i])
-  refs[#refs + 1] = ARGV[8] .. ':' .. (i - 9)
+for i = 11, #ARGV do
+  redis.call('HSET', KEYS[4], i - 11, ARGV[i])
+  refs[#refs + 1] = ARGV[8] .. ':' .. (i - 11)
 end
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
-redis.call('RPUSH', KEYS[1], unpack(refs))
+redis.call('RPUSH', KEYS[5], unpack(refs))
+add_tokens(KEYS[1], images)
+join(KEYS[7], ARGV[9])
 ring(KEYS[3])
 return 1
 """
@@ -244,25 +353,32 @@ end
 return 0
 """
 
-# Cancel a job, or delete a finished one's result: the job's keys go, its images still queued
-# leave the bulk lane (a worker that took some already finds nothing behind them), and
-# long-polls on it wake (its done list lingers a second for them).
+# Cancel a job, or delete a finished one's result, if it is the caller's tenant's: the job's keys
+# go, its images still queued leave the tenant's bulk lane (a worker that took some already
+# finds nothing behind them), and long-polls on it wake (its done list lingers a second for them).
+# Another tenant's job is answered as no job at all.
 # KEYS[1] the job's hash, KEYS[2] its results hash, KEYS[3] its done list, KEYS[4] its images
-#      hash, KEYS[5] the stats hash, KEYS[6] the bulk lane, KEYS[7] its event stream
-# ARGV[1] the job's id
+#      hash, KEYS[5] the stats hash, KEYS[6] the bulk count, KEYS[7] its event stream, KEYS[8] the
+#      caller's bulk lane, KEYS[9] the bulk active set
+# ARGV[1] the job's id, ARGV[2] the caller's tenant
 # Returns {the job's fields as a flat list (empty when there is no such job), images taken out
 # of the lane}. Each reference is in the lane once, so LREM stops at it: measured 0.5 ms for
 # a 32-image job at the head of a full lane of 10,000, 8 ms at its tail.
-CANCEL_JOB = """
+CANCEL_JOB = (
+    _TENANTS
+    + """
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return {fields, 0} end
+if (redis.call('HGET', KEYS[1], 'tenant') or '_') ~= ARGV[2] then return {{}, 0} end
 local state = redis.call('HGET', KEYS[1], 'status')
 local removed = 0
 if state == 'queued' or state == 'running' then
   redis.call('HINCRBY', KEYS[5], 'jobs:cancelled', 1)
   for index = 0, tonumber(redis.call('HGET', KEYS[1], 'images')) - 1 do
-    removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[1] .. ':' .. index)
+    removed = removed + redis.call('LREM', KEYS[8], 1, ARGV[1] .. ':' .. index)
   end
+  drop_tokens(KEYS[6], removed)
+  leave_if_empty(KEYS[9], KEYS[8], ARGV[2])
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7])
 redis.call('RPUSH', KEYS[3], 'deleted')
@@ -271,3 +387,4 @@ redis.call('XADD', KEYS[7], '*', 'final', 'deleted')
 redis.call('PEXPIRE', KEYS[7], 1000)
 return {fields, removed}
 """
+)
