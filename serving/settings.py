@@ -155,6 +155,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("trace_sample_ratio", float, 1.0,
            "share of new traces recorded (0 to 1); a request continuing a sampled traceparent is "
            "always recorded, and so is a batch serving a recorded request"),
+    Option("auth", str, "none",
+           "none: anyone who reaches the port may use it; keys: every route but the health probes "
+           "and /metrics needs an API key (python -m serving.tenants add), with its tenant's limits",
+           ("none", "keys")),
 )
 # fmt: on
 
@@ -205,6 +209,7 @@ class Settings:
     log_format: str
     tracing: str
     trace_sample_ratio: float
+    auth: str
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -14,9 +14,10 @@ SERVING = ROOT / "serving"
 # What each part of the service may import of the others (besides its own modules and the bottom
 # layer: serving.settings, serving.images, serving.child_process, serving.tracing, serving.logs).
 ALLOWED = {
-    "web": {"queue"},
+    "web": {"queue", "tenants"},
     "worker": {"queue", "models"},
     "queue": set(),
+    "tenants": {"queue"},
     "models": set(),
     "servers": set(),
     "bottom": set(),

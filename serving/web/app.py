@@ -13,7 +13,9 @@ from serving.images import MemoryBudget
 from serving.queue import DEFAULT_URL
 from serving.queue.connection import open_queue
 from serving.settings import Settings, load_settings
-from serving.web import memory, metrics, request_log, responses
+from serving.tenants.limits import TenantLimits
+from serving.tenants.registry import TenantRegistry
+from serving.web import auth, memory, metrics, request_log, responses
 from serving.web.body import BufferedBody
 from serving.web.cpu_threads import CpuThreads
 from serving.web.model_directory import ModelDirectory
@@ -41,16 +43,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
     budget = MemoryBudget(settings.decode_memory_mb * 2**20, release=memory.release_freed_memory)
+    registry = TenantRegistry(queue.redis, settings.queue_name)
     app.extensions[EXTENSION] = Services(
         settings,
         queue,
         ModelDirectory(queue, settings.queue_name, settings.default_model),
         budget,
         CpuThreads(settings.web_threads),
+        TenantLimits(queue.redis, registry.tenants_key),
     )
     request_log.register_request_log(app)
     metrics.register_metrics(app)
     responses.register_error_handlers(app)
+    auth.register_auth(app, auth.KeyCache(registry) if settings.auth == "keys" else None)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(ui.blueprint)

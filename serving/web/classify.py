@@ -21,8 +21,12 @@ from serving import tracing
 from serving.images import DecodeBusy, ImageError, MemoryBudget, decode_image, decoded_side, fit_image
 from serving.queue import RedisQueue
 from serving.queue.messages import INTERACTIVE, Answer, ModelInfo, image_messages
+from serving.queue.redis_queue import TenantQueueFull
 from serving.settings import Settings
+from serving.tenants.limits import Refusal
+from serving.tenants.registry import Tenant
 from serving.web import request_log
+from serving.web.auth import OPEN_TENANT, charge, check_model, refuse
 from serving.web.disconnect import ClientGone, abort_on_disconnect
 from serving.web.model_directory import Route
 from serving.web.responses import ServiceUnavailable
@@ -44,6 +48,7 @@ class Prepared:
     top_k: int
     as_list: bool  # answer with a list of results, even for one image
     route: Route  # the model version that computes them, and its queue
+    tenant: Tenant  # whose they are: its lane, its cap on queued images
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,9 @@ def prepare_uploads(
     check_image_count(len(uploads.images), settings.max_images_per_request)
     route = serving.models.route(uploads.model, uploads.version)
     model = route.model
+    check_model(model.name)
     top_k = checked_top_k(uploads.top_k, settings.top_k, model.classes)
+    tenant = charge(serving.limits, len(uploads.images))  # before the decode: a refusal costs little
     attributes = {
         "inference.images": len(uploads.images),
         "inference.model.name": model.name,
@@ -119,7 +126,7 @@ def prepare_uploads(
             )
         except TimeoutError:
             raise DecodeBusy("The server could not decode the images in time. Try again shortly.") from None
-    return Prepared(images, top_k, uploads.as_list or len(images) > 1, route)
+    return Prepared(images, top_k, uploads.as_list or len(images) > 1, route, tenant)
 
 
 def run_classification(prepared: Prepared) -> Classification:
@@ -127,7 +134,12 @@ def run_classification(prepared: Prepared) -> Classification:
     and batches."""
     serving = services()
     result = classify(
-        prepared.route.queue, serving.settings, prepared.images, prepared.top_k, prepared.as_list
+        prepared.route.queue,
+        serving.settings,
+        prepared.images,
+        prepared.top_k,
+        prepared.as_list,
+        prepared.tenant,
     )
     request_log.note(request_id=result.request_id, batches=result.batch_ids, images=len(prepared.images))
     if result.answers:
@@ -140,10 +152,15 @@ def run_classification(prepared: Prepared) -> Classification:
 
 
 def classify(
-    queue: RedisQueue, settings: Settings, images: Sequence[np.ndarray], top_k: int, as_list: bool = False
+    queue: RedisQueue,
+    settings: Settings,
+    images: Sequence[np.ndarray],
+    top_k: int,
+    as_list: bool = False,
+    tenant: Tenant = OPEN_TENANT,
 ) -> Classification:
-    """Queue the images as one request and wait for all their answers, within the deadline;
-    ``as_list`` answers with a list of results even for one image."""
+    """Queue the images as one request of ``tenant`` and wait for all their answers, within the
+    deadline; ``as_list`` answers with a list of results even for one image."""
     request_id = new_request_id()
     now = time.time()
     # The request's span context rides in each message: the batch that serves it links to it.
@@ -152,14 +169,25 @@ def classify(
     with request_log.step(
         "enqueue", "enqueue", {"inference.lane": INTERACTIVE, "inference.images": len(messages)}
     ):
-        if not queue.enqueue(request_id, messages, settings.max_queue_length, settings.request_lifetime):
+        try:
+            queued = queue.enqueue(
+                request_id,
+                messages,
+                settings.max_queue_length,
+                settings.request_lifetime,
+                tenant.name,
+                tenant.limits.max_queued,
+            )
+        except TenantQueueFull as exc:
+            raise refuse(tenant, tenant_queue_full(exc.cap)) from None
+        if not queued:
             raise ServiceUnavailable(QUEUE_FULL)
     with request_log.step("wait for answers", "wait") as span:
         try:
             with abort_on_disconnect(request.environ if has_request_context() else None):
                 answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
         except ClientGone:  # its images are taken back: no batch is spent on a client that left
-            queue.withdraw(request_id, messages)
+            queue.withdraw(request_id, messages, tenant.name)
             request_log.note(client="gone")
             span.set_attribute("inference.withdrawn", len(messages))
             error = "The client closed the connection; the request was withdrawn."
@@ -168,7 +196,8 @@ def classify(
             )
         if len(answers) < len(messages):
             answered = {answer.index for answer in answers}
-            _, late = queue.withdraw(request_id, [m for i, m in enumerate(messages) if i not in answered])
+            unanswered = [m for i, m in enumerate(messages) if i not in answered]
+            _, late = queue.withdraw(request_id, unanswered, tenant.name)
             answers += late
             span.set_attribute("inference.withdrawn", len(messages) - len(answers))
         if span.is_recording():
@@ -180,6 +209,10 @@ def classify(
     status, body = compose(ordered, as_list or len(ordered) > 1)
     body["request_id"] = request_id
     return Classification(request_id, status, body, ordered)
+
+
+def tenant_queue_full(cap: int) -> Refusal:
+    return Refusal("queued", f"This key may have {cap} images queued at once; wait for answers.", 1)
 
 
 def record_batches(span: tracing.Span, answers: Sequence[Answer]) -> None:

@@ -55,6 +55,19 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered, by route and status.",
     ["method", "endpoint", "status"],
 )
+TENANT_REQUESTS = Counter(
+    "inference_tenant_requests",
+    "Requests by tenant (registered names only, never keys) and outcome: accepted, or refused "
+    "for its rate, its queued images, its open jobs, or a model it may not use.",
+    ["tenant", "outcome"],
+)
+AUTH_FAILURES = Counter(
+    "inference_auth_failures",
+    "Requests refused with 401: no API key, or one that is unknown or revoked.",
+    ["reason"],
+)
+for _reason in ("missing", "invalid"):  # known label values start at 0, so rate() sees the first
+    AUTH_FAILURES.labels(_reason)
 HTTP_LATENCY = Histogram(
     "inference_http_request_duration_seconds",
     "Time from request received to response ready, by route.",

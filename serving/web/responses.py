@@ -23,11 +23,22 @@ class ApiError(Exception):
     """An error answered as-is: a status and a plain sentence for the client."""
 
     status = 500
+    headers: dict[str, str] = {}  # e.g. WWW-Authenticate, Retry-After
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         if status is not None:
             self.status = status
+
+
+class TooManyRequests(ApiError):
+    """429: the tenant is over one of its limits; Retry-After says when to try again."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class BadRequest(ApiError):
@@ -104,6 +115,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def any_error(exc: Exception) -> Response:
         response = error_response(*describe_error(exc))
+        if isinstance(exc, ApiError):
+            response.headers.update(exc.headers)
         allowed = getattr(exc, "valid_methods", None)
         if allowed:  # a 405 says which methods the path takes
             response.headers["Allow"] = ", ".join(allowed)

@@ -9,6 +9,7 @@ from flask import current_app
 from serving.images import MemoryBudget
 from serving.queue import RedisQueue
 from serving.settings import Settings
+from serving.tenants.limits import TenantLimits
 from serving.web.cpu_threads import CpuThreads
 from serving.web.model_directory import ModelDirectory
 
@@ -22,6 +23,7 @@ class Services:
     models: ModelDirectory
     decode_budget: MemoryBudget  # decoded pixels this process holds at once
     cpu_threads: CpuThreads  # where images are decoded: off the event loop
+    limits: TenantLimits  # each tenant's rate and open jobs (with --auth keys)
 
 
 def services() -> Services:

@@ -22,10 +22,13 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from serving import tracing
 from serving.queue import JobSpec, RedisQueue
+from serving.queue.keys import DEFAULT_TENANT
 from serving.queue.messages import BULK, Answer, image_messages
+from serving.queue.redis_queue import TenantQueueFull
 from serving.settings import LONGEST_JOB_WAIT_SECONDS
 from serving.web import request_log
-from serving.web.classify import compose, new_request_id, prepare_uploads
+from serving.web.auth import current_tenant, refuse
+from serving.web.classify import compose, new_request_id, prepare_uploads, tenant_queue_full
 from serving.web.disconnect import ClientGone, abort_on_disconnect
 from serving.web.responses import ApiError, BadRequest, ServiceUnavailable, json_response
 from serving.web.server_stop import ServerStopping, ends_when_server_stops, stopping
@@ -58,12 +61,33 @@ def submit() -> Response:
     now = time.time()
     # The id says which version's queue holds the job: any web server finds it from the id alone.
     job_id = f"{model.name}.{model.version}.{new_request_id()}"
-    job = JobSpec(job_id, now, now + settings.job_timeout, prepared.top_k, prepared.as_list, settings.job_ttl)
+    tenant = prepared.tenant
+    job = JobSpec(
+        job_id,
+        now,
+        now + settings.job_timeout,
+        prepared.top_k,
+        prepared.as_list,
+        settings.job_ttl,
+        tenant.name,
+    )
     # Each image's span in the worker is a child of this request's: the job's trace follows it.
     trace = tracing.traceparent()
     messages = image_messages(job.id, prepared.images, prepared.top_k, now, job.deadline, BULK, trace)
+    refusal = serving.limits.open_job(tenant, job_id, job.deadline, _has_ended)
+    if refusal:
+        raise refuse(tenant, refusal)
     with request_log.step("enqueue", "enqueue", {"inference.lane": BULK, "inference.images": len(messages)}):
-        if not queue.create_job(job, messages, settings.max_job_queue_length):
+        try:
+            queued = queue.create_job(job, messages, settings.max_job_queue_length, tenant.limits.max_queued)
+        except TenantQueueFull as exc:
+            serving.limits.close_job(tenant, job_id)
+            raise refuse(tenant, tenant_queue_full(exc.cap)) from None
+        except Exception:
+            serving.limits.close_job(tenant, job_id)
+            raise
+        if not queued:
+            serving.limits.close_job(tenant, job_id)
             raise ServiceUnavailable(BULK_FULL)
     request_log.note(request_id=job_id, images=len(messages))
     body = {
@@ -154,9 +178,11 @@ def _event(kind: str, data: dict[str, Any], entry: str | None) -> str:
 @blueprint.delete("/jobs/<job_id>")
 def delete(job_id: str) -> Response:
     queue = _queue_of(job_id)
-    fields = queue.cancel_job(job_id)
+    tenant = current_tenant()
+    fields = queue.cancel_job(job_id, tenant.name)  # another tenant's job is no job at all
     if not fields:
         raise JobNotFound(job_id)
+    services().limits.close_job(tenant, job_id)
     images, answered = int(fields["images"]), int(fields["answered"])
     if fields["status"] in FINAL:
         return json_response({"id": job_id, "status": "deleted", "images": images})
@@ -184,6 +210,15 @@ def _queue_of(job_id: str) -> RedisQueue:
     return models.queue(served.queue)
 
 
+def _has_ended(job_id: str) -> bool:
+    """Whether a job no longer counts as open: ended, deleted, or its result expired."""
+    try:
+        found = _queue_of(job_id).job_state(job_id)
+    except JobNotFound:
+        return True
+    return found is None or found[0]["status"] not in ("queued", "running")
+
+
 def _wait_seconds() -> float:
     raw = request.args.get("wait")
     if raw is None:
@@ -201,7 +236,8 @@ def _state(job_id: str) -> dict[str, Any]:
     """The job as GET answers it: its progress, then the same body /predict gives once it ends."""
     queue = _queue_of(job_id)
     found = queue.job_state(job_id)
-    if found is None:
+    # Another tenant's job is answered as no job at all: its existence is not for others to learn.
+    if found is None or found[0].get("tenant", DEFAULT_TENANT) != current_tenant().name:
         raise JobNotFound(job_id)
     fields, results = found
     status, images, answered = fields["status"], int(fields["images"]), int(fields["answered"])

@@ -62,6 +62,7 @@ def _page(status: int = 200, **context: object) -> Response:
         models=_model_names(),
         max_bytes=max_bytes,
         max_size=_human_bytes(max_bytes),
+        auth=services().settings.auth == "keys",
         **context,
     )
     response = Response(html, status=status, mimetype="text/html")

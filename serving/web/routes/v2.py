@@ -19,6 +19,7 @@ from flask import Blueprint, Response, request
 
 from serving.queue.messages import ModelInfo
 from serving.web import request_log
+from serving.web.auth import check_model
 from serving.web.classify import prepare_uploads, run_classification
 from serving.web.model_directory import ready_state
 from serving.web.responses import V2_PREFIX, error_response, json_response
@@ -36,8 +37,11 @@ SERVER = {
 
 
 def served(name: str, version: str | None) -> ModelInfo:
-    """The model version a request for ``name`` at ``version`` goes to (404 for an unknown one)."""
-    return services().models.route(name, version).model
+    """The model version a request for ``name`` at ``version`` goes to (404 for an unknown one,
+    403 for one the request's key may not use)."""
+    model = services().models.route(name, version).model
+    check_model(model.name)
+    return model
 
 
 @blueprint.get("")

@@ -54,6 +54,38 @@ document.addEventListener("DOMContentLoaded", () => {
     answer.hidden = false;
   }
 
+  // With --auth keys the page has a key field; the key goes in a header, never in a URL.
+  function apiKey() {
+    const field = document.getElementById("api-key");
+    return field ? field.value.trim() : "";
+  }
+
+  function requestHeaders() {
+    const headers = { Accept: "application/json" };
+    if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
+    return headers;
+  }
+
+  async function pollJob(id, files, rows) {
+    // EventSource cannot send a header: with a key, long-poll the job until it ends instead.
+    for (;;) {
+      const response = await fetch(`${form.dataset.jobs}/${id}?wait=30`, { headers: requestHeaders() });
+      const body = await readBody(response);
+      if (!response.ok) return showError(body.error || `The server answered HTTP ${response.status}.`);
+      jobProgress.value = body.done;
+      jobCount.textContent = `${body.done} / ${files.length}`;
+      if (["done", "failed", "expired"].includes(body.status)) {
+        (body.results || []).forEach((result, index) => {
+          const name = files[index] ? files[index].name : `image ${index + 1}`;
+          const top = result.predictions && result.predictions[0];
+          rows[index].textContent = top ? `${name}: ${top.label}` : `${name}: ${result.error || "failed"}`;
+        });
+        if (!body.success) showError(body.error || "The job failed.");
+        return;
+      }
+    }
+  }
+
   async function readBody(response) {
     try {
       return await response.json();
@@ -76,6 +108,7 @@ document.addEventListener("DOMContentLoaded", () => {
       jobProgress.value = 0;
       jobCount.textContent = `0 / ${files.length}`;
       job.hidden = false;
+      if (apiKey()) return pollJob(id, files, rows).then(resolve, resolve);
       let finished = 0;
       const source = new EventSource(`${form.dataset.jobs}/${id}/events`);
       source.addEventListener("image", (message) => {
@@ -99,7 +132,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const response = await fetch(form.dataset.jobs, {
       method: "POST",
       body: new FormData(form),
-      headers: { Accept: "application/json" },
+      headers: requestHeaders(),
     });
     const body = await readBody(response);
     if (response.status !== 202) {
@@ -138,7 +171,7 @@ document.addEventListener("DOMContentLoaded", () => {
       const response = await fetch(form.dataset.api, {
         method: "POST",
         body: new FormData(form),
-        headers: { Accept: "application/json" },
+        headers: requestHeaders(),
       });
       const body = await readBody(response);
       if (response.ok && body.success) {
