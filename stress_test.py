@@ -83,6 +83,7 @@ def run_load(
     progress: bool = True,
     path: str = "/predict",
     images_per_request: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """Send ``requests`` POSTs (of ``images_per_request`` images each) from ``concurrency``
     threads; each thread sends one at a time."""
@@ -90,7 +91,7 @@ def run_load(
 
     parts = urlsplit(url)
     body, content_type = multipart_body(image, filename, images_per_request)
-    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}
     tickets = itertools.count()
     lock = threading.Lock()
     result = LoadResult(concurrency, 0.0)

@@ -158,6 +158,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "load (failed requests, p99 at the switch against before)",
     )
     parser.add_argument(
+        "--auth-cost",
+        action="store_true",
+        help="instead: the null-model pipeline with --auth none against --auth keys with limits",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: efficientnet_lite0, c = 1 and 4, a handful of requests",
@@ -184,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         print(many_models.report(figures))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "many_models.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        return 0
+    if args.auth_cost:
+        from . import auth_cost
+
+        figures = auth_cost.measure(image, args.out / "logs", quick=args.quick)
+        figures["machine"] = {"cpus": os.cpu_count(), "load": _load()}
+        print(auth_cost.report(figures))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "auth_cost.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         return 0
     if args.failover:
         from .failover import run_failover
