@@ -137,6 +137,8 @@ def leftover_keys(client, queue_name: str) -> list[str]:
     found = {key.decode() for key in client.scan_iter(match=f"{{{queue_name}}}*")}
     found |= {key.decode() for key in client.scan_iter(match=f"{{{queue_name}:*")}
     kept = set(Catalogue(client, queue_name).all_keys())
+    # The tenants' registry, rate buckets and open-job counts (those two expire on their own).
+    kept |= {key for key in found if key.startswith("{" + queue_name + ":tenants}")}
     leftovers = []
     for key in sorted(found - kept):
         names = QueueKeys(key[1 : key.index("}")])

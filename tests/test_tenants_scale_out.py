@@ -5,6 +5,7 @@ flood of job images leaves another tenant's single requests about as fast as whe
 
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import requests
 
 from serving.tenants.registry import Limits, TenantRegistry
 
-from .cluster import QUEUE, WebServer, start_workers, wait_until
+from .cluster import QUEUE, WebServer, assert_no_leftovers, start_workers, wait_until
 from .support import colour_image
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
@@ -89,8 +90,8 @@ def test_two_bulk_tenants_share_the_worker_and_a_flood_leaves_others_fast(keyed_
         return statistics.median(spent)
 
     idle = p50(10)
-    first_jobs = submit_jobs(urls[0], first, 8)  # 256 images queued before the second tenant's
-    second_jobs = submit_jobs(urls[1], second, 8)
+    first_jobs = submit_jobs(urls[0], first, 32)  # 1,024 images queued before the second tenant's
+    second_jobs = submit_jobs(urls[1], second, 32)
     start_first, start_second = done(urls[0], first, first_jobs), done(urls[1], second, second_jobs)
     under_flood = p50(10)
     wait_until(
@@ -101,7 +102,7 @@ def test_two_bulk_tenants_share_the_worker_and_a_flood_leaves_others_fast(keyed_
     print(
         f"\nfair share: first tenant {got_first} and second tenant {got_second} images while both were "
         f"queued; a third tenant's /predict p50 {idle * 1000:.0f} ms idle, {under_flood * 1000:.0f} ms "
-        "under 512 bulk images"
+        "under 2,048 bulk images"
     )
     # First come would have given the first tenant all of it; in turn, about half each.
     assert 0.5 <= got_first / got_second <= 2.0
@@ -109,3 +110,29 @@ def test_two_bulk_tenants_share_the_worker_and_a_flood_leaves_others_fast(keyed_
     for url, key, ids in ((urls[0], first, first_jobs), (urls[1], second, second_jobs)):
         for job in ids:
             requests.delete(f"{url}/jobs/{job}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+def test_a_worker_killed_holding_several_tenants_images_loses_none(keyed_webs):
+    fresh, urls, registry = keyed_webs
+    victim = fresh.worker("victim", "--batch-size", "16", "--batch-wait-ms", "2000", slow=True)
+    start_workers(victim)
+    tenants = {name: registry.add(name, Limits()) for name in ("north", "south")}
+    jobs = {name: submit_jobs(urls[i], key, 2) for i, (name, key) in enumerate(tenants.items())}
+    owners = fresh.queue().keys.owners(victim.worker_id, "bulk")
+    wait_until(lambda: len(set(fresh.client().lrange(owners, 0, -1))) == 2, 30, "a batch of both tenants")
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    held = fresh.client().lrange(owners, 0, -1)
+    survivor = fresh.worker("survivor")
+    start_workers(survivor)
+    for i, (name, key) in enumerate(tenants.items()):
+        for job in jobs[name]:
+            body = requests.get(
+                f"{urls[i]}/jobs/{job}?wait=30", headers={"Authorization": f"Bearer {key}"}
+            ).json()
+            assert body["status"] == "done" and body["done"] == JOB_IMAGES, body
+            assert [r["predictions"][0]["label"] for r in body["results"]] == ["blue"] * JOB_IMAGES
+            requests.delete(f"{urls[i]}/jobs/{job}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    print(f"\nkill -9 holding {len(held)} images of {sorted(set(held))}: every job of both tenants done")
+    fresh.stop_workers()
+    assert_no_leftovers(fresh)
