@@ -188,3 +188,14 @@ def test_the_command_adds_lists_and_revokes_and_never_shows_a_stored_key(redis_s
     assert run("add", "bad name!").returncode == 2
     assert run("revoke", "cli-tenant").returncode == 0
     assert TenantRegistry(stored, "cliq").lookup(key) is None
+
+
+def test_the_openapi_document_says_which_routes_need_a_key(keyed):
+    app, _ = keyed
+    document = app.test_client().get("/openapi.json").json
+    assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert document["security"] == [{"apiKey": []}]
+    predict = document["paths"]["/predict"]["post"]["responses"]
+    assert {"401", "403", "429"} <= set(predict) and "Retry-After" in predict["429"]["headers"]
+    assert document["paths"]["/healthz"]["get"]["security"] == []
+    assert "security" not in app.test_client().get("/openapi.json").json["paths"]["/jobs"]["post"]

@@ -391,7 +391,7 @@ def openapi_spec(
         "description": "Metrics; see README for their names and meaning.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
-    return {
+    document = {
         "openapi": "3.0.3",
         "info": {
             "title": "Keras image classification API",
@@ -437,3 +437,38 @@ def openapi_spec(
             },
         },
     }
+    if settings.auth == "keys":
+        _require_keys(document)
+    return document
+
+
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+
+
+def _require_keys(document: dict[str, Any]) -> None:
+    """--auth keys: a bearer key on every operation but the probes and /metrics, and the
+    answers a key can get: 401, 403 (a model it may not use) and 429 (over a limit)."""
+    document["components"]["securitySchemes"] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "python -m serving.tenants add"}
+    }
+    document["security"] = [{"apiKey": []}]
+    retry_after = {"Retry-After": ref("RetryAfter", "headers")}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            shape = "ProtocolError" if path.startswith("/v2") else "Error"
+            operation["responses"].update(
+                {
+                    "401": _json("No API key, or one that is unknown or revoked.", ref(shape)),
+                    "403": _json("The key may not use this model.", ref(shape)),
+                    "429": _json(
+                        "The key's tenant is over its rate, its queued images or its open jobs.",
+                        ref(shape),
+                        retry_after,
+                    ),
+                }
+            )
