@@ -96,6 +96,8 @@ def test_a_model_the_tenant_may_not_use_is_403(keyed):
     response = client.post("/predict", headers=bearer(key), **multipart(colour_image("red")))
     assert response.status_code == 403 and "colour" in response.json["error"]
     assert client.get("/v2/models/colour", headers=bearer(key)).status_code == 403
+    assert client.get("/models", headers=bearer(key)).json["models"] == []  # listings show it no others
+    assert client.post("/v2/repository/index", headers=bearer(key)).json == []
 
 
 def test_the_rate_limit_is_429_with_retry_after_and_refills(keyed):

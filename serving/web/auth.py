@@ -91,6 +91,12 @@ def check_model(model: str) -> None:
         raise Forbidden(f"This key may not use model {model!r}.")
 
 
+def visible_models(models: list[str]) -> list[str]:
+    """The models the request's key may use: a listing shows no others."""
+    limits = current_tenant().limits
+    return [model for model in models if limits.allows_model(model)]
+
+
 def register_auth(app: Flask, keys: KeyCache | None) -> None:
     """Check the key of every request that needs one (``keys`` None: --auth none)."""
     if keys is None:

@@ -6,6 +6,7 @@ import redis
 from flask import Blueprint, Response, request
 
 from serving.web import request_log
+from serving.web.auth import visible_models
 from serving.web.classify import prepare_uploads, run_classification
 from serving.web.model_directory import ready_state
 from serving.web.openapi import openapi_spec
@@ -46,7 +47,7 @@ def models() -> Response:
                     ],
                     **({"canary": vars(state.canary[name])} if name in state.canary else {}),
                 }
-                for name in state.models()
+                for name in visible_models(state.models())
             ]
         }
     )

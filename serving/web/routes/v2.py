@@ -19,7 +19,7 @@ from flask import Blueprint, Response, request
 
 from serving.queue.messages import ModelInfo
 from serving.web import request_log
-from serving.web.auth import check_model
+from serving.web.auth import check_model, visible_models
 from serving.web.classify import prepare_uploads, run_classification
 from serving.web.model_directory import ready_state
 from serving.web.responses import V2_PREFIX, error_response, json_response
@@ -65,7 +65,7 @@ def repository_index() -> Response:
     """Every version the deployment has served: READY while a worker serves it."""
     state = services().models.state(fresh=True)
     index = []
-    for name in state.models():
+    for name in visible_models(state.models()):
         for number in sorted(state.versions[name], key=int):
             entry = {
                 "name": name,
