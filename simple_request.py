@@ -11,6 +11,7 @@ on an error prints the server's message and exits 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -22,6 +23,8 @@ import requests
 from tqdm import tqdm
 
 DEFAULT_URL = "http://127.0.0.1:5000/predict"
+# Every call goes through one session: its connection is reused, and it carries the API key.
+SESSION = requests.Session()
 
 
 def classify(
@@ -36,7 +39,7 @@ def classify(
         fields = [("image", (image.name, files.enter_context(image.open("rb")))) for image in images]
         asked = {"top_k": top_k, "model": model, "version": version}
         params = {key: value for key, value in asked.items() if value}
-        return _answer(requests.post(url, files=fields, params=params or None, timeout=timeout))
+        return _answer(SESSION.post(url, files=fields, params=params or None, timeout=timeout))
 
 
 def classify_later(
@@ -67,7 +70,7 @@ def follow(
         while time.monotonic() < give_up:
             headers = {"Last-Event-ID": last} if last else {}
             try:
-                response = requests.get(
+                response = SESSION.get(
                     f"{jobs_url}/{job_id}/events", headers=headers, stream=True, timeout=40
                 )
             except requests.ConnectionError:
@@ -129,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="the model to ask (default: the server's default model)")
     parser.add_argument("--version", help="the model's version (default: its current version)")
     parser.add_argument("--follow", metavar="JOB_ID", help="follow a job submitted earlier to its result")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("API_KEY"),
+        help="the key of a server run with --auth keys (default: API_KEY)",
+    )
     args = parser.parse_args(argv)
+    if args.api_key:
+        SESSION.headers["Authorization"] = f"Bearer {args.api_key}"
     if args.follow:
         try:
             status, body = follow(args.url.rsplit("/predict", 1)[0] + "/jobs", args.follow, args.timeout)

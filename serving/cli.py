@@ -100,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     if settings.role == "all":  # one process on a laptop: find a Redis, or start one
         redis_url, embedded = resolve_redis(settings.redis_url)
         settings = settings.replace(redis_url=redis_url)
+        if embedded and settings.auth == "keys":  # keys could never be added to a private Redis
+            embedded.stop()
+            print(
+                "error: --auth keys needs a Redis that `python -m serving.tenants` can reach too: "
+                "start one and pass --redis-url (none answers at the default, and the embedded "
+                "one is private to this process).",
+                file=sys.stderr,
+            )
+            return 2
     all_in_one_redis = settings.redis_url or ""
     try:
         if settings.role == "worker":

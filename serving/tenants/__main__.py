@@ -17,6 +17,7 @@ import argparse
 import sys
 
 import orjson
+import redis
 
 from serving.queue.connection import DEFAULT_URL, connect
 from serving.settings import load_settings
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except redis.ConnectionError as exc:
+        print(
+            f"cannot reach Redis at {args.redis_url} ({exc}). The tenants live in the deployment's "
+            "Redis: pass its --redis-url (a one-process server's embedded Redis is private to it; "
+            "start that server with --redis-url to manage its keys).",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
