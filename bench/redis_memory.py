@@ -17,7 +17,7 @@ from serving.queue import RedisQueue
 from serving.queue.catalogue import Catalogue
 from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
-from serving.queue.keys import QueueKeys
+from serving.queue.keys import DEFAULT_TENANT, QueueKeys
 from serving.queue.messages import INTERACTIVE, Heartbeat, ModelInfo
 
 QUEUE = "bench_queue"
@@ -65,10 +65,13 @@ def measure(
             queued = queue.depth()
             after = int(client.info("memory")["used_memory"])
             keys = QueueKeys(QUEUE)
-            list_bytes = int(client.memory_usage(keys.lane(INTERACTIVE), samples=0) or 0)
+            # The messages wait in their tenant's lane; the lane itself holds a small token each.
+            messages = keys.tenant_lane(DEFAULT_TENANT, INTERACTIVE)
+            list_bytes = int(client.memory_usage(messages, samples=0) or 0)
+            list_bytes += int(client.memory_usage(keys.lane(INTERACTIVE), samples=0) or 0)
             markers = list(client.scan_iter(match=f"{keys.tag}:waiting:*"))
             marker_bytes = sum(int(client.memory_usage(key) or 0) for key in markers)
-            sample = client.lindex(keys.lane(INTERACTIVE), 0) or b""
+            sample = client.lindex(messages, 0) or b""
             for thread in threads:
                 thread.join()
         client.close()
