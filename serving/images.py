@@ -249,3 +249,35 @@ def prepare_image(
     """Upload bytes to the uint8 pixels a model of input ``size`` takes."""
     image = decode_image(data, max_pixels, decoded_side(size, resize), budget)
     return fit_image(image, size, resize)
+
+
+def warm_up_decoding() -> None:
+    """Decode and fit a tiny image of every accepted format, mode and path once, in the calling
+    thread. Under gevent the web tier decodes on native threads (serving/web/cpu_threads.py);
+    Pillow and numpy import parts of themselves on first use, and a module's import lock
+    created after monkey-patching is a gevent lock: a first import raced between a decode
+    thread and the event loop could stall both (seen as a fresh server's first requests
+    hanging, and gunicorn killing a worker whose loop stopped). Called where the app is made,
+    so every such import has happened before the first request."""
+    samples = []
+    for fmt in ACCEPTED_FORMATS:
+        for mode in ("RGB", "L", "P", "RGBA"):
+            image = Image.new(mode, (48, 40))
+            if fmt == "JPEG" and mode in ("P", "RGBA"):
+                continue
+            buffer = io.BytesIO()
+            extra: dict[str, object] = {}
+            if fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+                exif = Image.Exif()
+                exif[0x0112] = 6  # rotated: the EXIF transpose path too
+                extra["exif"] = exif
+            try:
+                image.save(buffer, format=fmt, **extra)
+            except (OSError, ValueError, KeyError):
+                continue  # a mode this format cannot store
+            samples.append(buffer.getvalue())
+    for data in samples:
+        for min_side in (0, 8):
+            decoded = decode_image(data, 10_000, min_side)
+            fit_image(decoded, (16, 12), "crop")
+            fit_image(decoded, (16, 12), "squash")

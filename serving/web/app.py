@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask
 
 from serving import tracing
-from serving.images import MemoryBudget
+from serving.images import MemoryBudget, warm_up_decoding
 from serving.queue import DEFAULT_URL
 from serving.queue.connection import open_queue
 from serving.settings import Settings, load_settings
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.wsgi_app = BufferedBody(app.wsgi_app, settings.read_timeout, settings.max_upload_bytes * 4)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_PARTS"] = FORM_PARTS
+    warm_up_decoding()  # before any decode thread runs: see its docstring
     budget = MemoryBudget(settings.decode_memory_mb * 2**20, release=memory.release_freed_memory)
     registry = TenantRegistry(queue.redis, settings.queue_name)
     app.extensions[EXTENSION] = Services(
