@@ -176,6 +176,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _measure_and_report(module, name: str, image: bytes, args) -> int:
+    """A benchmark module's ``measure`` and ``report``: figures printed and kept as <name>.json."""
+    figures = module.measure(image, args.out / "logs", quick=args.quick)
+    figures["machine"] = {"cpus": os.cpu_count(), "load": _load()}
+    print(module.report(figures))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     image = load_image(args.image)
@@ -184,21 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.many_models:
         from . import many_models
 
-        figures = many_models.measure(image, args.out / "logs", quick=args.quick)
-        figures["machine"] = {"cpus": os.cpu_count(), "load": _load()}
-        print(many_models.report(figures))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "many_models.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-        return 0
+        return _measure_and_report(many_models, "many_models", image, args)
     if args.auth_cost:
         from . import auth_cost
 
-        figures = auth_cost.measure(image, args.out / "logs", quick=args.quick)
-        figures["machine"] = {"cpus": os.cpu_count(), "load": _load()}
-        print(auth_cost.report(figures))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "auth_cost.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-        return 0
+        return _measure_and_report(auth_cost, "auth_cost", image, args)
     if args.failover:
         from .failover import run_failover
 
