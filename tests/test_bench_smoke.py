@@ -110,3 +110,27 @@ def test_stress_test_reports_statuses_and_fails_on_errors(tmp_path, colour_model
         server.stop()
     refused = _stress(f"http://127.0.0.1:{free_port()}", image, "-n", "2", "-c", "1")
     assert refused.returncode == 1 and "statuses 0: 2" in refused.stdout
+
+
+def test_the_auth_cost_benchmark_serves_every_request_with_and_without_keys(tmp_path):
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(colour_image("red", size=(300, 200), fmt="JPEG"))
+    out = tmp_path / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--auth-cost",
+        "--quick",
+        "--image",
+        str(image),
+        "--out",
+        str(out),
+    ]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    figures = orjson.loads((out / "auth_cost.json").read_bytes())
+    # Every request of every run answered 200 (measure asserts it), two runs of each.
+    assert len(figures["auth_none_rps"]) == len(figures["auth_keys_rps"]) == 2
+    assert all(rate > 0 for rate in figures["auth_none_rps"] + figures["auth_keys_rps"])
+    assert "cost" in finished.stdout and "(goal < 10 %)" in finished.stdout
