@@ -66,8 +66,6 @@ AUTH_FAILURES = Counter(
     "Requests refused with 401: no API key, or one that is unknown or revoked.",
     ["reason"],
 )
-for _reason in ("missing", "invalid"):  # known label values start at 0, so rate() sees the first
-    AUTH_FAILURES.labels(_reason)
 HTTP_LATENCY = Histogram(
     "inference_http_request_duration_seconds",
     "Time from request received to response ready, by route.",
@@ -208,6 +206,10 @@ def _process_metrics() -> CollectorRegistry:
 
 
 def register_metrics(app: Flask) -> None:
+    # Known label values start at 0, so rate() sees the first failure. Here, not at import: in
+    # multiprocess mode a value makes a file named by its pid, and a worker imports this module.
+    for reason in ("missing", "invalid"):
+        AUTH_FAILURES.labels(reason)
     @app.after_request
     def count_request(response: Response) -> Response:
         # The route pattern, not the path, keeps the label set bounded whatever clients send.
