@@ -256,9 +256,9 @@ def warm_up_decoding() -> None:
     thread. Under gevent the web tier decodes on native threads (serving/web/cpu_threads.py);
     Pillow and numpy import parts of themselves on first use, and a module's import lock
     created after monkey-patching is a gevent lock: a first import raced between a decode
-    thread and the event loop could stall both (seen as a fresh server's first requests
-    hanging, and gunicorn killing a worker whose loop stopped). Called where the app is made,
-    so every such import has happened before the first request."""
+    thread and the event loop could stall both (the likely cause of a fresh server's first
+    requests stalling on a loaded machine). Called where the app is made, so every such import
+    has happened before the first request."""
     samples = []
     for fmt in ACCEPTED_FORMATS:
         for mode in ("RGB", "L", "P", "RGBA"):

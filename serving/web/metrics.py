@@ -210,6 +210,7 @@ def register_metrics(app: Flask) -> None:
     # multiprocess mode a value makes a file named by its pid, and a worker imports this module.
     for reason in ("missing", "invalid"):
         AUTH_FAILURES.labels(reason)
+
     @app.after_request
     def count_request(response: Response) -> Response:
         # The route pattern, not the path, keeps the label set bounded whatever clients send.
