@@ -23,17 +23,13 @@ import time
 import orjson
 
 from serving.queue.catalogue import Catalogue, check_name, check_version
-from serving.queue.connection import DEFAULT_URL, connect
-from serving.settings import load_settings
+from serving.queue.connection import connect, deployment_parser
 
 PROPAGATION_SECONDS = 1.5  # a web server reads the catalogue at least once a second
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = load_settings([])
-    parser = argparse.ArgumentParser(prog="python -m serving.rollout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis-url", default=defaults.redis_url or DEFAULT_URL)
-    parser.add_argument("--queue-name", default=defaults.queue_name, help="the deployment's --queue-name")
+    parser = deployment_parser("python -m serving.rollout", __doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every model, its versions, and which is current")
     pin = commands.add_parser("pin", help="make VERSION the current version of MODEL")

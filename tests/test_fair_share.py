@@ -4,7 +4,6 @@ first), and every script keeps the lane's count, the tenants' lanes and the acti
 
 import time
 
-import numpy as np
 import pytest
 
 from serving.queue import JobSpec, RedisQueue
@@ -13,6 +12,7 @@ from serving.queue.messages import BULK, INTERACTIVE, Request
 from serving.queue.redis_queue import TenantQueueFull
 
 from .support import leftover_keys, queued
+from .test_queue import message
 
 Q = "fairq"
 
@@ -20,11 +20,6 @@ Q = "fairq"
 @pytest.fixture
 def queue(redis_client):
     return RedisQueue(redis_client, Q)
-
-
-def message(request_id: str, index: int = 0, lane: str = INTERACTIVE) -> bytes:
-    pixels = np.full((2, 2, 3), index % 256, np.uint8)
-    return Request(request_id, index, pixels, top_k=1, queued_at=0.0, deadline=1e12, lane=lane).to_bytes()
 
 
 def send(queue, tenant: str, count: int, cap: int = 0) -> list[bytes]:

@@ -14,6 +14,8 @@ a pool that is out of connections makes a call wait ``CALL_TIMEOUT`` for one, th
 
 from __future__ import annotations
 
+import argparse
+
 # mypy: disable-error-code="no-untyped-call"
 # (redis-py leaves its Sentinel, Cluster and raw-command entry points untyped.)
 from typing import Any
@@ -173,3 +175,15 @@ def answers(url: str, timeout: float = 0.3) -> bool:
         return False
     finally:
         client.close()
+
+
+def deployment_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a command that manages a deployment in its Redis (serving.rollout,
+    serving.tenants): --redis-url and --queue-name, defaulting to what the server reads."""
+    from serving.settings import load_settings
+
+    defaults = load_settings([])
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--redis-url", default=defaults.redis_url or DEFAULT_URL)
+    parser.add_argument("--queue-name", default=defaults.queue_name, help="the deployment's --queue-name")
+    return parser

@@ -19,8 +19,7 @@ import sys
 import orjson
 import redis
 
-from serving.queue.connection import DEFAULT_URL, connect
-from serving.settings import load_settings
+from serving.queue.connection import connect, deployment_parser
 from serving.tenants.registry import Limits, TenantRegistry, check_tenant_name
 
 
@@ -34,10 +33,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = load_settings([])
-    parser = argparse.ArgumentParser(prog="python -m serving.tenants", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis-url", default=defaults.redis_url or DEFAULT_URL)
-    parser.add_argument("--queue-name", default=defaults.queue_name, help="the deployment's --queue-name")
+    parser = deployment_parser("python -m serving.tenants", __doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _limit_flags(commands.add_parser("add", help="create a tenant or give it another key"))
     _limit_flags(commands.add_parser("limits", help="change a tenant's limits"))
