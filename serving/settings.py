@@ -27,6 +27,9 @@ RESIZE_MODES = ("crop", "squash")
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = ("f32", "bf16", "int8")
 LOG_FORMATS = ("text", "json")
+# --calibrate-on-traffic: fewer images leave the INT8 guard too few to judge by (one in three is
+# held out, 20 confident ones needed); more buy the calibration nothing and cost memory.
+TRAFFIC_IMAGES_RANGE = (60, 5000)
 # A served model's name and version: queue names, job ids and URLs carry them.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 VERSION = re.compile(r"[1-9][0-9]{0,8}")
@@ -133,6 +136,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("calibration_dir", str, None,
            "folder of images like the traffic, to calibrate --precision int8 on (one in three is "
            "held out to guard it)"),
+    Option("calibrate_on_traffic", int, 0,
+           "with --precision int8 or auto and no --calibration-dir: keep a uniform sample of this "
+           "many distinct served images (in the worker's memory only; never sent or saved), "
+           "quantize to INT8 on it in the background and switch to INT8 between two batches if "
+           f"its guard passes ({TRAFFIC_IMAGES_RANGE[0]}-{TRAFFIC_IMAGES_RANGE[1]}; 0: off)"),
     Option("int8_min_agreement", float, 0.97,
            "INT8 serves only if its top-1 agrees with f32 on at least this fraction of the "
            "held-out images f32 is >= 0.5 sure of; else f32/bf16 serves (0: no guard, for timing "
@@ -200,6 +208,7 @@ class Settings:
     runtime: str
     precision: str
     calibration_dir: str | None
+    calibrate_on_traffic: int
     int8_min_agreement: float
     model_cache: str | None
     top_k: int
@@ -264,7 +273,14 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
 
 # 0 means none, or the default
 ZERO_ALLOWED = frozenset(
-    {"batch_wait_ms", "model_threads", "trace_sample_ratio", "redis_min_replicas", "int8_min_agreement"}
+    {
+        "batch_wait_ms",
+        "model_threads",
+        "trace_sample_ratio",
+        "redis_min_replicas",
+        "int8_min_agreement",
+        "calibrate_on_traffic",
+    }
 )
 
 
@@ -285,6 +301,7 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"model_version is a whole number from 1, got {settings.model_version!r}")
     if not 0 <= settings.trace_sample_ratio <= 1:  # NaN fails this too
         raise SettingsError(f"trace_sample_ratio is a share from 0 to 1, got {settings.trace_sample_ratio}")
+    _validate_traffic_calibration(settings)
     # Pillow refuses images beyond twice its own MAX_IMAGE_PIXELS whatever we allow: a higher
     # limit would be a promise the decoder breaks.
     decoder_cap = 2 * (Image.MAX_IMAGE_PIXELS or 0) or settings.max_image_pixels
@@ -292,6 +309,22 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(
             f"max_image_pixels is {settings.max_image_pixels}; the image decoder refuses "
             f"more than {decoder_cap}"
+        )
+
+
+def _validate_traffic_calibration(settings: Settings) -> None:
+    images = settings.calibrate_on_traffic
+    if not images:
+        return
+    low, high = TRAFFIC_IMAGES_RANGE
+    if not low <= images <= high:
+        raise SettingsError(f"calibrate_on_traffic is {low} to {high} images (or 0: off), got {images}")
+    if settings.calibration_dir:
+        raise SettingsError("calibrate_on_traffic and calibration_dir both calibrate INT8: give one")
+    if settings.precision not in ("int8", "auto"):
+        raise SettingsError(
+            "calibrate_on_traffic quantizes to INT8: it needs precision int8 or auto, "
+            f"not {settings.precision}"
         )
 
 

@@ -84,6 +84,16 @@ MUTANTS = (
         ("tests/test_fair_share.py::test_one_tenants_flood_delays_anothers_image_by_at_most_one_batch",),
     ),
     Mutant(
+        "int8-switch-unsaid",
+        "a worker switched to INT8 made from traffic still says f32/bf16 in answers and heartbeats",
+        "serving/worker/loop.py",
+        (("        self._model = describe(self.classifier, *self.served)\n", ""),),
+        (
+            "tests/test_traffic_calibration.py::"
+            "test_the_switch_to_int8_made_from_traffic_loses_no_request_and_a_restart_starts_in_int8",
+        ),
+    ),
+    Mutant(
         "requeue-live",
         "a worker's batch is requeued while its heartbeat lives",
         "serving/queue/scripts.py",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .runtimes import CompiledModel, TrafficQuantizer
 
 
 class ModelUnavailable(RuntimeError):
@@ -49,6 +52,12 @@ class Classifier:
         self.runtime = ""
         self.precision = ""
         self.int8_agreement: float | None = None  # the INT8 guard's top-1 agreement with f32, if tried
+        # Set when INT8 can still be made from served images (--calibrate-on-traffic).
+        self.traffic_int8: TrafficQuantizer | None = None
+
+    def use(self, compiled: CompiledModel) -> None:
+        """Serve ``compiled`` from the next call on (INT8 made from traffic)."""
+        raise NotImplementedError(f"{self.name} cannot change how it runs")
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (n, h, w, 3) -> probabilities (n, classes)."""

@@ -102,12 +102,16 @@ def load_calibration(directory: Path, size: tuple[int, int], resize: str, max_pi
             log.warning("calibration image %s skipped: %s", path, exc)
     if len(images) < 2 * GUARD_EVERY:
         raise CalibrationError(f"the calibration folder {directory} has {len(images)} usable images")
-    stack = np.stack(images)
-    guard_rows = np.arange(len(stack)) % GUARD_EVERY == GUARD_EVERY - 1
+    return split_calibration(np.stack(images))
+
+
+def split_calibration(images: np.ndarray) -> Calibration:
+    """Every ``GUARD_EVERY``-th image held out for the guard, the rest to calibrate on."""
+    guard_rows = np.arange(len(images)) % GUARD_EVERY == GUARD_EVERY - 1
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{stack.shape} every {GUARD_EVERY}".encode())
-    digest.update(stack.tobytes())
-    return Calibration(stack[~guard_rows], stack[guard_rows], digest.hexdigest())
+    digest.update(f"{images.shape} every {GUARD_EVERY}".encode())
+    digest.update(images.tobytes())
+    return Calibration(images[~guard_rows], images[guard_rows], digest.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -227,35 +231,44 @@ class Int8Result:
     reason: str
 
 
-def int8_model(
-    ov: ModuleType,
+def cache_entry(
+    ov: ModuleType, cache_dir: Path | None, model_key: str, source: str, settings: QuantizeSettings
+) -> Path | None:
+    """Where the INT8 model of this model, calibration source (a folder's digest, or "traffic"),
+    OpenVINO, NNCF and settings is cached; None: no cache."""
+    if cache_dir is None:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (model_key, source, ov.get_version(), nncf_version(), settings.key()):
+        digest.update(part.encode() + b"\0")
+    return cache_dir / "openvino-int8" / digest.hexdigest()
+
+
+def cached_int8(core: openvino.Core, entry: Path | None, min_agreement: float) -> Int8Result | None:
+    """The cached INT8 model and its guard's verdict (judged again: the threshold may have
+    changed); None: nothing cached there."""
+    report_file = entry / "guard.json" if entry is not None else None
+    if report_file is None or not report_file.is_file():
+        return None
+    report = GuardReport.from_json(report_file.read_text())
+    accepted, reason = report.verdict(min_agreement)
+    xml = report_file.parent / "model.xml"
+    model = core.read_model(xml) if accepted and xml.is_file() else None
+    if accepted and model is None:
+        accepted, reason = False, "the cached guard report has no model beside it"
+    log.info("INT8 model cache hit: %s (no calibration needed)", report_file.parent)
+    return Int8Result(model, report, accepted, reason)
+
+
+def quantize_and_guard(
     core: openvino.Core,
     ir: openvino.Model,
     calibration: Calibration,
-    model_key: str,
-    cache_dir: Path | None,
     settings: QuantizeSettings,
     min_agreement: float,
-    save: Any,
-) -> Int8Result:
-    """The guarded INT8 model of ``ir`` (the uint8-input model), from the cache when this model,
-    calibration set, OpenVINO, NNCF and settings were quantized and guarded before."""
-    entry = None
-    if cache_dir is not None:
-        digest = hashlib.blake2b(digest_size=16)
-        for part in (model_key, calibration.digest, ov.get_version(), nncf_version(), settings.key()):
-            digest.update(part.encode() + b"\0")
-        entry = cache_dir / "openvino-int8" / digest.hexdigest()
-        report_file = entry / "guard.json"
-        if report_file.is_file():
-            report = GuardReport.from_json(report_file.read_text())
-            accepted, reason = report.verdict(min_agreement)
-            xml = entry / "model.xml"
-            model = core.read_model(xml) if accepted and xml.is_file() else None
-            if accepted and model is None:
-                accepted, reason = False, "the cached guard report has no model beside it"
-            log.info("INT8 model cache hit: %s (no calibration needed)", entry)
-            return Int8Result(model, report, accepted, reason)
+) -> tuple[openvino.Model, Int8Result]:
+    """Quantize on the calibration images, then judge the result on the guard images. Returns
+    the quantized model whatever the verdict (to cache it with its report) and the verdict."""
     started = time.perf_counter()
     quantized = quantize(ir, calibration.calibration, settings)
     seconds = time.perf_counter() - started
@@ -270,9 +283,30 @@ def int8_model(
         seconds,
         reason,
     )
-    if entry is not None:
+    return quantized, Int8Result(quantized if accepted else None, report, accepted, reason)
+
+
+def int8_model(
+    ov: ModuleType,
+    core: openvino.Core,
+    ir: openvino.Model,
+    calibration: Calibration,
+    model_key: str,
+    cache_dir: Path | None,
+    settings: QuantizeSettings,
+    min_agreement: float,
+    save: Any,
+) -> Int8Result:
+    """The guarded INT8 model of ``ir`` (the uint8-input model), from the cache when this model,
+    calibration set, OpenVINO, NNCF and settings were quantized and guarded before."""
+    entry = cache_entry(ov, cache_dir, model_key, calibration.digest, settings)
+    cached = cached_int8(core, entry, min_agreement)
+    if cached is not None:
+        return cached
+    quantized, result = quantize_and_guard(core, ir, calibration, settings, min_agreement)
+    if entry is not None:  # a refusal too: the same folder would be refused again
         try:
-            save(ov, quantized, entry, {"guard.json": report.to_json()})
+            save(ov, quantized, entry, {"guard.json": result.report.to_json()})
         except OSError as exc:
             log.warning("Could not cache the INT8 model at %s (%s)", entry, exc)
-    return Int8Result(quantized if accepted else None, report, accepted, reason)
+    return result

@@ -10,7 +10,7 @@ import numpy as np
 
 from .classifier import Classifier, look_like_probabilities, softmax
 from .preprocessing import Preprocessing
-from .runtimes import DEFAULT_OPTIONS, RuntimeOptions, compile_model
+from .runtimes import DEFAULT_OPTIONS, CompiledModel, RuntimeOptions, compile_model
 
 if TYPE_CHECKING:
     import keras
@@ -47,16 +47,21 @@ class KerasClassifier(Classifier):
         super().__init__(name, (width, height), labels, note, wnids=wnids, resize=resize)
         self.model = model
         self.preprocess = preprocess
-        self.compiled = compile_model(model, preprocess, options, cacheable, resize)
-        self._call, self.runtime, self.precision = (
-            self.compiled.call,
-            self.compiled.runtime,
-            self.compiled.precision,
-        )
-        self.int8_agreement = self.compiled.int8_agreement
+        self.use(compile_model(model, preprocess, options, cacheable, resize))
+        self.traffic_int8 = self.compiled.traffic_int8
         # Decided once, from the model: a last layer that is not a softmax means logits, unless
         # its outputs are probabilities anyway (e.g. a softmax written as a Lambda).
         self.outputs_probabilities = ends_in_softmax(model) or self._probe_outputs_probabilities()
+
+    def use(self, compiled: CompiledModel) -> None:
+        # One assignment each: a call in another thread sees the old model or the new, whole.
+        self.compiled = compiled
+        self._call = compiled.call
+        self.runtime, self.precision, self.int8_agreement = (
+            compiled.runtime,
+            compiled.precision,
+            compiled.int8_agreement,
+        )
 
     def _probe_outputs_probabilities(self) -> bool:
         width, height = self.input_size

@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -51,6 +51,7 @@ class RuntimeOptions:
     int8_settings: QuantizeSettings = QuantizeSettings()
     max_image_pixels: int = 40_000_000  # calibration images are decoded as uploads are
     batch_size: int = 1  # the largest batch the worker runs: what auto times the precisions at
+    traffic_images: int = 0  # > 0: calibrate INT8 on this many served images (traffic_calibration.py)
 
 
 DEFAULT_OPTIONS = RuntimeOptions()
@@ -65,6 +66,8 @@ class CompiledModel:
     runtime: str
     precision: str
     int8_agreement: float | None = None  # the guard's measured top-1 agreement, when INT8 was tried
+    # Serving f32/bf16 with --calibrate-on-traffic: makes the INT8 model from served images.
+    traffic_int8: TrafficQuantizer | None = None
 
 
 def default_cache_dir() -> Path:
@@ -169,35 +172,59 @@ def openvino_model(
     cache_dir = options.cache_dir if cacheable else None
     ir = _with_preprocessing(ov, _converted(model, ov, core, cache_dir, why_not_cached), preprocessing)
     has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    unquantized = "bf16" if has_bf16 else "f32"
     precision = options.precision
-    agreement = None
-    if precision == "int8":
-        quantized, agreement = _guarded_int8(model, preprocessing, ov, core, ir, options, cache_dir, resize)
-        if quantized is None:
-            precision = "bf16" if has_bf16 else "f32"
-        else:
-            ir, precision = quantized, "int8"
-    if precision == "auto":
-        candidates = {"f32": ir, **({"bf16": ir} if has_bf16 else {})}
+    quantized, agreement = None, None
+    # Calibrated on served images (--calibrate-on-traffic): cached here once its guard passed.
+    traffic = options.traffic_images > 0 and options.calibration_dir is None and precision in ("int8", "auto")
+    traffic_entry = _int8_entry(model, preprocessing, ov, options, cache_dir, "traffic") if traffic else None
+    if precision in ("int8", "auto"):
         if options.calibration_dir is not None:
             quantized, agreement = _guarded_int8(
                 model, preprocessing, ov, core, ir, options, cache_dir, resize
             )
-            if quantized is not None:
-                candidates["int8"] = quantized
-        precision = _fastest(model, core, candidates, options)
-        ir = candidates[precision]
+        elif traffic:
+            quantized, agreement = _traffic_int8_cached(model.name, core, options, traffic_entry)
+        elif precision == "int8":
+            raise CalibrationError(
+                "--precision int8 needs images to calibrate on: give --calibration-dir DIR "
+                "or --calibrate-on-traffic N"
+            )
+    if precision == "int8":
+        precision = "int8" if quantized is not None else unquantized
+    elif precision == "auto":
+        candidates = {"f32": ir, **({"bf16": ir} if has_bf16 else {})}
+        if quantized is not None:
+            candidates["int8"] = quantized
+        precision = _fastest(model.name, model.input_shape[1:], core, candidates, options)
+    serving_ir = quantized if precision == "int8" else ir
+    compiled = _compiled(ov, core, serving_ir, precision, options, model.name, agreement)
+    if traffic and compiled.precision != "int8":
+        quantizer = TrafficQuantizer(
+            ov, core, ir, compiled.precision, model.name, model.input_shape[1:], options, traffic_entry
+        )
+        compiled = replace(compiled, traffic_int8=quantizer)
+    return compiled
+
+
+def _compiled(
+    ov: ModuleType,
+    core: openvino.Core,
+    ir: openvino.Model,
+    precision: str,
+    options: RuntimeOptions,
+    name: str,
+    agreement: float | None = None,
+) -> CompiledModel:
+    """``ir`` compiled for the CPU in ``precision``, behind a call that serves one batch."""
     # INT8 compiles with the f32 hint: what it does not quantize runs in f32 (a bf16 hint would be
     # reported but not used).
     hint = "f32" if precision == "int8" else precision
-    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    if options.threads:
-        config["INFERENCE_NUM_THREADS"] = options.threads
-    compiled = core.compile_model(ir, "CPU", config)
+    compiled = core.compile_model(ir, "CPU", _cpu_config(hint, options))
     # What the CPU plugin really runs: a CPU without BF16 runs f32 whatever was asked.
     used = "bf16" if compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "f32"
     if used != hint:
-        log.warning("OpenVINO runs %s in %s: this CPU does not support %s", model.name, used, precision)
+        log.warning("OpenVINO runs %s in %s: this CPU does not support %s", name, used, precision)
     if precision == "int8":
         used = "int8"
     requests = threading.local()  # an infer request serves one call at a time: one per thread
@@ -209,26 +236,123 @@ def openvino_model(
         outputs: np.ndarray = request.infer([batch], share_inputs=True)[0]
         return outputs.copy()  # the next call reuses the buffer
 
-    log.info("Running %s with OpenVINO %s on the CPU in %s", model.name, ov.get_version().split("-")[0], used)
+    log.info("Running %s with OpenVINO %s on the CPU in %s", name, ov.get_version().split("-")[0], used)
     return CompiledModel(call, "openvino", used, agreement)
 
 
+def _cpu_config(hint: str, options: RuntimeOptions) -> dict[str, object]:
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = options.threads
+    return config
+
+
+@dataclass(frozen=True)
+class Int8Attempt:
+    """What quantizing on served images came to: the INT8 model to switch to, or why not."""
+
+    model: CompiledModel | None
+    reason: str
+
+
+class TrafficQuantizer:
+    """INT8 from served images, for a model that started unquantized (the worker samples them:
+    serving/models/traffic_calibration.py). Quantize, guard on held-out images, with --precision
+    auto time INT8 against what serves, cache it, compile it. Runs on a background thread."""
+
+    def __init__(
+        self,
+        ov: ModuleType,
+        core: openvino.Core,
+        ir: openvino.Model,
+        serving: str,
+        name: str,
+        input_shape: tuple[int, int, int],
+        options: RuntimeOptions,
+        entry: Path | None,
+    ):
+        self._ov, self._core, self._ir = ov, core, ir
+        self.serving = serving  # the precision that serves until INT8 is switched to
+        self.name = name
+        self.input_shape = input_shape
+        self._options = options
+        self._entry = entry
+
+    def __call__(self, images: np.ndarray) -> Int8Attempt:
+        from .int8 import quantize_and_guard, split_calibration
+
+        calibration = split_calibration(images)
+        options = self._options
+        quantized, result = quantize_and_guard(
+            self._core, self._ir, calibration, options.int8_settings, options.int8_min_agreement
+        )
+        if not result.accepted:
+            return Int8Attempt(None, result.reason)
+        if options.precision == "auto":
+            candidates = {self.serving: self._ir, "int8": quantized}
+            fastest = _fastest(self.name, self.input_shape, self._core, candidates, options)
+            if fastest != "int8":
+                return Int8Attempt(None, f"INT8 passed its guard, but {fastest} is faster on this CPU")
+        if self._entry is not None:  # accepted only: other traffic may pass where this failed
+            try:
+                _save_atomically(self._ov, quantized, self._entry, {"guard.json": result.report.to_json()})
+            except OSError as exc:
+                log.warning("Could not cache the INT8 model at %s (%s)", self._entry, exc)
+        agreement = _finite(result.report.agreement)
+        return Int8Attempt(
+            _compiled(self._ov, self._core, quantized, "int8", options, self.name, agreement), result.reason
+        )
+
+
+def _int8_entry(
+    model: keras.Model,
+    preprocessing: Preprocessing,
+    ov: ModuleType,
+    options: RuntimeOptions,
+    cache_dir: Path | None,
+    source: str,
+) -> Path | None:
+    from .int8 import cache_entry
+
+    if cache_dir is None:
+        return None
+    model_key = cache_key(model, ov.get_version()) + repr(preprocessing)
+    return cache_entry(ov, cache_dir, model_key, source, options.int8_settings)
+
+
+def _traffic_int8_cached(
+    name: str, core: openvino.Core, options: RuntimeOptions, entry: Path | None
+) -> tuple[openvino.Model | None, float | None]:
+    """The INT8 model an earlier start calibrated on traffic, when its guard passed."""
+    from .int8 import cached_int8
+
+    try:
+        cached = cached_int8(core, entry, options.int8_min_agreement)
+    except Exception as exc:  # an unreadable cache entry: calibrate on traffic again
+        log.warning("The cached INT8 model of %s cannot be read (%s); calibrating again", name, exc)
+        return None, None
+    if cached is None or not cached.accepted:
+        return None, None
+    log.info("INT8 calibrated on earlier traffic for %s: %s", name, cached.reason)
+    return cached.model, _finite(cached.report.agreement)
+
+
 def _fastest(
-    model: keras.Model, core: openvino.Core, candidates: dict[str, openvino.Model], options: RuntimeOptions
+    name: str,
+    input_shape: tuple[int, int, int],
+    core: openvino.Core,
+    candidates: dict[str, openvino.Model],
+    options: RuntimeOptions,
 ) -> str:
     """The precision with the most images per second at the worker's largest batch, measured
     here (best of three warm calls each), the table logged. One candidate: no measuring."""
     if len(candidates) == 1:
         return next(iter(candidates))
-    _, height, width, channels = model.input_shape
-    batch = np.zeros((max(1, options.batch_size), height, width, channels), np.uint8)
+    batch = np.zeros((max(1, options.batch_size), *input_shape), np.uint8)
     rates = {}
     for precision, ir in candidates.items():
         hint = "f32" if precision == "int8" else precision
-        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        if options.threads:
-            config["INFERENCE_NUM_THREADS"] = options.threads
-        request = core.compile_model(ir, "CPU", config).create_infer_request()
+        request = core.compile_model(ir, "CPU", _cpu_config(hint, options)).create_infer_request()
         request.infer([batch])  # the first call of a shape prepares its kernels
         seconds = []
         for _ in range(3):
@@ -238,9 +362,7 @@ def _fastest(
         rates[precision] = len(batch) / min(seconds)
     best = max(rates, key=lambda precision: rates[precision])
     table = ", ".join(f"{precision} {rate:.1f} img/s" for precision, rate in rates.items())
-    log.info(
-        "Precision auto for %s, measured at batch %d: %s; serving %s", model.name, len(batch), table, best
-    )
+    log.info("Precision auto for %s, measured at batch %d: %s; serving %s", name, len(batch), table, best)
     return best
 
 
@@ -258,8 +380,7 @@ def _guarded_int8(
     logged with the reason. Any failure of NNCF keeps f32/bf16 serving."""
     from .int8 import int8_model, load_calibration
 
-    if options.calibration_dir is None:
-        raise CalibrationError("--precision int8 needs calibration images: give --calibration-dir DIR")
+    assert options.calibration_dir is not None
     _, height, width, _ = model.input_shape
     try:
         calibration = load_calibration(

@@ -128,6 +128,10 @@ class BatchPolicy:
         self._last_model_seconds = seconds
         self.costs.observe(size, seconds, interactive)
 
+    def remeasured(self, seconds: dict[int, float]) -> None:
+        """The model changed (INT8 from traffic): follow its costs from these, measured warm."""
+        self.costs.seconds = dict(seconds)
+
     def next_batch(self, queue: RedisQueue, worker_id: str, idle_timeout: float) -> Batch:
         """Take the next batch; blocks up to ``idle_timeout`` while both lanes are empty."""
         caps = self.costs.bulk_caps()

@@ -40,9 +40,10 @@ def create_worker(settings: Settings) -> ModelWorker:
     """Load the model on its runtime (warmed up: ready means warm) and connect a worker to the
     queue of the model version it serves."""
     settings = from_repository(settings)
-    if settings.precision == "int8" and not settings.calibration_dir:
+    if settings.precision == "int8" and not (settings.calibration_dir or settings.calibrate_on_traffic):
         raise ModelUnavailable(
-            "--precision int8 needs calibration images like the traffic: give --calibration-dir DIR"
+            "--precision int8 needs calibration images like the traffic: give --calibration-dir DIR, "
+            "or --calibrate-on-traffic N to sample N served images"
         )
     tracing.configure(settings)  # once per process: a no-op unless --tracing on
     configure_tensorflow(settings.model_threads)
@@ -55,6 +56,7 @@ def create_worker(settings: Settings) -> ModelWorker:
         int8_min_agreement=settings.int8_min_agreement,
         max_image_pixels=settings.max_image_pixels,
         batch_size=settings.batch_size,
+        traffic_images=settings.calibrate_on_traffic,
     )
     classifier = load_classifier(
         settings.model, settings.weights, settings.labels, settings.preprocess, settings.resize, options

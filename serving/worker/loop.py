@@ -19,6 +19,7 @@ import redis
 
 from serving import tracing
 from serving.models.classifier import Classifier
+from serving.models.traffic_calibration import TrafficCalibration
 from serving.queue import Batch, RedisQueue
 from serving.queue.catalogue import Catalogue
 from serving.queue.connection import patient_retry
@@ -69,6 +70,28 @@ def describe(classifier: Classifier, name: str | None = None, version: str = "1"
         precision=classifier.precision,
         int8_agreement=classifier.int8_agreement,
         note=classifier.note,
+    )
+
+
+def traffic_calibration(classifier: Classifier, settings: Settings) -> TrafficCalibration | None:
+    """With --calibrate-on-traffic and a model that serves unquantized on OpenVINO: the sampler
+    that will make its INT8 model from served images."""
+    if not settings.calibrate_on_traffic or classifier.precision == "int8":
+        return None  # off, or already INT8 (from an earlier start's traffic, cached)
+    if classifier.traffic_int8 is None:
+        log.warning(
+            "--calibrate-on-traffic needs OpenVINO; %s runs on %s: no INT8 from traffic",
+            classifier.name,
+            classifier.runtime or "no runtime",
+        )
+        return None
+    width, height = classifier.input_size
+    return TrafficCalibration(
+        classifier.traffic_int8,
+        settings.calibrate_on_traffic,
+        (height, width, 3),
+        range(1, settings.batch_size + 1),
+        name=classifier.name,
     )
 
 
@@ -176,6 +199,7 @@ class ModelWorker:
         # Answers are worth writing while their clients may still wait: retry that long.
         self._answer_retry = patient_retry(settings.request_lifetime)
         self._redis_away = False
+        self.calibration = traffic_calibration(classifier, settings)  # INT8 from served images
 
     # Lifecycle -----------------------------------------------------------------
     def stop(self) -> None:
@@ -247,6 +271,8 @@ class ModelWorker:
 
     def step(self) -> int:
         """Take and answer one batch. Returns how many messages it took."""
+        if self.calibration is not None:
+            self._switch_if_ready(self.calibration)
         try:
             batch = self.policy.next_batch(self.queue, self.worker_id, IDLE_TIMEOUT)
         except redis.RedisError as exc:
@@ -266,6 +292,32 @@ class ModelWorker:
             self.policy.took(len(batch))
             self.answer(batch, self.policy.first_taken_ns)
         return len(batch)
+
+    def _switch_if_ready(self, calibration: TrafficCalibration) -> None:
+        """Between two batches: serve the INT8 model made from traffic once it is ready."""
+        sampling = calibration.sampling  # read first: a success hands its model over, then stops sampling
+        switch = calibration.ready()
+        if switch is None:
+            if not sampling:
+                self.calibration = None  # refused for good: f32/bf16 serves on
+            return
+        before = self.classifier.precision
+        self.classifier.use(switch.model)
+        self.policy.remeasured(switch.batch_seconds)
+        self._model = describe(self.classifier, *self.served)
+        self._heartbeat = replace(self._heartbeat, model=self._model)
+        self.calibration = None
+        log.info(
+            "worker %s switched %s from %s to INT8 between two batches: %s",
+            self.worker_id,
+            self._model.name,
+            before,
+            switch.reason,
+        )
+        try:  # say so now, not at the next heartbeat
+            self._beat()
+        except redis.RedisError:
+            pass
 
     def _beat(self) -> None:
         self.queue.beat(self.worker_id, self._heartbeat, self.settings.heartbeat_ttl)
@@ -349,7 +401,8 @@ class ModelWorker:
         model_started = time.perf_counter()
         try:
             with tracing.span("model", {"inference.batch.size": len(requests)}):
-                probabilities = self.classifier.predict(np.stack([r.pixels for r in requests]))
+                pixels = np.stack([r.pixels for r in requests])
+                probabilities = self.classifier.predict(pixels)
                 # The models' prediction dicts are the wire's Prediction (the models know no wire record).
                 ranked = cast(
                     list[list[Prediction]],
@@ -360,6 +413,7 @@ class ModelWorker:
             failed = [Answer.failed(r.reply, 500, MODEL_FAILED) for r in requests]
             return replace(decided, answers=parsed.answers + failed)
         model_seconds = time.perf_counter() - model_started
+        self._sample(pixels)
         model_ms = round(model_seconds * 1000, 2)
         log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_ms)
         info = BatchInfo(batch_id, len(requests), self.worker_id)
@@ -380,6 +434,17 @@ class ModelWorker:
             for request, predictions in zip(requests, ranked)
         ]
         return replace(decided, answers=answers, computed=len(requests), model_seconds=model_seconds)
+
+    def _sample(self, pixels: np.ndarray) -> None:
+        """Served images to calibrate INT8 on, while the sampler wants them; never costs an answer."""
+        calibration = self.calibration
+        if calibration is None or not calibration.sampling:
+            return
+        try:
+            calibration.offer(pixels)
+        except Exception:
+            log.exception("sampling served images for INT8 failed; no INT8 from traffic")
+            self.calibration = None
 
     # Traces --------------------------------------------------------------------
     def _batch_span(
