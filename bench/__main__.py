@@ -267,6 +267,8 @@ def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
             count=6 if args.quick else 20,
             bulk_images=64 if args.quick else priority.BULK_IMAGES,
         )
+    if args.calibration_dir:
+        measure_precisions(args, image, redis_url, results, concurrencies, best_raw)
     print("server over HTTP, --runtime tensorflow...", flush=True)
     tensorflow_server = server_args(args.model, args, redis_url, "--runtime", "tensorflow")
     with python_server(tensorflow_server, logs / "server_tensorflow.log") as server:
@@ -290,6 +292,24 @@ def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
         null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
         results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
         results["multi_image"] = multi_image(server.url, image, null_rate, args)
+
+
+def measure_precisions(
+    args, image: bytes, redis_url: str, results: dict, concurrencies: list[int], best_raw: float
+) -> None:
+    """The served INT8 path: the server calibrated on --calibration-dir (precision auto: INT8 if
+    its guard passes and it is the fastest here), and the same server forced to f32."""
+    logs = args.out / "logs"
+    int8_flags = ["--calibration-dir", str(args.calibration_dir)]
+    if args.weights == "none":  # random weights: no image makes f32 confident, the guard cannot judge
+        int8_flags += ["--int8-min-agreement", "0"]
+    for name, flags in (("server_int8", int8_flags), ("server_f32", ["--precision", "f32"])):
+        print(f"server over HTTP, {' '.join(flags)}...", flush=True)
+        with python_server(server_args(args.model, args, redis_url, *flags), logs / f"{name}.log") as server:
+            results[f"{name}_model"] = served_model(server.url)
+            model = results[f"{name}_model"]
+            print(f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}")
+            results[name] = sweep(server.url, image, concurrencies, best_raw, args, warmup=8)
 
 
 def multi_image(url: str, image: bytes, rate: float, args) -> dict:

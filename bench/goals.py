@@ -62,6 +62,7 @@ def evaluate(results: dict) -> list[dict]:
                 False,
             )
         )
+    goals += precision_goals(results)
     null_rate = max(row["throughput_rps"] for row in results["null_pipeline"])
     goals.append(
         _goal(
@@ -104,6 +105,39 @@ def evaluate(results: dict) -> list[dict]:
             memory["ratio"],
             0.26,
             False,
+        )
+    )
+    return goals
+
+
+def precision_goals(results: dict) -> list[dict]:
+    """With --calibration-dir: the INT8 server against raw INT8, and against the f32 server."""
+    if not results.get("server_int8") or not results.get("server_f32"):
+        return []
+    served = results.get("server_int8_model", {}).get("precision", "")
+    raws = [
+        raw for raw in results["raw_runtimes"] if raw["precision"] == served and raw["runtime"] == "openvino"
+    ]
+    int8_server, f32_server = saturated(results["server_int8"]), saturated(results["server_f32"])
+    goals = []
+    if raws:
+        raw = max(raws, key=lambda row: row["best_rate"])
+        goals.append(
+            _goal(
+                f"server calibrated for INT8 (serving {served}) >= 0.8 x raw {served} best rate",
+                f"{int8_server:.2f} / {raw['best_rate']:.2f} img/s",
+                int8_server / raw["best_rate"],
+                0.8,
+                True,
+            )
+        )
+    goals.append(
+        _goal(
+            f"server calibrated for INT8 (serving {served}) >= 1.6 x the --precision f32 server",
+            f"{int8_server:.2f} / {f32_server:.2f} img/s",
+            int8_server / f32_server,
+            1.6,
+            True,
         )
     )
     return goals

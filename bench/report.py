@@ -4,6 +4,8 @@ from __future__ import annotations
 
 SYSTEMS = (
     ("server, default runtime", "server"),
+    ("server, --calibration-dir", "server_int8"),
+    ("server, --precision f32", "server_f32"),
     ("server, --runtime tensorflow", "server_tensorflow"),
     ("naive baseline (seed)", "baseline"),
     ("null-model pipeline", "null_pipeline"),

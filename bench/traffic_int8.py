@@ -23,6 +23,7 @@ import orjson
 import requests
 
 from harness.launch import on_queue, python_server
+from serving.models.int8 import CONFIDENT
 from serving.queue.embedded import EmbeddedRedis
 
 from .calibration_photos import write_crops
@@ -34,6 +35,7 @@ class Sent(NamedTuple):
     status: int
     precision: str  # as the answer names it ("" when it failed)
     top1: int  # class id (-1 when it failed)
+    probability: float  # of the top-1 class
 
 
 def drive(
@@ -59,6 +61,7 @@ def drive(
                         response.status_code,
                         body["model"]["precision"] if ok else "",
                         body["predictions"][0]["class_id"] if ok else -1,
+                        body["predictions"][0]["probability"] if ok else 0.0,
                     )
                 )
 
@@ -120,11 +123,14 @@ def summarise(
         rows = rows[len(rows) // 10 :]  # the first tenth warms up
         return len(rows) / max(rows[-1].at - rows[0].at, 1e-9)
 
-    unquantized_top1: dict[int, int] = {}
+    unquantized: dict[int, Sent] = {}
     for sent in before:
-        unquantized_top1.setdefault(sent.photo, sent.top1)
-    pairs = [(unquantized_top1[a.photo], a.top1) for a in after if a.photo in unquantized_top1]
-    agreement = statistics.mean(a == b for a, b in pairs) if pairs else float("nan")
+        unquantized.setdefault(sent.photo, sent)
+    pairs = [(unquantized[a.photo], a) for a in after if a.photo in unquantized]
+    agreement = statistics.mean(u.top1 == q.top1 for u, q in pairs) if pairs else float("nan")
+    # As the guard counts: the photos the unquantized model is at least half sure of.
+    sure = [(u, q) for u, q in pairs if u.probability >= CONFIDENT]
+    sure_agreement = statistics.mean(u.top1 == q.top1 for u, q in sure) if sure else float("nan")
     return {
         "sample": sample,
         "clients": clients,
@@ -136,7 +142,9 @@ def summarise(
         "rate_after": round(rate(after), 1),
         "speedup": round(rate(after) / rate(before), 2) if before and after else None,
         "traffic_agreement": round(agreement, 4),
-        "photos_compared": len({a.photo for a in after if a.photo in unquantized_top1}),
+        "traffic_agreement_confident": round(sure_agreement, 4),
+        "photos_compared": len({u.photo for u, _ in pairs}),
+        "confident_photos_compared": len({u.photo for u, _ in sure}),
         "readyz": readyz,
     }
 
