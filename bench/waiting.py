@@ -34,6 +34,7 @@ from PIL import Image
 
 from harness.processes import ROOT, ServerProcess, free_port, wait_until
 from serving.queue import RedisQueue
+from serving.queue.catalogue import Catalogue, model_queue_name
 from serving.queue.embedded import EmbeddedRedis
 from serving.queue.messages import Heartbeat, ModelInfo
 from stress_test import run_load
@@ -83,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         # Long-polls on a job nothing computes: a web-only server, a worker's heartbeat faked.
-        queue = RedisQueue(redis.Redis.from_url(embedded.url, socket_timeout=5), QUEUE)
-        queue.beat("bench", Heartbeat(ModelInfo("null", (32, 32), 3), "h", 1, 8), ttl=300)
+        # The heartbeat on the model version's queue, and the catalogue entry web servers route by.
+        client = redis.Redis.from_url(embedded.url, socket_timeout=5)
+        model = ModelInfo("null", (32, 32), 3)
+        queue_name = model_queue_name(QUEUE, model.name, model.version)
+        RedisQueue(client, queue_name).beat("bench", Heartbeat(model, "h", 1, 8), ttl=300)
+        Catalogue(client, QUEUE).announce(model, queue_name, 300)
         server = start_server(args.root, embedded.url, args.waits, "--role", "web")
         waits_figures(server, embedded, image, args.waits)
     finally:

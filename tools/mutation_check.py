@@ -47,14 +47,14 @@ MUTANTS = (
         "serving/queue/redis_queue.py",
         (
             (
-                "        interactive, bulk = self._take(keys=keys, args=args)\n",
-                "        interactive = self.redis.lrange(keys[10], 0, room - 1) if named[0] else []\n"
+                "        result: list[list[bytes]] = self._take(keys=keys, args=args)\n",
+                "        lane = self.keys.tenant_lane(DEFAULT_TENANT, INTERACTIVE)\n"
+                "        result = [self.redis.lrange(lane, 0, room - 1), []]\n"
                 "        time.sleep(0.002)\n"
-                "        for raw in interactive:\n"
-                "            self.redis.lrem(keys[10], 1, raw)\n"
-                "        if interactive:\n"
-                "            self.redis.rpush(keys[2], *interactive)\n"
-                "        bulk: list = []\n",
+                "        for raw in result[0]:\n"
+                "            self.redis.lrem(lane, 1, raw)\n"
+                "        if result[0]:\n"
+                "            self.redis.rpush(keys[2], *result[0])\n",
             ),
         ),
         ("tests/test_worker.py::test_two_workers_on_one_queue_never_process_the_same_message",),

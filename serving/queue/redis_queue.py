@@ -106,6 +106,8 @@ class RedisQueue:
         self._answer_jobs = client.register_script(scripts.ANSWER_JOBS)
         self._expire_jobs = client.register_script(scripts.EXPIRE_JOBS)
         self._cancel_job = client.register_script(scripts.CANCEL_JOB)
+        # The tenants (interactive, bulk) the last take filled from: the next one names them.
+        self._tenants_expected: tuple[list[str], list[str]] = ([], [])
 
     @property
     def name(self) -> str:
@@ -334,12 +336,30 @@ class RedisQueue:
         caps: Sequence[int] = (
             bulk_caps if bulk_caps is not None else [len(holding) + room] * (len(holding) + room + 1)
         )
-        # The least-served tenants of each lane, as many as the batch has room for: the script
-        # fills the batch from them in turn (a tenant that shows up after this read waits a take).
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(self.keys.active(INTERACTIVE), 0, room - 1)
-        pipe.zrange(self.keys.active(BULK), 0, room - 1)
-        named = [[raw.decode() for raw in names] for names in pipe.execute()]
+        # The script fills the batch from the least-served tenants of each lane, whose lanes it
+        # must be given as keys: named as the last take found them, and when that falls short it
+        # says which they are and is asked again (the last time without the check).
+        named = self._tenants_expected
+        for check in ("1", "1", "0"):
+            result = self._take_from(worker_id, room, holding, caps, named, check)
+            if len(result) == 2:
+                interactive, bulk = result
+                return Batch(holding.interactive + interactive, holding.bulk + bulk)
+            named = self._tenants_expected = (
+                [raw.decode() for raw in result[2]],
+                [raw.decode() for raw in result[3]],
+            )
+        raise AssertionError("a take without the check always takes")
+
+    def _take_from(
+        self,
+        worker_id: str,
+        room: int,
+        holding: Batch,
+        caps: Sequence[int],
+        named: tuple[list[str], list[str]],
+        check: str,
+    ) -> list[list[bytes]]:
         keys = [
             self.keys.lane(INTERACTIVE),
             self.keys.lane(BULK),
@@ -355,9 +375,9 @@ class RedisQueue:
             *(self.keys.tenant_lane(tenant, BULK) for tenant in named[1]),
         ]
         args: list[int | str] = [room, len(holding.interactive), len(holding.bulk), worker_id]
-        args += [len(named[0]), len(named[1]), *named[0], *named[1], *caps]
-        interactive, bulk = self._take(keys=keys, args=args)
-        return Batch(holding.interactive + interactive, holding.bulk + bulk)
+        args += [len(named[0]), len(named[1]), *named[0], *named[1], *caps, check]
+        result: list[list[bytes]] = self._take(keys=keys, args=args)
+        return result
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until the doorbell rings or ``timeout`` passes. True when it rang."""

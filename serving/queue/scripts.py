@@ -74,9 +74,11 @@ return 1
 # interactive ones in its batch by much: serving/batching.py). Within a lane the batch is filled
 # from the tenants in turn, always from the least-served one, one image at a time: a tenant
 # with 10,000 queued images delays another's one image by at most one batch. The tenants'
-# lanes must be passed as keys, so the caller names the least-served ones it read just before
-# (ZRANGE of each active set, as many as the batch has room); a tenant that became active
-# since waits for the next take. Each taken message's tenant goes to the owners list beside it.
+# lanes must be passed as keys, so the caller names the tenants it expects (those of its last
+# take): when they do not include every one of the least-served tenants, as many as the batch
+# has room for, the script takes nothing and returns those tenants' names, and the caller asks
+# again with them. One round trip per take while the tenants stay the same (always, with one).
+# Each taken message's tenant goes to the owners list beside it.
 # A worker that takes is in the workers index (never left out of requeue_dead, even before its
 # first heartbeat); ZADD NX keeps the expiry its heartbeat wrote.
 # KEYS[1] interactive count, KEYS[2] bulk count, KEYS[3] interactive processing list,
@@ -86,9 +88,11 @@ return 1
 # ARGV[1] room left in the batch, ARGV[2] interactive and ARGV[3] bulk images it already holds,
 # ARGV[4] the worker's id, ARGV[5] how many interactive and ARGV[6] how many bulk tenants are
 # named, then their names, then ARGV[7 + named + n] the most bulk images a batch of n
-# interactive images may hold (n = 0, 1, ...)
-# Returns {interactive messages, bulk messages}. Work left behind rings the doorbell, so an idle
-# worker wakes for it; empty lanes silence it.
+# interactive images may hold (n = 0, 1, ...), then last '1' to check the names ('0': take from
+# them as they are)
+# Returns {interactive messages, bulk messages}, or when the names fall short {{}, {}, the
+# least-served interactive tenants, the least-served bulk ones}. Work left behind rings the
+# doorbell, so an idle worker wakes for it; empty lanes silence it.
 TAKE = (
     _RING
     + _TENANTS
@@ -136,6 +140,17 @@ end
 
 local room = tonumber(ARGV[1])
 local named_interactive, named_bulk = tonumber(ARGV[5]), tonumber(ARGV[6])
+if ARGV[#ARGV] == '1' then
+  local known = {{}, {}}
+  for i = 7, 6 + named_interactive do known[1][ARGV[i]] = true end
+  for i = 7 + named_interactive, 6 + named_interactive + named_bulk do known[2][ARGV[i]] = true end
+  local least = {redis.call('ZRANGE', KEYS[7], 0, room - 1), redis.call('ZRANGE', KEYS[8], 0, room - 1)}
+  for lane = 1, 2 do
+    for _, name in ipairs(least[lane]) do
+      if not known[lane][name] then return {{}, {}, least[1], least[2]} end
+    end
+  end
+end
 local interactive = fill(room, KEYS[1], KEYS[3], KEYS[9], KEYS[7], 7, 11, named_interactive)
 local holding = tonumber(ARGV[2]) + #interactive
 local caps = 7 + named_interactive + named_bulk

@@ -67,6 +67,10 @@ class GuardedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no type
         finally:
             self.server.connections.pop(self, None)
 
+    def log_request(self) -> None:
+        """Nothing: pywsgi formats an access line for every request even with no log to write
+        it to, and the app's request log says what each request did."""
+
     def read_requestline(self) -> str:
         self.phase, self.since = "idle", time.monotonic()
         line = ""

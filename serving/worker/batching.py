@@ -201,9 +201,9 @@ def _take_now(
         interactive_only = [0] * (room + 1)
         gives_up = time.monotonic() + grace
         batch = queue.take(worker_id, room, EMPTY, interactive_only)
-        while not batch and queue.depth(BULK) and (left := gives_up - time.monotonic()) > 0:
+        while not batch and (bulk_queued := queue.depth(BULK)) and (left := gives_up - time.monotonic()) > 0:
             time.sleep(min(WINDOW_STEP_SECONDS, left))
             batch = queue.take(worker_id, room, EMPTY, interactive_only)
-        if batch:
+        if batch or not bulk_queued:  # both lanes were empty: a second take would find nothing
             return batch
     return queue.take(worker_id, room, EMPTY, bulk_caps)
