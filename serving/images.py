@@ -197,6 +197,18 @@ def open_image(
         raise ImageError(f"The image could not be decoded ({type(exc).__name__}: {exc}).") from None
 
 
+def header_pixels(data: bytes) -> int | None:
+    """The pixels an upload's header declares, read without decoding; None: unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                width, height = image.size
+        return width * height
+    except Exception:  # whatever a malformed file makes the header parser raise: decode decides
+        return None
+
+
 def decode_image(
     data: bytes, max_pixels: int, min_side: int = 0, budget: MemoryBudget | None = None
 ) -> Image.Image:

@@ -287,3 +287,29 @@ def test_the_crop_is_the_centre_the_rule_defines_pixel_for_pixel(source_size):
     assert (
         np.abs(served[:, :-3] - reference[:, 3:]).max() > 1 and np.abs(served[:-3] - reference[3:]).max() > 1
     )
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_the_header_says_how_many_pixels_without_decoding():
+    from serving.images import header_pixels
+
+    assert header_pixels(_png(300, 168)) == 300 * 168
+    assert header_pixels(_png(12_000, 12_000)) == 144_000_000  # a small file of many pixels
+    assert header_pixels(b"not an image") is None
+    assert header_pixels(b"") is None
+
+
+def test_only_small_images_in_all_are_decoded_on_the_event_loop():
+    from serving.web.classify import INLINE_DECODE_PIXELS, decodes_inline
+
+    thumbnail = _png(300, 168)
+    assert decodes_inline([thumbnail])
+    assert not decodes_inline([thumbnail] * (INLINE_DECODE_PIXELS // (300 * 168) + 1))  # the total counts
+    assert not decodes_inline([_png(4000, 3000)])  # 12 MP: a decode thread's work
+    assert not decodes_inline([_png(5000, 5000)[:200]])  # cut short: the header may still say
+    assert not decodes_inline([thumbnail, b"garbage"])  # unreadable: the decode thread explains
