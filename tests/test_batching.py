@@ -133,3 +133,57 @@ def test_the_grace_catches_an_interactive_image_before_a_bulk_batch(redis_client
     assert take_batch(
         queue, "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8
     ).bulk  # then the bulk one
+
+
+def _interactive(name: str) -> bytes:
+    return Request(name, 0, np.zeros((2, 2, 3), np.uint8), 1, 0, 1e12).to_bytes()
+
+
+def _counting_takes(queue: RedisQueue) -> list[int]:
+    """Counts the queue's takes (each one round trip with its script), still taking for real."""
+    calls = [0]
+    take = queue.take
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return take(*args, **kwargs)
+
+    queue.take = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_after_a_batch_with_room_left_the_worker_blocks_first_and_takes_once(redis_client):
+    queue = RedisQueue(redis_client, "lookq")
+    policy = batching.BatchPolicy(8, 0.0)
+    queue.enqueue("first", [_interactive("first")], 100, 10)
+    assert len(policy.next_batch(queue, "w", idle_timeout=5)) == 1  # at start it looks first
+    takes = _counting_takes(queue)
+    threading.Timer(0.05, lambda: queue.enqueue("next", [_interactive("next")], 100, 10)).start()
+    started = time.monotonic()
+    batch = policy.next_batch(queue, "w", idle_timeout=5)
+    assert batch.interactive == [_interactive("next")]
+    assert time.monotonic() - started < 2.5  # the enqueue's ring woke it, not the idle timeout
+    assert takes[0] == 1  # no take of the empty lanes before blocking
+
+
+def test_work_whose_ring_was_lost_is_still_taken_within_the_idle_timeout(redis_client):
+    queue = RedisQueue(redis_client, "lostringq")
+    policy = batching.BatchPolicy(8, 0.0)
+    queue.enqueue("first", [_interactive("first")], 100, 10)
+    policy.next_batch(queue, "w", idle_timeout=5)
+    queue.enqueue("unheard", [_interactive("unheard")], 100, 10)
+    redis_client.delete(queue.keys.doorbell)  # its ring expired, or a worker that died heard it
+    started = time.monotonic()
+    assert policy.next_batch(queue, "w", idle_timeout=0.3).interactive == [_interactive("unheard")]
+    assert time.monotonic() - started < 3.0
+
+
+def test_after_a_full_batch_the_worker_takes_before_blocking(redis_client):
+    queue = RedisQueue(redis_client, "fullq")
+    policy = batching.BatchPolicy(2, 0.0)
+    queue.enqueue("three", [_interactive(f"three{i}") for i in range(3)], 100, 10)
+    assert len(policy.next_batch(queue, "w", idle_timeout=5)) == 2
+    redis_client.delete(queue.keys.doorbell)  # no ring to hear: only a take finds the third
+    started = time.monotonic()
+    assert policy.next_batch(queue, "w", idle_timeout=5).interactive == [_interactive("three2")]
+    assert time.monotonic() - started < 2.5

@@ -110,6 +110,12 @@ class BatchPolicy:
         self.costs = BatchCosts(batch_size, measured)
         self._last_size = batch_size  # start as under load: wait the window
         self._last_model_seconds = 0.0
+        # Whether work may be queued that rang no doorbell this worker can hear: at start (a ring
+        # expires after 60 s), and after a full batch. After a batch with room left the take
+        # found the lanes empty, or it rang the doorbell for what it left (bulk over its cap),
+        # so the worker blocks on the doorbell at once instead of taking first: one round trip
+        # less per batch when requests come one at a time.
+        self._look_first = True
         self.first_taken_ns = 0  # epoch ns when the last batch's first messages were taken
 
     def window(self) -> float:
@@ -136,10 +142,18 @@ class BatchPolicy:
         """Take the next batch; blocks up to ``idle_timeout`` while both lanes are empty."""
         caps = self.costs.bulk_caps()
         batch = first_take(
-            queue, worker_id, self.batch_size, idle_timeout, caps, self.costs.interactive_grace()
+            queue,
+            worker_id,
+            self.batch_size,
+            idle_timeout,
+            caps,
+            self.costs.interactive_grace(),
+            look_first=self._look_first,
         )
         self.first_taken_ns = time.time_ns()  # where the batch's assembly begins (its trace)
-        return fill_window(queue, worker_id, batch, self.batch_size, self.window(), caps)
+        batch = fill_window(queue, worker_id, batch, self.batch_size, self.window(), caps)
+        self._look_first = len(batch) >= self.batch_size
+        return batch
 
 
 def take_batch(
@@ -169,12 +183,19 @@ def first_take(
     idle_timeout: float,
     bulk_caps: Sequence[int] | None = None,
     grace: float = 0.0,
+    *,
+    look_first: bool = True,
 ) -> Batch:
-    """What is queued now, or what arrives within ``idle_timeout`` (blocking on the doorbell)."""
-    batch = _take_now(queue, worker_id, batch_size, bulk_caps, grace)
-    if not batch and queue.wait_for_work(idle_timeout):
+    """What is queued now, or what arrives within ``idle_timeout`` (blocking on the doorbell).
+    ``look_first=False``: block first, when queued work would have rung; the lanes are still
+    looked at once the block ends, rung or not (a ring can expire or go to another worker)."""
+    if look_first:
         batch = _take_now(queue, worker_id, batch_size, bulk_caps, grace)
-    return batch
+        if batch or not queue.wait_for_work(idle_timeout):
+            return batch
+    else:
+        queue.wait_for_work(idle_timeout)
+    return _take_now(queue, worker_id, batch_size, bulk_caps, grace)
 
 
 def fill_window(
