@@ -36,6 +36,9 @@ DEFAULT_IMAGE = ROOT.parent / "shared" / "testdata" / "shuttle.jpg"
 RAW_RUNTIMES = (("tensorflow", "f32"), ("openvino", "f32"), ("openvino", "bf16"))
 
 
+PROBE_CLIENTS = 8
+
+
 def requests_for(concurrency: int, rate: float, args) -> int:
     """Enough requests for ``args.seconds`` at ``rate``, at least two rounds of every client."""
     count = max(args.min_requests, 2 * concurrency, int(rate * args.seconds))
@@ -70,7 +73,11 @@ def measure_raw(args, runtime: str, precision: str) -> dict:
 
 
 def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, warmup: int) -> list[dict]:
+    """Each load level for about ``args.seconds``: sized by ``rate``, or by what a short probe of
+    the server moves when that is lower (a slow server would otherwise take minutes a level)."""
     run_load(url, image, warmup, min(warmup, 4), progress=False)  # first calls allocate
+    probe = run_load(url, image, 4 * PROBE_CLIENTS, PROBE_CLIENTS, timeout=120, progress=False).summary()
+    rate = min(rate, 1.5 * probe["throughput_rps"])
     rows = []
     for concurrency in concurrencies:
         count = requests_for(concurrency, rate, args)
@@ -287,11 +294,12 @@ def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
     with python_server(naive, logs / "baseline.log") as server:
         results["baseline"] = sweep(server.url, image, concurrencies, best_raw, args, warmup=4)
     print("null-model pipeline (web + Redis + batching alone)...", flush=True)
-    null_rate = 20 * best_raw  # sizes the run; the pipeline should manage 10x the model
+    null_rate = 20 * best_raw  # the pipeline should manage 10x the model; the probe sizes it
     with python_server(server_args("null", args, redis_url), logs / "null_server.log") as server:
         null_concurrencies = [int(c) for c in args.null_concurrency.split(",")]
         results["null_pipeline"] = sweep(server.url, image, null_concurrencies, null_rate, args, warmup=8)
-        results["multi_image"] = multi_image(server.url, image, null_rate, args)
+        moved = max(row["throughput_rps"] for row in results["null_pipeline"])
+        results["multi_image"] = multi_image(server.url, image, moved, args)
 
 
 def measure_precisions(
@@ -301,7 +309,8 @@ def measure_precisions(
     its guard passes and it is the fastest here), and the same server forced to f32."""
     logs = args.out / "logs"
     int8_flags = ["--calibration-dir", str(args.calibration_dir)]
-    if args.weights == "none":  # random weights: no image makes f32 confident, the guard cannot judge
+    if args.model == "resnet50" and args.weights == "none":
+        # Random weights: no image makes f32 confident, so the guard cannot judge.
         int8_flags += ["--int8-min-agreement", "0"]
     for name, flags in (("server_int8", int8_flags), ("server_f32", ["--precision", "f32"])):
         print(f"server over HTTP, {' '.join(flags)}...", flush=True)
