@@ -198,12 +198,16 @@ def open_image(
 
 
 def header_pixels(data: bytes) -> int | None:
-    """The pixels an upload's header declares, read without decoding; None: unreadable."""
+    """The pixels an upload's header declares, read without decoding, for an upload whose decode
+    costs about what its pixels say; None: unreadable, or a progressive JPEG (its decode costs
+    one pass per scan, and a small file can hold thousands of scans)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 width, height = image.size
+                if image.info.get("progressive") or image.info.get("progression"):
+                    return None
         return width * height
     except Exception:  # whatever a malformed file makes the header parser raise: decode decides
         return None

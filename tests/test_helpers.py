@@ -313,3 +313,23 @@ def test_only_small_images_in_all_are_decoded_on_the_event_loop():
     assert not decodes_inline([_png(4000, 3000)])  # 12 MP: a decode thread's work
     assert not decodes_inline([_png(5000, 5000)[:200]])  # cut short: the header may still say
     assert not decodes_inline([thumbnail, b"garbage"])  # unreadable: the decode thread explains
+
+
+def _jpeg(width: int, height: int, **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 40)).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
+def test_a_small_image_that_is_costly_to_read_is_decoded_off_the_event_loop():
+    from serving.images import header_pixels
+    from serving.web.classify import INLINE_DECODE_BYTES, decodes_inline
+
+    baseline = _jpeg(300, 168)
+    assert decodes_inline([baseline])
+    # 15,000 empty comment markers before the frame header: Pillow walks each one in Python.
+    padded = baseline[:2] + b"\xff\xfe\x00\x02" * 15_000 + baseline[2:]
+    assert header_pixels(padded) == 300 * 168  # still a small image...
+    assert not decodes_inline([padded])  # ...but too many bytes to read on the loop
+    progressive = _jpeg(300, 168, progressive=True)  # one decode pass per scan
+    assert len(progressive) < INLINE_DECODE_BYTES and not decodes_inline([progressive])

@@ -44,6 +44,7 @@ from serving.web.uploads import Uploads, checked_top_k
 # A request whose images declare at most this many pixels in all is decoded on its own thread
 # (the event loop's, under gevent): about a millisecond of work, less than a decode thread's hand-off.
 INLINE_DECODE_PIXELS = 100_000
+INLINE_DECODE_BYTES = 32 * 1024  # most 0.1 MP JPEGs; a hostile header walk in it: ~20 ms
 QUEUE_FULL = "The server is busy: the queue is full. Try again shortly."
 
 
@@ -87,9 +88,13 @@ def check_image_count(count: int, limit: int) -> None:
 def decodes_inline(uploads: Sequence[bytes]) -> bool:
     """Whether the uploads are small enough to decode on the request's own thread: handing a
     thumbnail to a decode thread costs more than decoding it (0.1 MP decodes in about a
-    millisecond), and the event loop waits at most that long. The total is bounded too, and the
-    header decides (a small file can hold a huge image), so a big upload never blocks the loop;
-    one decode at a time on the loop needs no share of the memory budget."""
+    millisecond), and the event loop waits at most that long. Both the bytes (checked first: even
+    reading a header walks a JPEG's markers or a PNG's chunks, and a hostile file packs
+    thousands) and the pixels the headers declare (a small file can hold a huge image) are
+    bounded in total, so a big upload never blocks the loop; one decode at a time on the loop
+    needs no share of the memory budget."""
+    if sum(map(len, uploads)) > INLINE_DECODE_BYTES:
+        return False
     total = 0
     for data in uploads:
         pixels = header_pixels(data)
