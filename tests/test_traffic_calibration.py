@@ -159,6 +159,8 @@ def test_the_switch_to_int8_made_from_traffic_loses_no_request_and_a_restart_sta
         assert set(precisions[:first_int8]) <= {started_in} and set(precisions[first_int8:]) <= {"int8"}
     assert {precision for *_, precision in answers} == {started_in, "int8"}
     assert worker.calibration is None and classifier.int8_agreement == 1.0
+    assert classifier.traffic_int8 is None  # the quantizer and the f32 graph it holds are let go
+    assert classifier.compiled.traffic_int8 is None and worker._to_sample is None
 
     # The heartbeat and /readyz say so.
     queue = RedisQueue(module_redis, app.config["QUEUE_NAME"])

@@ -4,6 +4,7 @@ included), probabilities."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,8 +48,11 @@ class KerasClassifier(Classifier):
         super().__init__(name, (width, height), labels, note, wnids=wnids, resize=resize)
         self.model = model
         self.preprocess = preprocess
-        self.use(compile_model(model, preprocess, options, cacheable, resize))
-        self.traffic_int8 = self.compiled.traffic_int8
+        compiled = compile_model(model, preprocess, options, cacheable, resize)
+        # The quantizer is the classifier's alone, so dropping it once INT8 from traffic is over
+        # frees the unquantized graph it holds.
+        self.traffic_int8 = compiled.traffic_int8
+        self.use(replace(compiled, traffic_int8=None))
         # Decided once, from the model: a last layer that is not a softmax means logits, unless
         # its outputs are probabilities anyway (e.g. a softmax written as a Lambda).
         self.outputs_probabilities = ends_in_softmax(model) or self._probe_outputs_probabilities()

@@ -200,6 +200,7 @@ class ModelWorker:
         self._answer_retry = patient_retry(settings.request_lifetime)
         self._redis_away = False
         self.calibration = traffic_calibration(classifier, settings)  # INT8 from served images
+        self._to_sample: np.ndarray | None = None  # the last batch's pixels, sampled once answered
 
     # Lifecycle -----------------------------------------------------------------
     def stop(self) -> None:
@@ -299,14 +300,14 @@ class ModelWorker:
         switch = calibration.ready()
         if switch is None:
             if not sampling:
-                self.calibration = None  # refused for good: f32/bf16 serves on
+                self._stop_calibrating()  # refused for good: f32/bf16 serves on
             return
         before = self.classifier.precision
         self.classifier.use(switch.model)
         self.policy.remeasured(switch.batch_seconds)
         self._model = describe(self.classifier, *self.served)
         self._heartbeat = replace(self._heartbeat, model=self._model)
-        self.calibration = None
+        self._stop_calibrating()
         log.info(
             "worker %s switched %s from %s to INT8 between two batches: %s",
             self.worker_id,
@@ -367,6 +368,7 @@ class ModelWorker:
                 self._image_spans(parsed, result, span, batch_id, taken_ns)
         if result.computed:
             self.policy.ran(result.computed, result.model_seconds, interactive=bool(batch.interactive))
+        self._sample()
         try:
             if result.expired:
                 self.observer.dropped_expired(result.expired)
@@ -413,7 +415,8 @@ class ModelWorker:
             failed = [Answer.failed(r.reply, 500, MODEL_FAILED) for r in requests]
             return replace(decided, answers=parsed.answers + failed)
         model_seconds = time.perf_counter() - model_started
-        self._sample(pixels)
+        if self.calibration is not None:
+            self._to_sample = pixels
         model_ms = round(model_seconds * 1000, 2)
         log.debug("batch %s: %d images in %.1f ms", batch_id, len(requests), model_ms)
         info = BatchInfo(batch_id, len(requests), self.worker_id)
@@ -435,16 +438,23 @@ class ModelWorker:
         ]
         return replace(decided, answers=answers, computed=len(requests), model_seconds=model_seconds)
 
-    def _sample(self, pixels: np.ndarray) -> None:
-        """Served images to calibrate INT8 on, while the sampler wants them; never costs an answer."""
-        calibration = self.calibration
-        if calibration is None or not calibration.sampling:
+    def _sample(self) -> None:
+        """The last batch's images to calibrate INT8 on, while the sampler wants them: after its
+        answers are written (starting an attempt copies the sample), and never costing one."""
+        calibration, pixels, self._to_sample = self.calibration, self._to_sample, None
+        if calibration is None or pixels is None or not calibration.sampling:
             return
         try:
             calibration.offer(pixels)
         except Exception:
             log.exception("sampling served images for INT8 failed; no INT8 from traffic")
-            self.calibration = None
+            self._stop_calibrating()
+
+    def _stop_calibrating(self) -> None:
+        """INT8 from traffic is over (switched, or given up): drop the sampler and the quantizer,
+        which holds the unquantized model's graph."""
+        self.calibration = None
+        self.classifier.traffic_int8 = None
 
     # Traces --------------------------------------------------------------------
     def _batch_span(
