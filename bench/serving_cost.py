@@ -1,11 +1,13 @@
 """python -m bench.serving_cost --baseline DIR: what the serving path costs per request, this
 checkout against another, measured in turn in the same run.
 
-One-process servers (web + worker child) with the null model (no inference: the path alone) on
-one embedded Redis. Per request, at 1 client and at 32: requests per second, p50, CPU seconds of
-the server's processes (web and worker together) and of Redis, and Redis commands (those run
-inside scripts included). CPU per request varies far less than throughput on a shared machine;
-the rounds alternate between the two checkouts and the medians are compared.
+Null-model servers (no inference: the path alone) on one embedded Redis, in either layout: one
+process (web + worker child, ``--layout one``) or the production web tier (gunicorn with two
+processes, ``--layout gunicorn``) beside one ``--role worker`` process. Per request, at 1 client
+and at 32: requests per second, p50, CPU seconds of the server's processes (web and worker
+together) and of Redis, and Redis commands (those run inside scripts included). CPU per request
+varies far less than throughput on a shared machine; the rounds alternate between the two
+checkouts and the medians are compared.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from typing import cast
 
 import psutil
 import redis
 from PIL import Image
 
-from harness.processes import ROOT, ServerProcess, free_port
+from harness.launch import GUNICORN, queue_env
+from harness.processes import ROOT, ChildProcess, ServerProcess, free_port
 from serving.queue.embedded import EmbeddedRedis
 from stress_test import run_load
 
@@ -51,32 +55,52 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
-def measure(root: Path, redis_url: str, image: bytes, clients: int, count: int) -> dict[str, float]:
+QUEUE = "serving_cost"
+
+
+def start_servers(root: Path, redis_url: str, layout: str) -> list[ChildProcess]:
+    """The layout's processes from checkout ``root``, the HTTP server first, started and ready."""
     port = free_port()
-    command = [sys.executable, str(root / "run_keras_server.py"), "--port", str(port), "--model", "null"]
-    command += ["--redis-url", redis_url, "--queue-name", "serving_cost", "--log-level", "WARNING"]
-    server = ServerProcess(
-        command, port, ready_timeout=120, cwd=root, env={"PYTHONPATH": str(root)}, name="cost"
-    )
-    server.start()
+    env = {"PYTHONPATH": str(root)}
+    flags = ["--model", "null", "--redis-url", redis_url, "--queue-name", QUEUE, "--log-level", "WARNING"]
+    server_args = [sys.executable, str(root / "run_keras_server.py")]
+    if layout == "one":
+        server = ServerProcess(
+            [*server_args, "--port", str(port), *flags], port, cwd=root, env=env, name="cost"
+        )
+        return [server.start()]
+    worker = ChildProcess([*server_args, "--role", "worker", *flags], cwd=root, env=env, name="cost-worker")
+    worker.start()
+    web_env = {**env, **queue_env(redis_url, QUEUE, PORT=str(port), WEB_CONCURRENCY="2", LOG_LEVEL="WARNING")}
+    web = ServerProcess(GUNICORN, port, ready_timeout=120, cwd=root, env=web_env, name="cost-web")
+    return [web.start(), worker]
+
+
+def measure(
+    root: Path, redis_url: str, image: bytes, clients: int, count: int, layout: str
+) -> dict[str, float]:
+    processes = start_servers(root, redis_url, layout)
     try:
+        url = cast(ServerProcess, processes[0]).url
         client = redis.Redis.from_url(redis_url)
-        run_load(server.url, image, 300, 8, filename="i.jpg", progress=False)  # warm-up
-        web, store = psutil.Process(server.pid), psutil.Process(int(client.info("server")["process_id"]))
+        run_load(url, image, 300, 8, filename="i.jpg", progress=False)  # warm-up
+        served = [psutil.Process(each.pid) for each in processes]
+        store = psutil.Process(int(client.info("server")["process_id"]))
         client.config_resetstat()
-        web_before, store_before = cpu_seconds(web), cpu_seconds(store)
-        summary = run_load(server.url, image, count, clients, filename="i.jpg", progress=False).summary()
+        server_before, store_before = sum(map(cpu_seconds, served)), cpu_seconds(store)
+        summary = run_load(url, image, count, clients, filename="i.jpg", progress=False).summary()
         assert summary["statuses"] == {"200": count}, summary["statuses"]
         commands = sum(stat["calls"] for stat in client.info("commandstats").values())
         return {
             "rps": summary["throughput_rps"],
             "p50_ms": summary["p50_ms"],
-            "server_cpu_ms": (cpu_seconds(web) - web_before) / count * 1000,
+            "server_cpu_ms": (sum(map(cpu_seconds, served)) - server_before) / count * 1000,
             "redis_cpu_ms": (cpu_seconds(store) - store_before) / count * 1000,
             "redis_commands": commands / count,
         }
     finally:
-        server.stop()
+        for each in processes:
+            each.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, required=True, help="the checkout to compare against")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout measured (default: this one)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layout", choices=("one", "gunicorn"), default="one")
     args = parser.parse_args(argv)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, layout {args.layout}"
+    )
     embedded = EmbeddedRedis(port=free_port()).start()
     image = photo()
     runs: dict[tuple[Path, int], list[dict[str, float]]] = {}
@@ -93,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for root in (args.baseline, args.root):
                 for clients, count in LOADS:
-                    figures = measure(root, embedded.url, image, clients, count)
+                    figures = measure(root, embedded.url, image, clients, count, args.layout)
                     runs.setdefault((root, clients), []).append(figures)
                     shown = ", ".join(f"{name} {value:.2f}" for name, value in figures.items())
                     print(f"{root} c={clients}: {shown}", flush=True)
