@@ -52,7 +52,7 @@ def test_a_second_start_uses_the_cached_conversion(colour_model, tmp_path, caplo
     timings = []
     for _ in range(2):
         started = time.perf_counter()
-        with caplog.at_level(logging.INFO, logger="serving.models.runtimes"):
+        with caplog.at_level(logging.INFO, logger="serving.models"):
             colour_classifier(colour_model, openvino(tmp_path))
         timings.append(time.perf_counter() - started)
     print(f"\nOpenVINO load: converted {timings[0]:.2f} s, from the cache {timings[1]:.2f} s")

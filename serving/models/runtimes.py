@@ -2,8 +2,8 @@
 
 Keras stays the model format and the loader. For OpenVINO the Keras model is converted
 (``openvino.convert_model``), cached on disk by its content and the OpenVINO version so a restart
-does not convert again, and compiled for the CPU in f32 or bf16. A conversion that fails falls
-back to TensorFlow with one log line, never a crash.
+does not convert again (``ir_cache.py``), and compiled for the CPU in f32 or bf16. A conversion
+that fails falls back to TensorFlow with one log line, never a crash.
 
 OpenVINO's converter reports usage to Intel through the openvino-telemetry package unless told
 not to. A server must never phone home, so before OpenVINO is imported its telemetry module is
@@ -12,15 +12,10 @@ made unavailable in this process: the converter then uses its own no-op stub and
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .int8 import CalibrationError, QuantizeSettings
+from .ir_cache import cache_key, converted_model, save_atomically
 from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -68,11 +64,6 @@ class CompiledModel:
     int8_agreement: float | None = None  # the guard's measured top-1 agreement, when INT8 was tried
     # Serving f32/bf16 with --calibrate-on-traffic: makes the INT8 model from served images.
     traffic_int8: TrafficQuantizer | None = None
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "keras-redis-server"
 
 
 def silence_openvino_telemetry() -> None:
@@ -170,7 +161,7 @@ def openvino_model(
     if not cacheable:
         why_not_cached = "its weights are random, new at every start"
     cache_dir = options.cache_dir if cacheable else None
-    ir = _with_preprocessing(ov, _converted(model, ov, core, cache_dir, why_not_cached), preprocessing)
+    ir = _with_preprocessing(ov, converted_model(model, ov, core, cache_dir, why_not_cached), preprocessing)
     has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     unquantized = "bf16" if has_bf16 else "f32"
     precision = options.precision
@@ -295,7 +286,7 @@ class TrafficQuantizer:
                 return Int8Attempt(None, f"INT8 passed its guard, but {fastest} is faster on this CPU")
         if self._entry is not None:  # accepted only: other traffic may pass where this failed
             try:
-                _save_atomically(self._ov, quantized, self._entry, {"guard.json": result.report.to_json()})
+                save_atomically(self._ov, quantized, self._entry, {"guard.json": result.report.to_json()})
             except OSError as exc:
                 log.warning("Could not cache the INT8 model at %s (%s)", self._entry, exc)
         agreement = _finite(result.report.agreement)
@@ -396,7 +387,7 @@ def _guarded_int8(
             cache_dir,
             options.int8_settings,
             options.int8_min_agreement,
-            _save_atomically,
+            save_atomically,
         )
     except CalibrationError:
         raise
@@ -434,76 +425,3 @@ def _with_preprocessing(ov: ModuleType, ir: openvino.Model, preprocessing: Prepr
     if preprocessing.scale != (1.0,) * 3:
         steps.scale(list(preprocessing.scale))
     return ppp.build()
-
-
-def cache_key(model: keras.Model, ov_version: str) -> str:
-    """The model's content (architecture and every weight) and the OpenVINO version."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(ov_version.encode())
-    digest.update(model.to_json().encode())
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()
-
-
-def _converted(
-    model: keras.Model, ov: ModuleType, core: openvino.Core, cache_dir: Path | None, why_not_cached: str = ""
-) -> openvino.Model:
-    """The OpenVINO model, from the disk cache when this model was converted before."""
-    started = time.perf_counter()
-    if cache_dir is None:
-        converted = _convert(ov, model)
-        log.info(
-            "Converted %s to OpenVINO in %.1f s (not cached: %s)",
-            model.name,
-            time.perf_counter() - started,
-            why_not_cached,
-        )
-        return converted
-    entry = cache_dir / "openvino" / cache_key(model, ov.get_version())
-    xml = entry / "model.xml"
-    if xml.is_file():
-        loaded = core.read_model(xml)
-        log.info("OpenVINO model cache hit: %s (%.1f s)", entry, time.perf_counter() - started)
-        return loaded
-    converted = _convert(ov, model)
-    seconds = time.perf_counter() - started
-    try:
-        _save_atomically(ov, converted, entry)
-        log.info(
-            "OpenVINO model cache miss: converted %s in %.1f s, cached at %s", model.name, seconds, entry
-        )
-    except OSError as exc:  # a read-only or full disk costs the next start a conversion, nothing more
-        log.warning(
-            "Converted %s to OpenVINO in %.1f s; could not cache it at %s (%s)",
-            model.name,
-            seconds,
-            entry,
-            exc,
-        )
-    return converted
-
-
-def _convert(ov: ModuleType, model: keras.Model) -> openvino.Model:
-    with warnings.catch_warnings():  # Keras notes that the converter names the input differently
-        warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match", UserWarning)
-        return ov.convert_model(model)
-
-
-def _save_atomically(
-    ov: ModuleType, converted: openvino.Model, entry: Path, extra: dict[str, str] | None = None
-) -> None:
-    """Written aside, then renamed into place: a reader never sees half a model. ``extra``: text
-    files saved beside it (the INT8 guard report)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=entry.parent))
-    try:
-        ov.save_model(converted, staging / "model.xml", compress_to_fp16=False)
-        for name, text in (extra or {}).items():
-            (staging / name).write_text(text)
-        os.replace(staging, entry)
-    except OSError:
-        if not (entry / "model.xml").is_file():  # else another worker cached it first: fine
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from serving import tracing
 from serving.models import ModelUnavailable, RuntimeOptions, configure_tensorflow, load_classifier, repository
-from serving.models.runtimes import default_cache_dir
+from serving.models.ir_cache import default_cache_dir
 from serving.queue import DEFAULT_URL, open_queue
 from serving.queue.catalogue import Catalogue, model_queue_name
 from serving.settings import Settings
