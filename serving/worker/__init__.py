@@ -1,1 +1,2 @@
-"""The model worker: the loop, the batching policy, batch stats, and its factory."""
+"""The model worker: the loop, the batching policy, reading a batch's messages, its traces,
+batch stats, and its factory."""

@@ -9,9 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import cast
 
 import numpy as np
@@ -29,14 +27,20 @@ from serving.queue.messages import (
     Answer,
     BatchInfo,
     Heartbeat,
-    JobImage,
-    MessageError,
     ModelInfo,
     Prediction,
-    Request,
 )
 from serving.queue.redis_queue import NotReplicated
 from serving.settings import Settings
+from serving.worker.batch_messages import (
+    BATCH_FAILED,
+    MODEL_FAILED,
+    BatchResult,
+    Parsed,
+    error_for_each,
+    parse_batch,
+)
+from serving.worker.batch_traces import batch_span, image_spans
 from serving.worker.batching import BatchPolicy
 from serving.worker.stats import BatchObserver
 
@@ -47,8 +51,6 @@ IDLE_TIMEOUT = 1.0  # longest block on empty lanes, so a stop request is seen wi
 # server's catalogue refresh (serving/web/model_directory.py), so no request routed to it is stranded.
 DRAIN_QUIET_SECONDS = 2.5
 RETRY_SECONDS = 0.25  # how soon a worker tries Redis again after a failed wait for work
-BATCH_FAILED = "The server failed on this request's batch."
-MODEL_FAILED = "The model failed on this request's batch."
 
 
 def served_model(settings: Settings, classifier_name: str) -> tuple[str, str]:
@@ -97,75 +99,6 @@ def traffic_calibration(classifier: Classifier, settings: Settings) -> TrafficCa
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one batch came to: an answer for every image that gets one, and what happened."""
-
-    answers: list[Answer]
-    computed: int = 0  # images the model ran
-    model_seconds: float = 0.0
-    expired: int = 0  # images dropped unrun for their deadline
-    expired_jobs: tuple[str, ...] = ()  # the jobs those belonged to
-
-
-@dataclass
-class Parsed:
-    """A batch's messages sorted out: images to run, and answers already decided."""
-
-    requests: list[Request]
-    answers: list[Answer]
-    expired: int = 0
-    expired_jobs: list[str] = field(default_factory=list)  # jobs with images dropped for their deadline
-
-
-def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, int]) -> Parsed:
-    """Read every message; a bad one gets its own error answer (or is dropped when it names no
-    sender), an expired one is dropped unrun: its client has been told 504 already."""
-    parsed = Parsed([], [])
-    for raw in messages:
-        try:
-            request = Request.from_bytes(raw)
-        except MessageError as exc:
-            if exc.reply is None:
-                log.error("dropping a message that is not a request (%s): %.60r", exc, raw)
-            else:
-                parsed.answers.append(
-                    Answer.failed(exc.reply, 500, f"The queued message is invalid ({exc}).")
-                )
-            continue
-        if request.deadline < now:
-            parsed.expired += 1
-            if request.lane == BULK:
-                parsed.expired_jobs.append(request.reply_to)
-        elif request.pixels.shape != input_shape:
-            parsed.answers.append(
-                Answer.failed(
-                    request.reply,
-                    500,
-                    f"The queued image is {list(request.pixels.shape)}; this worker's model takes "
-                    f"{list(input_shape)}.",
-                )
-            )
-        else:
-            parsed.requests.append(request)
-    return parsed
-
-
-def error_for_each(batch: Batch, text: str) -> list[Answer]:
-    """A 500 answer for every image of the batch whose sender can be read."""
-    answers = []
-    readers: list[tuple[bytes, Callable[[bytes], Request | JobImage]]]
-    readers = [(raw, Request.from_bytes) for raw in batch.interactive]
-    readers += [(raw, JobImage.from_bytes) for raw in batch.bulk]
-    for raw, read in readers:
-        try:
-            answers.append(Answer.failed(read(raw).reply, 500, text))
-        except MessageError as exc:
-            if exc.reply:
-                answers.append(Answer.failed(exc.reply, 500, text))
-    return answers
 
 
 class ModelWorker:
@@ -350,7 +283,8 @@ class ModelWorker:
             log.exception("reading a batch of %d failed", len(batch))
             parsed = None
         batch_id = uuid.uuid4().hex[:12]
-        with self._batch_span(batch, parsed, batch_id, taken_ns) as span:
+        requests = parsed.requests if parsed else []
+        with batch_span(batch, requests, batch_id, taken_ns, self._model, self.worker_id) as span:
             result = self._result(batch, parsed, batch_id)
             with tracing.span("write answers", {"inference.answers": len(result.answers)}):
                 self._write(result)
@@ -365,7 +299,7 @@ class ModelWorker:
                 )
                 if failed:
                     span.set_status(tracing.StatusCode.ERROR, f"{failed} images failed")
-                self._image_spans(parsed, result, span, batch_id, taken_ns)
+                image_spans(requests, result.answers, span, batch_id, taken_ns)
         if result.computed:
             self.policy.ran(result.computed, result.model_seconds, interactive=bool(batch.interactive))
         self._sample()
@@ -456,79 +390,6 @@ class ModelWorker:
         self.calibration = None
         self.classifier.traffic_int8 = None
 
-    # Traces --------------------------------------------------------------------
-    def _batch_span(
-        self, batch: Batch, parsed: Parsed | None, batch_id: str, taken_ns: int
-    ) -> AbstractContextManager[tracing.Span]:
-        """The batch's span: a new trace linked to every traced request it serves (recorded when
-        any of them is), with its assembly (first take to messages read) as a child."""
-        if not tracing.enabled():
-            return tracing.span("batch")
-        requests = parsed.requests if parsed else []
-        links = []
-        for (lane, reply_to), (traceparent, images) in _traced_requests(requests).items():
-            about: dict[str, tracing.AttributeValue] = {
-                "inference.lane": lane,
-                "inference.reply_to": reply_to,
-                "inference.images": images,
-            }
-            link = tracing.link(traceparent, about)
-            if link is not None:
-                links.append(link)
-        attributes: dict[str, tracing.AttributeValue] = {
-            "inference.batch.id": batch_id,
-            "inference.batch.messages": len(batch),
-            "inference.batch.interactive": len(batch.interactive),
-            "inference.batch.bulk": len(batch.bulk),
-            "inference.model.name": self._model.name,
-            "inference.model.runtime": self._model.runtime or "none",
-            "inference.worker.id": self.worker_id,
-        }
-        if requests:
-            oldest = min(request.queued_at for request in requests)
-            attributes["inference.queue.longest_wait_ms"] = round((taken_ns / 1e9 - oldest) * 1000, 2)
-        span = tracing.span(
-            "batch", attributes, kind=tracing.SpanKind.CONSUMER, links=links, start_time=taken_ns
-        )
-        return _with_assembly(span, taken_ns)
-
-    def _image_spans(
-        self,
-        parsed: Parsed | None,
-        result: BatchResult,
-        batch_span: tracing.Span,
-        batch_id: str,
-        taken_ns: int,
-    ) -> None:
-        """In each traced request's own trace, its image's time in this worker's hands: an
-        interactive image's wait in the queue until taken; a job image's whole life, from queued
-        to answered (a job's client is gone by then). Each links to the batch span."""
-        if parsed is None:
-            return
-        written_ns = time.time_ns()
-        statuses = {(a.lane, a.reply_to, a.index): a.status for a in result.answers}
-        batch_context = batch_span.get_span_context()
-        for request in parsed.requests:
-            parent = tracing.context_from_traceparent(request.trace) if request.trace else None
-            if parent is None:
-                continue
-            bulk = request.lane == BULK
-            span = tracing.start_span(
-                "job image" if bulk else "queue wait",
-                {
-                    "inference.lane": request.lane,
-                    "inference.reply_to": request.reply_to,
-                    "inference.image.index": request.index,
-                    "inference.batch.id": batch_id,
-                    "http.response.status_code": statuses.get(request.reply, 0),
-                },
-                kind=tracing.SpanKind.CONSUMER,
-                context=parent,
-                links=[tracing.Link(batch_context)],
-                start_time=int(request.queued_at * 1e9),
-            )
-            span.end(end_time=written_ns if bulk else taken_ns)
-
     def _write(self, result: BatchResult) -> None:
         """Write the answers (and mark jobs whose images expired), retrying while Redis is away:
         the clients may still be waiting."""
@@ -551,23 +412,3 @@ class ModelWorker:
             log.warning("%s: written on the primary only", exc)
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(result.answers), exc)
-
-
-def _traced_requests(requests: Sequence[Request]) -> dict[tuple[str, str], tuple[str, int]]:
-    """(lane, reply_to) -> (traceparent, images in the batch), for the traced requests: one
-    link per request, however many of its images the batch holds."""
-    traced: dict[tuple[str, str], tuple[str, int]] = {}
-    for request in requests:
-        if request.trace:
-            key = (request.lane, request.reply_to)
-            traced[key] = (request.trace, traced[key][1] + 1 if key in traced else 1)
-    return traced
-
-
-@contextmanager
-def _with_assembly(batch_span: AbstractContextManager[tracing.Span], taken_ns: int) -> Iterator[tracing.Span]:
-    """The batch span, current, with an "assemble batch" child from the first take until now
-    (the batching window, job images fetched, messages read)."""
-    with batch_span as span:
-        tracing.start_span("assemble batch", start_time=taken_ns).end()
-        yield span
