@@ -44,10 +44,11 @@ MUTANTS = (
     Mutant(
         "take-not-atomic",
         "the batch take reads the lane, pauses, then removes what it read (two workers can take the same)",
-        "serving/queue/redis_queue.py",
+        "serving/queue/batch_calls.py",
         (
             (
                 "        result: list[list[bytes]] = self._take(keys=keys, args=args)\n",
+                "        from serving.queue.keys import DEFAULT_TENANT\n\n"
                 "        lane = self.keys.tenant_lane(DEFAULT_TENANT, INTERACTIVE)\n"
                 "        result = [self.redis.lrange(lane, 0, room - 1), []]\n"
                 "        time.sleep(0.002)\n"
@@ -117,7 +118,7 @@ MUTANTS = (
     Mutant(
         "deadline-plus-4s",
         "the answer wait runs 4 s past --client-timeout before the 504",
-        "serving/queue/redis_queue.py",
+        "serving/queue/request_calls.py",
         (
             (
                 "        give_up = time.monotonic() + timeout\n",
@@ -150,7 +151,7 @@ MUTANTS = (
     Mutant(
         "long-poll-sleeps",
         "the job long-poll sleeps 0.9 x its wait instead of waking when the job ends",
-        "serving/queue/redis_queue.py",
+        "serving/queue/job_calls.py",
         (
             (
                 'return self.blocking.blmove(key, key, cast(int, timeout), "LEFT", "RIGHT") is not None\n',

@@ -1,5 +1,5 @@
 """The wire between the tiers: key names (keys.py), the Lua scripts (scripts.py), the records
-(messages.py), every operation (redis_queue.py), clients and their timeouts (connection.py), and
+(messages.py), every operation (redis_queue.py and its parts), clients and their timeouts (connection.py), and
 the embedded redis-server for one-process use (embedded.py). Web and worker meet only here."""
 
 from serving.queue.connection import DEFAULT_URL, connect, open_queue

@@ -84,6 +84,15 @@ class QueueKeys:
         kind = "owners" if lane == INTERACTIVE else "owners-bulk"
         return f"{self.tag}:{kind}:{worker_id}"
 
+    def held(self, worker_id: str) -> list[str]:
+        """A worker's processing lists and the owners lists beside them."""
+        return [
+            self.processing(worker_id),
+            self.processing(worker_id, BULK),
+            self.owners(worker_id),
+            self.owners(worker_id, BULK),
+        ]
+
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.tag}:worker:{worker_id}"
 
