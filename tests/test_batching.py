@@ -178,6 +178,17 @@ def test_work_whose_ring_was_lost_is_still_taken_within_the_idle_timeout(redis_c
     assert time.monotonic() - started < 3.0
 
 
+def test_new_work_renews_a_waiting_rings_lifetime(redis_client):
+    """Full batches are taken without blocking, so a ring can wait unheard for a minute; new work
+    must not leave it to expire (a worker would then sleep out its idle timeout)."""
+    queue = RedisQueue(redis_client, "renewq")
+    queue.enqueue("first", [_interactive("first")], 100, 10)
+    redis_client.pexpire(queue.keys.doorbell, 200)  # the ring made a minute ago, about to expire
+    queue.enqueue("second", [_interactive("second")], 100, 10)
+    assert redis_client.llen(queue.keys.doorbell) == 1  # still one ring to hear, not two
+    assert redis_client.pttl(queue.keys.doorbell) > 30_000
+
+
 def test_after_a_full_batch_the_worker_takes_before_blocking(redis_client):
     queue = RedisQueue(redis_client, "fullq")
     policy = batching.BatchPolicy(2, 0.0)

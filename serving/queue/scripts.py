@@ -8,13 +8,14 @@ Each script lists its KEYS and ARGV. Lua arrays count from 1.
 """
 
 # Ring the doorbell a worker blocks on, unless a ring is already waiting to be heard. Its TTL
-# bounds a ring nobody hears (no worker runs); workers also look at the lanes every second.
+# bounds a ring nobody hears (no worker runs); every ring renews it, so a ring waiting through
+# a minute of full batches (taken without blocking) is still there for the new work.
 _RING = """
 local function ring(doorbell)
   if redis.call('LLEN', doorbell) == 0 then
     redis.call('RPUSH', doorbell, '1')
-    redis.call('PEXPIRE', doorbell, 60000)
   end
+  redis.call('PEXPIRE', doorbell, 60000)
 end
 """
 
