@@ -48,7 +48,7 @@ def test_the_reservoir_is_a_bounded_uniform_sample_of_distinct_images():
             reservoir.offer(stream[start : start + 7])
         reservoir.offer(stream[:50])  # seen before: counted once
         assert reservoir.seen == 1000
-        held = reservoir.sample().view(np.uint16).ravel()
+        held = reservoir.take().view(np.uint16).ravel()
         assert len(held) == 100 and len(set(held.tolist())) == 100
         held_by_third += np.histogram(held, bins=[0, 333, 666, 1000])[0]
     # Uniform: each third of the stream holds a third of the sample (the first 100 would be 100 %).
@@ -61,7 +61,20 @@ def test_a_repeated_image_does_not_fill_the_sample():
     same = np.full((8, 2, 2, 3), 7, np.uint8)
     for _ in range(20):
         reservoir.offer(same)
-    assert reservoir.seen == 1 and len(reservoir.sample()) == 1
+    assert reservoir.seen == 1 and len(reservoir.take()) == 1
+
+
+def test_after_a_take_the_sample_starts_over_on_images_never_seen():
+    stream = np.arange(1000, dtype=np.uint16).view(np.uint8).reshape(1000, 1, 1, 2)
+    reservoir = Reservoir(100, (1, 1, 2), seed=3)
+    reservoir.offer(stream[:150])
+    first = set(reservoir.take().view(np.uint16).ravel().tolist())
+    assert len(first) == 100
+    reservoir.offer(stream[:400])  # the first 150 again, then 250 new ones
+    second = reservoir.take().view(np.uint16).ravel().tolist()
+    assert reservoir.seen == 400 and len(second) == 100
+    assert min(second) >= 150, "a refused sample's images came back in the next one"
+    assert len(reservoir.take()) == 0  # nothing new offered since
 
 
 @pytest.mark.parametrize(
@@ -85,7 +98,14 @@ def test_a_refused_quantization_is_tried_again_on_more_traffic_then_given_up(col
     # A threshold no quantization meets: every attempt is refused by the real guard.
     classifier = colour_classifier(colour_model, tmp_path / "cache", int8_min_agreement=1.5)
     assert classifier.precision != "int8" and classifier.traffic_int8 is not None
-    calibration = TrafficCalibration(classifier.traffic_int8, SAMPLE, (32, 32, 3), [1, 4])
+    quantizer = classifier.traffic_int8
+    samples: list[set[bytes]] = []
+
+    def recorded(images):
+        samples.append({image.tobytes() for image in images})
+        return quantizer(images)
+
+    calibration = TrafficCalibration(recorded, SAMPLE, (32, 32, 3), [1, 4])
     images = distinct_images(8 * SAMPLE)
     offered = 0
     for attempt in range(1, ATTEMPTS + 1):
@@ -96,6 +116,9 @@ def test_a_refused_quantization_is_tried_again_on_more_traffic_then_given_up(col
         assert calibration.wait(60), "a quantization of the colour model took over a minute"
         assert calibration.ready() is None
     assert len(calibration.reasons) == ATTEMPTS
+    assert len(samples) == ATTEMPTS and all(len(sample) == SAMPLE for sample in samples)
+    for earlier, later in zip(samples, samples[1:]):  # each try on a fresh sample
+        assert not earlier & later, "a refused sample's images were quantized on again"
     assert all("below --int8-min-agreement 1.5" in reason for reason in calibration.reasons)
     assert not calibration.sampling and calibration.reservoir is None  # the pixels are given back
     calibration.offer(images[:4])
@@ -177,3 +200,79 @@ def test_the_switch_to_int8_made_from_traffic_loses_no_request_and_a_restart_sta
     assert traffic_calibration(again, worker.settings) is None  # nothing to sample: INT8 already
     sample = distinct_images(4, seed=1)
     np.testing.assert_array_equal(again.predict(sample), classifier.predict(sample))
+
+
+def fastest_is_unquantized(monkeypatch):
+    """--precision auto on a CPU where INT8 is timed slower than f32/bf16 (the colour model is
+    too small for the timing to say so reliably)."""
+    from serving.models import runtimes
+
+    def unquantized(name, shape, core, candidates, options):
+        return next(precision for precision in candidates if precision != "int8")
+
+    monkeypatch.setattr(runtimes, "_fastest", unquantized)
+
+
+def test_int8_that_passes_its_guard_but_runs_slower_is_cached_and_not_calibrated_again(
+    colour_model, tmp_path, monkeypatch, caplog
+):
+    from serving.models import int8
+
+    fastest_is_unquantized(monkeypatch)
+    classifier = colour_classifier(colour_model, tmp_path / "cache", precision="auto")
+    assert classifier.precision in ("f32", "bf16") and classifier.traffic_int8 is not None
+    calibration = TrafficCalibration(classifier.traffic_int8, SAMPLE, (32, 32, 3), [1, 4])
+    calibration.offer(distinct_images(SAMPLE))
+    assert calibration.wait(60), "a quantization of the colour model took over a minute"
+    assert calibration.ready() is None
+    assert calibration.reasons == [f"INT8 passed its guard, but {classifier.precision} is faster on this CPU"]
+    assert not calibration.sampling and calibration.reservoir is None  # another sample: same model
+    calibration.offer(distinct_images(4 * SAMPLE, seed=2))
+    assert calibration.attempts == 1
+    assert (tmp_path / "cache" / "openvino-int8").is_dir()  # the guard's verdict is kept
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("INT8 made from traffic was quantized again")
+
+    monkeypatch.setattr(int8, "quantize", no_calibration)
+    with caplog.at_level("INFO", logger="serving.models"):
+        slower_here = colour_classifier(colour_model, tmp_path / "cache", precision="auto")
+    assert slower_here.precision == classifier.precision
+    assert slower_here.traffic_int8 is None  # timed slower again at this start: nothing to sample
+    assert "slower on this CPU: not calibrating again" in caplog.text
+    monkeypatch.undo()  # a CPU where INT8 wins starts in it, from the cache
+    monkeypatch.setattr(int8, "quantize", no_calibration)
+    faster = colour_classifier(colour_model, tmp_path / "cache", precision="int8")
+    assert (faster.precision, faster.int8_agreement) == ("int8", 1.0)
+
+
+def test_an_attempt_that_ends_after_its_worker_stopped_is_never_switched_to(colour_model, tmp_path):
+    classifier = colour_classifier(colour_model, tmp_path / "cache")
+    quantizer = classifier.traffic_int8
+    go = threading.Event()
+
+    def held_back(images):  # a quantization still running when the worker stops
+        assert go.wait(60)
+        return quantizer(images)
+
+    calibration = TrafficCalibration(held_back, SAMPLE, (32, 32, 3), [1, 4])
+    calibration.offer(distinct_images(SAMPLE))
+    assert calibration.attempts == 1 and not calibration.wait(0.1)
+    calibration.close()
+    go.set()
+    assert calibration.wait(60)
+    assert calibration.ready() is None and not calibration.sampling
+    calibration.offer(distinct_images(4 * SAMPLE, seed=2))  # a late batch starts nothing
+    assert calibration.attempts == 1
+    assert (tmp_path / "cache" / "openvino-int8").is_dir()  # its guard passed: cached for the next start
+
+
+def test_a_stopping_worker_closes_its_traffic_calibration(colour_apps, colour_model, tmp_path):
+    classifier = colour_classifier(colour_model, tmp_path / "cache")
+    app = colour_apps(worker=False, precision="int8", calibrate_on_traffic=SAMPLE, batch_size=4)
+    worker = app.config["START_WORKER"](classifier=classifier)
+    calibration = worker.calibration
+    assert calibration is not None and calibration.sampling
+    worker.stop()
+    wait_until(lambda: calibration.closed, 30, "the stopping worker to close its calibration")
+    assert not calibration.sampling and calibration.ready() is None

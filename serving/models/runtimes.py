@@ -190,7 +190,11 @@ def openvino_model(
         precision = _fastest(model.name, model.input_shape[1:], core, candidates, options)
     serving_ir = quantized if precision == "int8" else ir
     compiled = _compiled(ov, core, serving_ir, precision, options, model.name, agreement)
-    if traffic and compiled.precision != "int8":
+    if traffic and quantized is not None and compiled.precision != "int8":
+        # Earlier traffic made an INT8 model that passed its guard, and it was just timed slower
+        # than what serves here: quantizing again would make the same model.
+        log.info("INT8 from earlier traffic for %s is slower on this CPU: not calibrating again", model.name)
+    elif traffic and compiled.precision != "int8":
         quantizer = TrafficQuantizer(
             ov, core, ir, compiled.precision, model.name, model.input_shape[1:], options, traffic_entry
         )
@@ -244,6 +248,7 @@ class Int8Attempt:
 
     model: CompiledModel | None
     reason: str
+    final: bool = False  # no other sample would do better: stop sampling
 
 
 class TrafficQuantizer:
@@ -279,16 +284,20 @@ class TrafficQuantizer:
         )
         if not result.accepted:
             return Int8Attempt(None, result.reason)
-        if options.precision == "auto":
-            candidates = {self.serving: self._ir, "int8": quantized}
-            fastest = _fastest(self.name, self.input_shape, self._core, candidates, options)
-            if fastest != "int8":
-                return Int8Attempt(None, f"INT8 passed its guard, but {fastest} is faster on this CPU")
+        # Cached once its guard passed, whatever it measures here: the guard's verdict holds on
+        # any CPU, the speed does not, and every start measures that again (openvino_model).
         if self._entry is not None:  # accepted only: other traffic may pass where this failed
             try:
                 save_atomically(self._ov, quantized, self._entry, {"guard.json": result.report.to_json()})
             except OSError as exc:
                 log.warning("Could not cache the INT8 model at %s (%s)", self._entry, exc)
+        if options.precision == "auto":
+            candidates = {self.serving: self._ir, "int8": quantized}
+            fastest = _fastest(self.name, self.input_shape, self._core, candidates, options)
+            if fastest != "int8":
+                return Int8Attempt(
+                    None, f"INT8 passed its guard, but {fastest} is faster on this CPU", final=True
+                )
         agreement = _finite(result.report.agreement)
         return Int8Attempt(
             _compiled(self._ov, self._core, quantized, "int8", options, self.name, agreement), result.reason

@@ -6,8 +6,11 @@ memory only: nothing of it goes to Redis or disk (the INT8 model it leads to is 
 as a converted model is). Once the reservoir is full a background thread quantizes on it, one
 image in three held out for the accuracy guard (``TrafficQuantizer`` in runtimes.py), and the
 worker switches to INT8 between two batches (``ready``), so no request is in a model call when it
-changes. A refused attempt is tried again on a fresh sample after twice as many images, at most
-``ATTEMPTS`` times; then f32/bf16 serves on and the memory is given back.
+changes. An attempt takes the sample, and the reservoir starts over on images it has not seen: a
+refused attempt is tried again on a fresh sample after twice as many images, at most ``ATTEMPTS``
+times; then f32/bf16 serves on and the memory is given back. INT8 that passes its guard but is
+timed slower than what serves (``--precision auto``) ends sampling at once: another sample would
+make the same model.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ MAX_TRAFFIC_IMAGES = 5000  # 750 MB of 224 x 224 images: more buys the calibrati
 
 class Reservoir:
     """A uniform sample of at most ``capacity`` distinct images from a stream: a repeated image
-    (a client sending the same photo, a load test) counts once, or it would fill the sample."""
+    (a client sending the same photo, a load test) counts once, or it would fill the sample.
+    ``take`` hands the sample over and starts a new one, of images never seen before."""
 
     def __init__(self, capacity: int, shape: tuple[int, ...], seed: int | None = None):
         self.capacity = capacity
         self.images = np.empty((capacity, *shape), np.uint8)
-        self.seen = 0  # distinct images offered so far
-        self._digests: set[bytes] = set()
+        self.seen = 0  # distinct images offered so far, over every sample
+        self._since_take = 0  # distinct images offered to the sample in hand
+        self._digests: set[bytes] = set()  # bounded: sampling ends after ATTEMPTS samples
         self._rng = np.random.default_rng(seed)
 
     def offer(self, batch: np.ndarray) -> None:
@@ -49,13 +54,19 @@ class Reservoir:
             if digest in self._digests:
                 continue
             self._digests.add(digest)
-            slot = self.seen if self.seen < self.capacity else int(self._rng.integers(0, self.seen + 1))
+            since = self._since_take
+            slot = since if since < self.capacity else int(self._rng.integers(0, since + 1))
             if slot < self.capacity:
                 self.images[slot] = image
+            self._since_take += 1
             self.seen += 1
 
-    def sample(self) -> np.ndarray:
-        return self.images[: min(self.seen, self.capacity)].copy()
+    def take(self) -> np.ndarray:
+        """The sample in hand; the next one holds only images offered from now on."""
+        sample = self.images[: min(self._since_take, self.capacity)]
+        self.images = np.empty_like(self.images)
+        self._since_take = 0
+        return sample
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class TrafficCalibration:
         self._thread: threading.Thread | None = None
         self._ready: Switch | None = None
         self._lock = threading.Lock()
+        self._closed = threading.Event()  # the worker stopped: no switch, whatever ends later
         megabytes = self.reservoir.images.nbytes / 2**20
         log.info(
             "INT8 from traffic for %s: sampling %d distinct served images (%.0f MB, in this "
@@ -113,12 +125,12 @@ class TrafficCalibration:
             return
         reservoir.offer(pixels)
         busy = self._thread is not None and self._thread.is_alive()
-        if not busy and reservoir.seen >= self.next_attempt_at:
+        if not busy and reservoir.seen >= self.next_attempt_at and not self._closed.is_set():
             self.attempts += 1
             self.next_attempt_at = 2 * reservoir.seen
             self._thread = threading.Thread(
                 target=self._attempt,
-                args=(reservoir.sample(), reservoir.seen),
+                args=(reservoir.take(), reservoir.seen),
                 name="int8-calibration",
                 daemon=True,
             )
@@ -129,6 +141,19 @@ class TrafficCalibration:
         with self._lock:
             ready, self._ready = self._ready, None
         return ready
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """The worker stops or has switched: sample no more and never hand a model over. An
+        attempt in progress runs to its end (NNCF cannot be interrupted) and is then dropped;
+        its INT8 model is still cached when its guard passed."""
+        with self._lock:
+            self._closed.set()
+            self._ready = None
+        self.reservoir = None
 
     def wait(self, timeout: float) -> bool:
         """Until the attempt in progress has ended (tests, benchmarks); False: still running."""
@@ -151,14 +176,21 @@ class TrafficCalibration:
         )
         try:
             attempt = self._quantize(images)
-            switch = self._warmed(attempt.model, attempt.reason) if attempt.model is not None else None
-            reason = attempt.reason
+            switch = None
+            if attempt.model is not None and not self._closed.is_set():
+                switch = self._warmed(attempt.model, attempt.reason)
+            reason, final = attempt.reason, attempt.final
         except Exception as exc:  # NNCF or OpenVINO failed: f32/bf16 serves on
             log.exception("INT8 from traffic for %s failed", self.name)
-            switch, reason = None, f"{type(exc).__name__}: {exc}"
-        if switch is not None:
-            with self._lock:
+            switch, reason, final = None, f"{type(exc).__name__}: {exc}", False
+        with self._lock:  # close() holds it too: a model is never handed over after it
+            closed = self._closed.is_set()
+            if switch is not None and not closed:
                 self._ready = switch
+        if closed:
+            log.info("INT8 from traffic for %s ended after its worker stopped: not switched to", self.name)
+            return
+        if switch is not None:
             self.reservoir = None  # after the hand-over (the worker reads them in this order)
             log.info(
                 "INT8 from traffic for %s ready after %.1f s: %s",
@@ -168,7 +200,10 @@ class TrafficCalibration:
             )
             return
         self.reasons.append(reason)
-        if self.attempts >= ATTEMPTS:
+        if final:  # another sample would make the same model
+            self.reservoir = None
+            log.info("INT8 from traffic for %s: %s; serving unquantized from now on", self.name, reason)
+        elif self.attempts >= ATTEMPTS:
             self.reservoir = None
             log.warning(
                 "INT8 from traffic for %s refused %d times (last: %s); serving unquantized from now on",

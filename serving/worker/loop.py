@@ -168,6 +168,8 @@ class ModelWorker:
             self._drain_if_retired()
         finally:
             self.stopping.set()
+            if self.calibration is not None:  # an attempt still quantizing never hands a model over
+                self.calibration.close()
             self._finished.set()
             heart.join(timeout=2)
             try:
@@ -387,6 +389,8 @@ class ModelWorker:
     def _stop_calibrating(self) -> None:
         """INT8 from traffic is over (switched, or given up): drop the sampler and the quantizer,
         which holds the unquantized model's graph."""
+        if self.calibration is not None:
+            self.calibration.close()
         self.calibration = None
         self.classifier.traffic_int8 = None
 
