@@ -15,7 +15,7 @@ from serving.queue.connection import open_queue
 from serving.settings import Settings, load_settings
 from serving.tenants.limits import TenantLimits
 from serving.tenants.registry import TenantRegistry
-from serving.web import auth, memory, metrics, request_log, responses
+from serving.web import auth, memory, metrics, multipart, request_log, responses
 from serving.web.body import BufferedBody
 from serving.web.cpu_threads import CpuThreads
 from serving.web.model_directory import ModelDirectory
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         min_replicas=settings.redis_min_replicas,
         waiters=settings.max_connections,  # each connection may be a request waiting in Redis
     )
+    multipart.install()  # werkzeug's multipart decoder, minus its patterns compiled per request
     app = Flask(__name__)
     app.wsgi_app = BufferedBody(app.wsgi_app, settings.read_timeout, settings.max_upload_bytes * 4)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
