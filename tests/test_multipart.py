@@ -18,7 +18,7 @@ BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-.
 
 def events(decoder_class: type, boundary: bytes, chunks: list[bytes]) -> list[object]:
     """Everything the decoder says about the body: its events in order, then its error if any."""
-    decoder = decoder_class(boundary, max_form_memory_size=10_000, max_parts=8)
+    decoder = decoder_class(boundary, max_form_memory_size=10_000, max_parts=3)  # bodies have up to 4
     said: list[object] = []
     try:
         for chunk in [*chunks, None]:
