@@ -167,7 +167,7 @@ def test_abandoned_waits_leave_nothing_behind(stack):
     for sock in polls:
         sock.close()
     closed = time.monotonic()
-    wait_until(lambda: redis_clients(client)[1] == 0, 5, "the blocked calls to leave Redis")
+    wait_until(lambda: redis_clients(client)[1] == 0, 10, "the blocked calls to leave Redis")
     gone_after = time.monotonic() - closed
     time.sleep(max(0.0, 1 - gone_after))
     after_clients, after_blocked = redis_clients(client)
@@ -178,7 +178,9 @@ def test_abandoned_waits_leave_nothing_behind(stack):
         f"blocked call gone in {gone_after:.2f} s; web process threads {idle_threads} -> "
         f"{process.num_threads()}, its TCP connections {connections}"
     )
-    assert gone_after < 1
+    # Gone long before their 30 s waits would end: the bound is generous for a loaded 2-core host
+    # (1.0 s measured on a slow one, where the old 1 s bound failed), not a speed goal.
+    assert gone_after < 5
     assert after_blocked == 0  # the pools keep their (idle) connections for the next requests
     # No thread per wait: what threads there are belong to gevent's own pool (DNS lookups, at
     # most 10) and the runtime, however many clients waited.
