@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,16 @@ class LiveServer(ServerProcess):
 
     def predict(self, data: bytes, name: str = "image.png", **kwargs) -> requests.Response:
         return requests.post(self.url + "/predict", files={"image": (name, data)}, timeout=30, **kwargs)
+
+
+def record_compiled_patterns(monkeypatch) -> list:
+    """Every pattern ``re.compile`` is given from now on (to the end of the test), compiled as usual."""
+    compiled: list = []
+    original = re.compile
+
+    def recording(pattern, flags=0):
+        compiled.append(pattern)
+        return original(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", recording)
+    return compiled

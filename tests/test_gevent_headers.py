@@ -5,12 +5,13 @@ upload's boundary)."""
 from __future__ import annotations
 
 import io
-import re
 from http import client
 
 import pytest
 
 from serving.servers.gevent_server import MAX_HEADERS, GuardedHandler, read_headers
+
+from .support import record_compiled_patterns
 
 BOUNDARY = "b7f1c0de5e1f4a2b9d3c6e8f0a1b2c3d"
 BLOCKS = [
@@ -39,14 +40,7 @@ def test_headers_come_out_as_pywsgis_own_parser_gives_them(block):
 
 
 def test_a_multipart_uploads_boundary_is_not_compiled(monkeypatch):
-    compiled = []
-    original = re.compile
-
-    def recording(pattern, flags=0):
-        compiled.append(pattern)
-        return original(pattern, flags)
-
-    monkeypatch.setattr(re, "compile", recording)
+    compiled = record_compiled_patterns(monkeypatch)
     GuardedHandler.MessageClass(None, io.BytesIO(BLOCKS[0].encode()), 0)  # as pywsgi calls it
     assert not [pattern for pattern in compiled if BOUNDARY in str(pattern)]
     client.parse_headers(io.BytesIO(BLOCKS[0].encode()))  # the stdlib parser does compile it

@@ -13,6 +13,8 @@ from werkzeug.sansio.multipart import LINE_BREAK, MultipartDecoder, NeedData
 
 from serving.web.multipart import BoundaryDecoder, BoundarySearch
 
+from .support import record_compiled_patterns
+
 BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? "
 
 
@@ -120,14 +122,7 @@ def test_an_upload_through_the_app_compiles_no_pattern_from_its_boundary(colour_
         + colour_image("red")
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    compiled = []
-    original = re.compile
-
-    def recording(pattern, flags=0):
-        compiled.append(pattern)
-        return original(pattern, flags)
-
-    monkeypatch.setattr(re, "compile", recording)
+    compiled = record_compiled_patterns(monkeypatch)
     response = colour_app.test_client().post(
         "/predict", data=body, content_type=f"multipart/form-data; boundary={boundary}"
     )
