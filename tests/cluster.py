@@ -10,6 +10,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -378,3 +379,23 @@ def assert_no_leftovers(cluster: Cluster) -> None:
 def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
     raw = cluster.client().lrange(cluster.queue().keys.processing(worker.worker_id), 0, -1)
     return {Request.from_bytes(message).reply_to for message in raw}
+
+
+def freeze_holding_a_batch(cluster: Cluster, worker: Worker, least: int, timeout: float = 30) -> set[str]:
+    """SIGSTOP ``worker`` while it holds a batch of at least ``least`` requests whose answers it
+    has not written yet; returns their ids. What it holds is read once it is frozen: a stop that
+    landed after the batch was answered (the answers and the emptied list are one transaction) is
+    undone and tried again, so the caller always has a batch in the frozen worker's hands."""
+
+    def frozen_holding() -> set[str] | None:
+        if len(held_request_ids(cluster, worker)) < least:
+            return None
+        worker.signal(signal.SIGSTOP)
+        held = held_request_ids(cluster, worker)
+        if len(held) >= least:
+            return held
+        worker.signal(signal.SIGCONT)
+        return None
+
+    what = f"{worker.name} to hold a batch of {least}"
+    return wait_until(frozen_holding, timeout, what, worker.check_alive)

@@ -24,6 +24,7 @@ from .cluster import (
     assert_no_leftovers,
     distinct_answers,
     fire,
+    freeze_holding_a_batch,
     held_request_ids,
     start_workers,
     tally,
@@ -36,6 +37,8 @@ WAITING = f"{QueueKeys(colour_queue(QUEUE)).tag}:waiting:*"  # the markers of re
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 BATCH_LINE = re.compile(r"batch \w+: \d+ images")  # the worker's debug line per model call
+# The worker's debug line per batch answered (serving/worker/loop.py).
+ANSWERED_LINE = re.compile(r"batch \w+: (\d+) of (\d+) answers written, (\d+) images dropped")
 
 
 def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
@@ -76,10 +79,9 @@ def test_killed_worker_mid_batch_loses_no_request(fresh):
 
     with ThreadPoolExecutor(1) as pool:
         load = pool.submit(fire, fresh.entry, range(150), 24)
-        wait_until(lambda: len(held_request_ids(fresh, victim)) >= 4, 30, "the victim to take a batch")
+        held = freeze_holding_a_batch(fresh, victim, least=4)  # killed with a batch in its hands
         victim.signal(signal.SIGKILL)
         victim.wait(10)
-        held = held_request_ids(fresh, victim)
         outcomes = load.result()
     counts = tally(outcomes)
     print(f"\nkill -9 mid-batch ({len(held)} requests in the killed batch): {counts}")
@@ -106,23 +108,31 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
     progress: list = []
     with ThreadPoolExecutor(1) as pool:
         load = pool.submit(fire, fresh.entry, range(60), 12, 30, "t", progress)
-        wait_until(lambda: len(held_request_ids(fresh, sleeper)) >= 4, 30, "the sleeper to take a batch")
-        sleeper.signal(signal.SIGSTOP)
-        held = held_request_ids(fresh, sleeper)
+        held = freeze_holding_a_batch(fresh, sleeper, least=4)
+        frozen_at = len(sleeper.log())  # its answers for what it holds come after this
         wait_until(
             lambda: held <= {o.body.get("request_id") for o in list(progress)},
             30,
             "the frozen worker's requests to be answered by the survivor",
         )
-        batches_before = len(BATCH_LINE.findall(sleeper.log()))
         sleeper.signal(signal.SIGCONT)  # wakes while the load goes on, its batch long since answered
         sleeper.signal(signal.SIGTERM)  # it finishes (and tries to answer) the batch it held, then exits
         assert sleeper.wait(30) == 0
         outcomes = load.result()
-    assert len(BATCH_LINE.findall(sleeper.log())) > batches_before, "the woken worker ran its batch"
+    # Frozen before or after its model call, the woken worker finishes the batch it held: all of
+    # it is answered (computed, or dropped for a deadline on a slow host) and none of it written.
+    # Frozen in its batching window, it may take a few more on waking, whose answers it may write.
+    woken = ANSWERED_LINE.findall(sleeper.log()[frozen_at:])
+    assert woken, "the woken worker finished its batch"
+    written, answers, dropped = map(int, woken[0])
+    taken_on_waking = answers + dropped - len(held)
+    assert taken_on_waking >= 0 and written <= taken_on_waking, (woken, len(held))
     counts = tally(outcomes)
     rescued = [o for o in outcomes if o.body.get("request_id") in held]
-    print(f"\nworker frozen mid-batch ({len(held)} requests held, computed twice): {counts}")
+    print(
+        f"\nworker frozen mid-batch ({len(held)} requests held, computed twice; "
+        f"{taken_on_waking} taken on waking): {counts}"
+    )
 
     assert held and len(rescued) == len(held)
     assert all(o.status == 200 and o.body["batch"]["worker"] == survivor.worker_id for o in rescued)
@@ -143,10 +153,9 @@ def test_requests_that_expired_in_a_dead_workers_hands_are_dropped_not_computed(
     try:
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(fire, web.url, range(4), 4, 30, "late")
-            wait_until(lambda: held_request_ids(fresh, victim), 20, "the victim to take a batch")
+            held = freeze_holding_a_batch(fresh, victim, least=1, timeout=20)
             victim.signal(signal.SIGKILL)
             victim.wait(10)
-            held = held_request_ids(fresh, victim)
             outcomes = load.result()
     finally:
         web.stop()

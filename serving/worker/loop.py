@@ -289,7 +289,16 @@ class ModelWorker:
         with batch_span(batch, requests, batch_id, taken_ns, self._model, self.worker_id) as span:
             result = self._result(batch, parsed, batch_id)
             with tracing.span("write answers", {"inference.answers": len(result.answers)}):
-                self._write(result)
+                written = self._write(result)
+            # Fewer written than answered: the rest were answered elsewhere (a requeued batch
+            # computed twice) or their clients gave up.
+            log.debug(
+                "batch %s: %s of %d answers written, %d images dropped for their deadline",
+                batch_id,
+                "?" if written is None else written,
+                len(result.answers),
+                result.expired,
+            )
             if span.is_recording():
                 failed = sum(answer.status >= 500 for answer in result.answers)
                 span.set_attributes(
@@ -394,15 +403,15 @@ class ModelWorker:
         self.calibration = None
         self.classifier.traffic_int8 = None
 
-    def _write(self, result: BatchResult) -> None:
+    def _write(self, result: BatchResult) -> int | None:
         """Write the answers (and mark jobs whose images expired), retrying while Redis is away:
-        the clients may still be waiting."""
+        the clients may still be waiting. Returns how many were written (None: not known)."""
 
         def failed(exc: Exception) -> None:
             log.warning("writing %d answers failed (%s); retrying", len(result.answers), exc)
 
         try:
-            self._answer_retry.call_with_retry(
+            return self._answer_retry.call_with_retry(
                 lambda: self.queue.answer(
                     self.worker_id,
                     result.answers,
@@ -416,3 +425,4 @@ class ModelWorker:
             log.warning("%s: written on the primary only", exc)
         except redis.RedisError as exc:
             log.error("could not write %d answers: %s", len(result.answers), exc)
+        return None
