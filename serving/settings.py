@@ -71,7 +71,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_name", str, "image_queue",
            "name of the queue: its keys are {NAME}, {NAME}:bulk, ..., one Cluster hash slot"),
     Option("batch_size", int, 8, "most images the worker runs in one model call "
-           "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long)"),
+           "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long); "
+           "with --precision auto on OpenVINO the worker may choose fewer, by measuring"),
+    Option("batch_latency_ms", float, 0.0,
+           "with --precision auto: the longest model call the worker may choose a batch size for, "
+           "in ms (0: no bound; batches of 1 are always allowed)"),
     Option("batch_wait_ms", float, 5.0,
            "longest wait for more images once one has arrived; ends as soon as the batch is full"),
     Option("client_timeout", float, 10.0, "seconds a request waits for its result before 504"),
@@ -181,6 +185,7 @@ class Settings:
     redis_min_replicas: int | None
     queue_name: str
     batch_size: int
+    batch_latency_ms: float
     batch_wait_ms: float
     client_timeout: float
     redis_timeout: float
@@ -275,6 +280,7 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
 ZERO_ALLOWED = frozenset(
     {
         "batch_wait_ms",
+        "batch_latency_ms",
         "model_threads",
         "trace_sample_ratio",
         "redis_min_replicas",

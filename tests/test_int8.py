@@ -91,9 +91,12 @@ def test_auto_times_each_precision_it_may_use_and_serves_the_fastest(tmp_path, c
     classifier = lite0(tmp_path, calibration_dir, precision="auto", batch_size=4)
     line = next(record.getMessage() for record in caplog.records if "Precision auto" in record.getMessage())
     print(line)
-    rates = {name: float(rate) for name, rate in re.findall(r"(f32|bf16|int8) ([0-9.]+) img/s", line)}
-    assert "f32" in rates and "int8" in rates  # int8 passed its guard, so it was a candidate
-    assert classifier.precision == max(rates, key=lambda name: rates[name])
+    tables = dict(re.findall(r"(f32|bf16|int8) \[([^]]*)\] img/s", line))
+    assert "f32" in tables and "int8" in tables  # int8 passed its guard, so it was a candidate
+    # Every candidate timed at 1, 2 and 4 images; the worker serves what the line says it chose.
+    assert all(re.findall(r"(\d+): [0-9.]+", table) == ["1", "2", "4"] for table in tables.values())
+    served = re.search(r"serving (\w+) in batches of up to (\d+)", line)
+    assert served and (classifier.precision, classifier.chosen_batch_size) == (served[1], int(served[2]))
     assert classifier.int8_agreement is not None
 
 

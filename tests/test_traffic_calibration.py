@@ -206,11 +206,13 @@ def fastest_is_unquantized(monkeypatch):
     """--precision auto on a CPU where INT8 is timed slower than f32/bf16 (the colour model is
     too small for the timing to say so reliably)."""
     from serving.models import runtimes
+    from serving.models.auto_choice import Choice
 
-    def unquantized(name, shape, core, candidates, options):
-        return next(precision for precision in candidates if precision != "int8")
+    def unquantized(name, shape, core, candidates, options, sizes=None):
+        precision = next(precision for precision in candidates if precision != "int8")
+        return Choice(precision, options.batch_size, "not timed")
 
-    monkeypatch.setattr(runtimes, "_fastest", unquantized)
+    monkeypatch.setattr(runtimes, "_measured_choice", unquantized)
 
 
 def test_int8_that_passes_its_guard_but_runs_slower_is_cached_and_not_calibrated_again(

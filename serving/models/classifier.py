@@ -52,6 +52,7 @@ class Classifier:
         self.runtime = ""
         self.precision = ""
         self.int8_agreement: float | None = None  # the INT8 guard's top-1 agreement with f32, if tried
+        self.chosen_batch_size: int | None = None  # the largest batch --precision auto measured best
         # Set when INT8 can still be made from served images (--calibrate-on-traffic).
         self.traffic_int8: TrafficQuantizer | None = None
 

@@ -52,6 +52,7 @@ class KerasClassifier(Classifier):
         # The quantizer is the classifier's alone, so dropping it once INT8 from traffic is over
         # frees the unquantized graph it holds.
         self.traffic_int8 = compiled.traffic_int8
+        self.chosen_batch_size = compiled.batch_size
         self.use(replace(compiled, traffic_int8=None))
         # Decided once, from the model: a last layer that is not a softmax means logits, unless
         # its outputs are probabilities anyway (e.g. a softmax written as a Lambda).

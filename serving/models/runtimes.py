@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .auto_choice import Choice, choose, sizes_to_time, time_calls
 from .int8 import CalibrationError, QuantizeSettings
 from .ir_cache import cache_key, converted_model, save_atomically
 from .preprocessing import Preprocessing
@@ -46,7 +46,8 @@ class RuntimeOptions:
     int8_min_agreement: float = 0.97  # the guard's threshold: below it INT8 does not serve
     int8_settings: QuantizeSettings = QuantizeSettings()
     max_image_pixels: int = 40_000_000  # calibration images are decoded as uploads are
-    batch_size: int = 1  # the largest batch the worker runs: what auto times the precisions at
+    batch_size: int = 1  # the largest batch the worker may run: auto times batches up to it
+    batch_latency: float = 0.0  # auto: the longest model call it may choose a batch size for (0: any)
     traffic_images: int = 0  # > 0: calibrate INT8 on this many served images (traffic_calibration.py)
 
 
@@ -62,6 +63,7 @@ class CompiledModel:
     runtime: str
     precision: str
     int8_agreement: float | None = None  # the guard's measured top-1 agreement, when INT8 was tried
+    batch_size: int | None = None  # the largest batch to run, when auto chose it by measuring
     # Serving f32/bf16 with --calibrate-on-traffic: makes the INT8 model from served images.
     traffic_int8: TrafficQuantizer | None = None
 
@@ -183,13 +185,17 @@ def openvino_model(
             )
     if precision == "int8":
         precision = "int8" if quantized is not None else unquantized
-    elif precision == "auto":
+    chosen_batch = None
+    if precision == "auto":
         candidates = {"f32": ir, **({"bf16": ir} if has_bf16 else {})}
         if quantized is not None:
             candidates["int8"] = quantized
-        precision = _fastest(model.name, model.input_shape[1:], core, candidates, options)
+        choice = _measured_choice(model.name, model.input_shape[1:], core, candidates, options)
+        precision, chosen_batch = choice.precision, choice.batch_size
+        options = replace(options, batch_size=chosen_batch)  # what INT8 from traffic is timed at
     serving_ir = quantized if precision == "int8" else ir
     compiled = _compiled(ov, core, serving_ir, precision, options, model.name, agreement)
+    compiled = replace(compiled, batch_size=chosen_batch)
     if traffic and quantized is not None and compiled.precision != "int8":
         # Earlier traffic made an INT8 model that passed its guard, and it was just timed slower
         # than what serves here: quantizing again would make the same model.
@@ -293,7 +299,10 @@ class TrafficQuantizer:
                 log.warning("Could not cache the INT8 model at %s (%s)", self._entry, exc)
         if options.precision == "auto":
             candidates = {self.serving: self._ir, "int8": quantized}
-            fastest = _fastest(self.name, self.input_shape, self._core, candidates, options)
+            # At the batch size the worker runs: it keeps that whichever model serves.
+            fastest = _measured_choice(
+                self.name, self.input_shape, self._core, candidates, options, [options.batch_size]
+            ).precision
             if fastest != "int8":
                 return Int8Attempt(
                     None, f"INT8 passed its guard, but {fastest} is faster on this CPU", final=True
@@ -337,33 +346,26 @@ def _traffic_int8_cached(
     return cached.model, _finite(cached.report.agreement)
 
 
-def _fastest(
+def _measured_choice(
     name: str,
     input_shape: tuple[int, int, int],
     core: openvino.Core,
     candidates: dict[str, openvino.Model],
     options: RuntimeOptions,
-) -> str:
-    """The precision with the most images per second at the worker's largest batch, measured
-    here (best of three warm calls each), the table logged. One candidate: no measuring."""
-    if len(candidates) == 1:
-        return next(iter(candidates))
-    batch = np.zeros((max(1, options.batch_size), *input_shape), np.uint8)
-    rates = {}
-    for precision, ir in candidates.items():
+    sizes: list[int] | None = None,
+) -> Choice:
+    """The precision and the largest batch that move the most images per second here, measured
+    at ``sizes`` (by default 1, 2, 4, ... up to the worker's largest batch), the table logged."""
+    sizes = sizes or sizes_to_time(options.batch_size)
+    seconds = {}
+    for precision, ir in candidates.items():  # one compiled at a time: each holds its weights
         hint = "f32" if precision == "int8" else precision
-        request = core.compile_model(ir, "CPU", _cpu_config(hint, options)).create_infer_request()
-        request.infer([batch])  # the first call of a shape prepares its kernels
-        seconds = []
-        for _ in range(3):
-            started = time.perf_counter()
-            request.infer([batch])
-            seconds.append(time.perf_counter() - started)
-        rates[precision] = len(batch) / min(seconds)
-    best = max(rates, key=lambda precision: rates[precision])
-    table = ", ".join(f"{precision} {rate:.1f} img/s" for precision, rate in rates.items())
-    log.info("Precision auto for %s, measured at batch %d: %s; serving %s", name, len(batch), table, best)
-    return best
+        seconds[precision] = time_calls(
+            core.compile_model(ir, "CPU", _cpu_config(hint, options)), input_shape, sizes
+        )
+    choice = choose(seconds, options.batch_latency)
+    log.info("Precision auto for %s, measured: %s", name, choice)
+    return choice
 
 
 def _guarded_int8(

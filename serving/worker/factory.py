@@ -56,6 +56,7 @@ def create_worker(settings: Settings) -> ModelWorker:
         int8_min_agreement=settings.int8_min_agreement,
         max_image_pixels=settings.max_image_pixels,
         batch_size=settings.batch_size,
+        batch_latency=settings.batch_latency_ms / 1000,
         traffic_images=settings.calibrate_on_traffic,
     )
     classifier = load_classifier(
@@ -63,6 +64,13 @@ def create_worker(settings: Settings) -> ModelWorker:
     )
     if classifier.note:
         log.warning("%s", classifier.note)
+    if classifier.chosen_batch_size and classifier.chosen_batch_size != settings.batch_size:
+        log.info(
+            "batches of up to %d images, not %d: what --precision auto measured best here (above)",
+            classifier.chosen_batch_size,
+            settings.batch_size,
+        )
+        settings = settings.replace(batch_size=classifier.chosen_batch_size)
     started = time.perf_counter()
     # Every batch size once, before the first heartbeat: ready means warm (OpenVINO prepares
     # each new input shape on its first call, TensorFlow traces its graph once).
