@@ -12,9 +12,11 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -31,6 +33,8 @@ from serving.queue.keys import QueueKeys
 from serving.queue.messages import Request
 
 from .support import COLOURS, ROOT, colour_queue, free_port, leftover_keys
+
+T = TypeVar("T")
 
 __all__ = ["ChildProcess", "wait_until"]
 
@@ -381,21 +385,30 @@ def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
     return {Request.from_bytes(message).reply_to for message in raw}
 
 
-def freeze_holding_a_batch(cluster: Cluster, worker: Worker, least: int, timeout: float = 30) -> set[str]:
-    """SIGSTOP ``worker`` while it holds a batch of at least ``least`` requests whose answers it
-    has not written yet; returns their ids. What it holds is read once it is frozen: a stop that
-    landed after the batch was answered (the answers and the emptied list are one transaction) is
-    undone and tried again, so the caller always has a batch in the frozen worker's hands."""
+def freeze_holding(worker: Worker, holding: Callable[[], T], what: str, timeout: float = 30) -> T:
+    """SIGSTOP ``worker`` once ``holding()`` (what it holds in Redis, truthy when enough) says it
+    holds work it has not answered yet, and return what it holds, read once it is frozen. A stop
+    that landed after the work was answered (answers and emptied lists are one transaction) is
+    undone and tried again, so the caller always has work in the frozen worker's hands."""
 
-    def frozen_holding() -> set[str] | None:
-        if len(held_request_ids(cluster, worker)) < least:
+    def frozen_holding() -> T | None:
+        if not holding():
             return None
         worker.signal(signal.SIGSTOP)
-        held = held_request_ids(cluster, worker)
-        if len(held) >= least:
+        held = holding()
+        if held:
             return held
         worker.signal(signal.SIGCONT)
         return None
 
-    what = f"{worker.name} to hold a batch of {least}"
-    return wait_until(frozen_holding, timeout, what, worker.check_alive)
+    return wait_until(frozen_holding, timeout, f"{worker.name} to hold {what}", worker.check_alive)
+
+
+def freeze_holding_a_batch(cluster: Cluster, worker: Worker, least: int, timeout: float = 30) -> set[str]:
+    """``freeze_holding`` a batch of at least ``least`` interactive requests: their ids."""
+
+    def held() -> set[str]:
+        ids = held_request_ids(cluster, worker)
+        return ids if len(ids) >= least else set()
+
+    return freeze_holding(worker, held, f"a batch of {least}", timeout)

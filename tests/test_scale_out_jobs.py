@@ -16,6 +16,7 @@ from .cluster import (
     Outcome,
     Worker,
     assert_no_leftovers,
+    freeze_holding,
     start_workers,
     tinted,
     wait_until,
@@ -56,10 +57,9 @@ def test_jobs_survive_a_killed_worker_and_any_web_server_answers_for_them(fresh)
     for n in range(40):  # submitted through one web server...
         indexes = [(2 * n) % 300, (2 * n + 1) % 300]
         jobs[submit_job(first.url, indexes)] = indexes
-    wait_until(lambda: held_bulk(fresh, victim) >= 2, 30, "the victim to take job images")
-    victim.signal(signal.SIGKILL)
+    held = freeze_holding(victim, lambda: (n := held_bulk(fresh, victim)) >= 2 and n, "2 job images")
+    victim.signal(signal.SIGKILL)  # with job images in its hands, for certain
     victim.wait(10)
-    held = held_bulk(fresh, victim)
     start_workers(fresh.worker("survivor", "--batch-size", "16"))  # returns the dead one's batch
 
     def status(job_id):  # ...and followed through the other

@@ -15,7 +15,7 @@ import requests
 
 from serving.tenants.registry import Limits, TenantRegistry
 
-from .cluster import QUEUE, WebServer, assert_no_leftovers, start_workers, wait_until
+from .cluster import QUEUE, WebServer, assert_no_leftovers, freeze_holding, start_workers, wait_until
 from .support import colour_image
 
 pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
@@ -119,10 +119,14 @@ def test_a_worker_killed_holding_several_tenants_images_loses_none(keyed_webs):
     tenants = {name: registry.add(name, Limits()) for name in ("north", "south")}
     jobs = {name: submit_jobs(urls[i], key, 2) for i, (name, key) in enumerate(tenants.items())}
     owners = fresh.queue().keys.owners(victim.worker_id, "bulk")
-    wait_until(lambda: len(set(fresh.client().lrange(owners, 0, -1))) == 2, 30, "a batch of both tenants")
-    victim.signal(signal.SIGKILL)
+
+    def both_tenants() -> list[bytes]:
+        held = fresh.client().lrange(owners, 0, -1)
+        return held if len(set(held)) == 2 else []
+
+    held = freeze_holding(victim, both_tenants, "a batch of both tenants")
+    victim.signal(signal.SIGKILL)  # with both tenants' images in its hands, for certain
     victim.wait(10)
-    held = fresh.client().lrange(owners, 0, -1)
     survivor = fresh.worker("survivor")
     start_workers(survivor)
     for i, (name, key) in enumerate(tenants.items()):
