@@ -35,6 +35,9 @@ class LoadResult:
     wall_seconds: float
     statuses: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds, one per request
+    # CPU seconds the load generator itself spent (all its threads): on a machine it shares with
+    # the server, what it takes from the server's cores.
+    client_cpu_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         ok = sorted(lat for lat, status in zip(self.latencies, self.statuses) if status == 200)
@@ -48,6 +51,9 @@ class LoadResult:
             "p99_ms": _percentile_ms(ok, 99),
             "mean_ms": round(statistics.fmean(ok) * 1000, 1) if ok else None,
             "statuses": {str(k): v for k, v in sorted(Counter(self.statuses).items())},
+            "client_cpu_ms": (
+                round(self.client_cpu_seconds * 1000 / len(self.statuses), 3) if self.statuses else None
+            ),
         }
 
     def failures(self, allow_busy: bool) -> int:
@@ -129,12 +135,13 @@ def run_load(
             connection.close()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(min(concurrency, requests))]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     result.wall_seconds = time.perf_counter() - started
+    result.client_cpu_seconds = time.process_time() - cpu_started
     bar.close()
     return result
 
@@ -144,7 +151,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     return (
         f"c={summary['concurrency']} requests={summary['requests']} in {summary['seconds']:.2f} s | "
         f"{summary['throughput_rps']:.2f} req/s | p50 {summary['p50_ms']} ms, "
-        f"p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms | statuses {statuses}"
+        f"p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms | statuses {statuses} | "
+        f"this client's CPU {summary['client_cpu_ms']} ms/request"
     )
 
 

@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 
 import orjson
+import redis
 import requests
 
 from harness.launch import on_queue, python_server
 from harness.processes import ROOT
+from serving.queue import RedisQueue
+from serving.queue.catalogue import model_queue_name
 from serving.queue.embedded import EmbeddedRedis
 from stress_test import run_load
 
@@ -85,7 +88,8 @@ def sweep(url: str, image: bytes, concurrencies: list[int], rate: float, args, w
         summary = result.summary()
         print(
             f"  c={concurrency:<3} {summary['throughput_rps']:8.2f} req/s  p50 {summary['p50_ms']} ms  "
-            f"p99 {summary['p99_ms']} ms  {summary['statuses']}",
+            f"p99 {summary['p99_ms']} ms  {summary['statuses']}  "
+            f"client CPU {summary['client_cpu_ms']} ms/req",
             flush=True,
         )
         rows.append(summary)
@@ -251,9 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def served_model(url: str) -> dict:
-    """The model, runtime and precision the server's workers report."""
-    return requests.get(url + "/readyz", timeout=10).json()["model"]
+def served_model(url: str, redis_url: str, model: str) -> dict:
+    """The model, runtime and precision the server's workers report, and the largest batch
+    their heartbeats carry (--precision auto chooses it by measuring)."""
+    served = requests.get(url + "/readyz", timeout=10).json()["model"]
+    queue = RedisQueue(
+        redis.Redis.from_url(redis_url), model_queue_name(f"bench_{model}", served["name"], served["version"])
+    )
+    sizes = [heartbeat.batch_size for heartbeat in queue.live_workers().values()]
+    return {**served, "batch_size": max(sizes, default=None)}
+
+
+def say_served(model: dict) -> None:
+    print(
+        f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}, "
+        f"batches of up to {model.get('batch_size', '-')}"
+    )
 
 
 def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
@@ -262,9 +279,8 @@ def measure_servers(args, image: bytes, redis_url: str, results: dict) -> None:
     best_raw = max(raw["best_rate"] for raw in results["raw_runtimes"])
     print("server over HTTP, default runtime...", flush=True)
     with python_server(server_args(args.model, args, redis_url), logs / "server.log") as server:
-        results["server_model"] = served_model(server.url)
-        model = results["server_model"]
-        print(f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}")
+        results["server_model"] = served_model(server.url, redis_url, args.model)
+        say_served(results["server_model"])
         results["server"] = sweep(server.url, image, concurrencies, best_raw, args, warmup=8)
         results["server_overhead_c1"] = overhead.measure(server.url, image, count=8 if args.quick else 24)
         print("interactive requests under a full bulk lane...", flush=True)
@@ -315,9 +331,8 @@ def measure_precisions(
     for name, flags in (("server_int8", int8_flags), ("server_f32", ["--precision", "f32"])):
         print(f"server over HTTP, {' '.join(flags)}...", flush=True)
         with python_server(server_args(args.model, args, redis_url, *flags), logs / f"{name}.log") as server:
-            results[f"{name}_model"] = served_model(server.url)
-            model = results[f"{name}_model"]
-            print(f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}")
+            results[f"{name}_model"] = served_model(server.url, redis_url, args.model)
+            say_served(results[f"{name}_model"])
             results[name] = sweep(server.url, image, concurrencies, best_raw, args, warmup=8)
 
 
