@@ -72,7 +72,7 @@ OPTIONS: tuple[Option, ...] = (
            "name of the queue: its keys are {NAME}, {NAME}:bulk, ..., one Cluster hash slot"),
     Option("batch_size", int, 8, "most images the worker runs in one model call "
            "(8: on 2 CPU cores larger batches gain ResNet50 under 5 percent and take 2-4x as long); "
-           "with --precision auto on OpenVINO the worker may choose fewer, by measuring"),
+           "left unset with --precision auto on OpenVINO, the worker may choose fewer by measuring"),
     Option("batch_latency_ms", float, 0.0,
            "with --precision auto: the longest model call the worker may choose a batch size for, "
            "in ms (0: no bound; batches of 1 are always allowed)"),
@@ -224,6 +224,9 @@ class Settings:
     tracing: str
     trace_sample_ratio: float
     auth: str
+    # The options set by a flag or the environment, not left to their defaults: where the
+    # service may choose a value itself (the batch size under --precision auto), a set one wins.
+    given: frozenset[str] = frozenset()
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -339,12 +342,15 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     environ = os.environ if environ is None else environ
     flags = vars(build_parser().parse_args([] if argv is None else list(argv)))
     values = {}
+    given = set()
     for option in OPTIONS:
         value = flags[option.name]
         if value is None:
             value = _from_env(option, environ)
+        if value is not None:
+            given.add(option.name)
         values[option.name] = option.default if value is None else value
-    settings = Settings(**values)
+    settings = Settings(**values, given=frozenset(given))
     _validate(settings)
     return settings
 

@@ -71,8 +71,9 @@ def worker_settings(colour_model, redis_server, *flags: str):
         [
             "--role", "worker", "--redis-url", redis_server.url, "--queue-name", colour_queue("auto-choice"),
             "--model", str(model), "--labels", str(labels), "--preprocess", "unit",
-            "--runtime", "openvino", "--batch-size", "8", *flags,
-        ]
+            "--runtime", "openvino", *flags,
+        ],
+        {},
     )  # fmt: skip
 
 
@@ -87,6 +88,7 @@ def test_a_worker_on_auto_runs_the_batch_size_it_measured_and_says_so(
         colour_model, redis_server, "--precision", "auto", "--batch-latency-ms", "0.001",
         "--model-cache", str(tmp_path),
     )  # fmt: skip
+    assert settings.batch_size == 8  # the default: left to the worker to choose under
     worker = create_worker(settings)
     assert worker.classifier.chosen_batch_size == 1
     assert worker.settings.batch_size == worker.policy.batch_size == 1
@@ -106,3 +108,28 @@ def test_an_explicit_precision_keeps_the_batch_size_it_was_given(colour_model, r
     worker = create_worker(settings)
     assert worker.classifier.chosen_batch_size is None
     assert worker.settings.batch_size == worker.policy.batch_size == 8
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_batch_size_that_was_set_wins_over_the_measured_choice(
+    given, colour_model, redis_server, tmp_path, caplog, monkeypatch
+):
+    from serving.worker.factory import create_worker
+
+    caplog.set_level(logging.INFO)
+    flags = ["--precision", "auto", "--batch-latency-ms", "0.001", "--model-cache", str(tmp_path)]
+    if given == "flag":
+        settings = worker_settings(colour_model, redis_server, *flags, "--batch-size", "8")
+    else:
+        model, labels = colour_model
+        settings = load_settings(
+            [
+                "--role", "worker", "--redis-url", redis_server.url, "--queue-name", colour_queue("auto-set"),
+                "--model", str(model), "--labels", str(labels), "--preprocess", "unit",
+                "--runtime", "openvino", *flags,
+            ],
+            {"BATCH_SIZE": "8"},
+        )  # fmt: skip
+    worker = create_worker(settings)
+    assert worker.settings.batch_size == worker.policy.batch_size == 8
+    assert "batches of up to 1" not in caplog.text

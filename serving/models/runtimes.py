@@ -47,6 +47,7 @@ class RuntimeOptions:
     int8_settings: QuantizeSettings = QuantizeSettings()
     max_image_pixels: int = 40_000_000  # calibration images are decoded as uploads are
     batch_size: int = 1  # the largest batch the worker may run: auto times batches up to it
+    choose_batch_size: bool = True  # auto: choose the batch size too (False: run batch_size)
     batch_latency: float = 0.0  # auto: the longest model call it may choose a batch size for (0: any)
     traffic_images: int = 0  # > 0: calibrate INT8 on this many served images (traffic_calibration.py)
 
@@ -355,8 +356,12 @@ def _measured_choice(
     sizes: list[int] | None = None,
 ) -> Choice:
     """The precision and the largest batch that move the most images per second here, measured
-    at ``sizes`` (by default 1, 2, 4, ... up to the worker's largest batch), the table logged."""
-    sizes = sizes or sizes_to_time(options.batch_size)
+    at ``sizes`` (by default 1, 2, 4, ... up to the worker's largest batch, or that batch alone
+    when it was set), the table logged. Nothing to choose from: nothing measured."""
+    if not sizes:
+        sizes = sizes_to_time(options.batch_size) if options.choose_batch_size else [options.batch_size]
+    if len(candidates) == 1 and len(sizes) == 1:
+        return Choice(next(iter(candidates)), sizes[0], "one precision and one batch size: not timed")
     seconds = {}
     for precision, ir in candidates.items():  # one compiled at a time: each holds its weights
         hint = "f32" if precision == "int8" else precision

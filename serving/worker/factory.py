@@ -33,6 +33,7 @@ def from_repository(settings: Settings) -> Settings:
         batch_size=source.batch_size or settings.batch_size,
         model_name=source.name,
         model_version=source.version,
+        given=settings.given | ({"batch_size"} if source.batch_size else set()),  # set in its config
     )
 
 
@@ -56,6 +57,7 @@ def create_worker(settings: Settings) -> ModelWorker:
         int8_min_agreement=settings.int8_min_agreement,
         max_image_pixels=settings.max_image_pixels,
         batch_size=settings.batch_size,
+        choose_batch_size="batch_size" not in settings.given,  # a batch size that was set wins
         batch_latency=settings.batch_latency_ms / 1000,
         traffic_images=settings.calibrate_on_traffic,
     )
