@@ -95,6 +95,13 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "auto-batch-ignored",
+        "a worker on --precision auto runs --batch-size, not the batch size it measured best",
+        "serving/worker/factory.py",
+        (("        settings = settings.replace(batch_size=classifier.chosen_batch_size)\n", ""),),
+        ("tests/test_auto_choice.py::test_a_worker_on_auto_runs_the_batch_size_it_measured_and_says_so",),
+    ),
+    Mutant(
         "requeue-live",
         "a worker's batch is requeued while its heartbeat lives",
         "serving/queue/scripts.py",
