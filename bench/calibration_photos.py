@@ -3,7 +3,7 @@ the area) and mirror images of each, as JPEG files. ``python -m bench.calibratio
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -35,5 +35,17 @@ def write_crops(folder: Path, per_photo: int = 40, seed: int = 22, source: Path 
     return written
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="A calibration folder for --precision int8: random crops and mirror images of "
+        "the test photos, as JPEG files."
+    )
+    parser.add_argument("folder", type=Path, help="where to write the images (made if missing)")
+    parser.add_argument("--per-photo", type=int, default=40, help="crops of each test photo")
+    args = parser.parse_args(argv)
+    print(len(write_crops(args.folder, args.per_photo)), "images written to", args.folder)
+    return 0
+
+
 if __name__ == "__main__":
-    print(len(write_crops(Path(sys.argv[1]))), "images written")
+    raise SystemExit(main())
