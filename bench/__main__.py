@@ -110,10 +110,15 @@ def model_flags(model: str, args) -> list[str]:
     ]
 
 
+def bench_queue(model: str) -> str:
+    """The queue the benchmark's servers of ``model`` share."""
+    return f"bench_{model}"
+
+
 def server_args(model: str, args, redis_url: str, *flags: str) -> list[str]:
     return [
         "run_keras_server.py",
-        *on_queue(None, redis_url, f"bench_{model}", *model_flags(model, args)),
+        *on_queue(None, redis_url, bench_queue(model), *model_flags(model, args)),
         *args.server_flag,
         *flags,
     ]
@@ -259,9 +264,8 @@ def served_model(url: str, redis_url: str, model: str) -> dict:
     """The model, runtime and precision the server's workers report, and the largest batch
     their heartbeats carry (--precision auto chooses it by measuring)."""
     served = requests.get(url + "/readyz", timeout=10).json()["model"]
-    queue = RedisQueue(
-        redis.Redis.from_url(redis_url), model_queue_name(f"bench_{model}", served["name"], served["version"])
-    )
+    queue_name = model_queue_name(bench_queue(model), served["name"], served["version"])
+    queue = RedisQueue(redis.Redis.from_url(redis_url), queue_name)
     sizes = [heartbeat.batch_size for heartbeat in queue.live_workers().values()]
     return {**served, "batch_size": max(sizes, default=None)}
 
@@ -269,7 +273,7 @@ def served_model(url: str, redis_url: str, model: str) -> dict:
 def say_served(model: dict) -> None:
     print(
         f"  serving on {model.get('runtime', '-')} {model.get('precision', '-')}, "
-        f"batches of up to {model.get('batch_size', '-')}"
+        f"batches of up to {model.get('batch_size') or '-'}"
     )
 
 

@@ -65,7 +65,7 @@ def test_nothing_measured_is_an_error():
         choose({})
 
 
-def worker_settings(colour_model, redis_server, *flags: str):
+def worker_settings(colour_model, redis_server, *flags: str, environ: dict | None = None):
     model, labels = colour_model
     return load_settings(
         [
@@ -73,7 +73,7 @@ def worker_settings(colour_model, redis_server, *flags: str):
             "--model", str(model), "--labels", str(labels), "--preprocess", "unit",
             "--runtime", "openvino", *flags,
         ],
-        {},
+        environ or {},
     )  # fmt: skip
 
 
@@ -121,15 +121,7 @@ def test_a_batch_size_that_was_set_wins_over_the_measured_choice(
     if given == "flag":
         settings = worker_settings(colour_model, redis_server, *flags, "--batch-size", "8")
     else:
-        model, labels = colour_model
-        settings = load_settings(
-            [
-                "--role", "worker", "--redis-url", redis_server.url, "--queue-name", colour_queue("auto-set"),
-                "--model", str(model), "--labels", str(labels), "--preprocess", "unit",
-                "--runtime", "openvino", *flags,
-            ],
-            {"BATCH_SIZE": "8"},
-        )  # fmt: skip
+        settings = worker_settings(colour_model, redis_server, *flags, environ={"BATCH_SIZE": "8"})
     worker = create_worker(settings)
     assert worker.settings.batch_size == worker.policy.batch_size == 8
     assert "batches of up to 1" not in caplog.text
