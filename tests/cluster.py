@@ -30,7 +30,7 @@ from serving.queue import RedisQueue
 from serving.queue.connection import connect
 from serving.queue.embedded import EmbeddedRedis
 from serving.queue.keys import QueueKeys
-from serving.queue.messages import Request
+from serving.queue.messages import ImageRef
 
 from .support import COLOURS, ROOT, colour_queue, free_port, leftover_keys
 
@@ -382,7 +382,7 @@ def assert_no_leftovers(cluster: Cluster) -> None:
 
 def held_request_ids(cluster: Cluster, worker: Worker) -> set[str]:
     raw = cluster.client().lrange(cluster.queue().keys.processing(worker.worker_id), 0, -1)
-    return {Request.from_bytes(message).reply_to for message in raw}
+    return {ImageRef.from_bytes(ref).reply_to for ref in raw}
 
 
 def freeze_holding(worker: Worker, holding: Callable[[], T], what: str, timeout: float = 30) -> T:

@@ -14,8 +14,9 @@ from PIL import Image
 from harness.launch import server_command
 from harness.processes import ROOT, ServerProcess, free_port, wait_until
 from serving.models.preprocessing import Preprocessing
+from serving.queue import Batch
 from serving.queue.keys import DEFAULT_TENANT, QueueKeys
-from serving.queue.messages import INTERACTIVE
+from serving.queue.messages import INTERACTIVE, ImageRef, MessageError, Request
 from serving.settings import Settings, load_settings
 
 __all__ = ["ROOT", "TESTDATA", "COLOURS", "TINY_INPUT", "free_port", "wait_until"]
@@ -107,19 +108,42 @@ def pretend_worker(
     Catalogue(client, deployment or queue_name).announce(heartbeat.model, queue_name, ttl)
 
 
-def push_raw(queue, lane: str, *messages: bytes, tenant: str = DEFAULT_TENANT) -> None:
-    """Put messages in a lane as the queue's scripts do (in the tenant's lane, a count token
-    each, the tenant marked active) without a request's bookkeeping: for tests of the take."""
+def push_raw(queue, lane: str, *entries: bytes, tenant: str = DEFAULT_TENANT) -> list[bytes]:
+    """Queue entries in a lane as the queue's scripts do (in the tenant's lane, a count token
+    each, the tenant marked active) without a request's bookkeeping: for tests of the take. An
+    entry that is a Request message waits under its image key (interactive) or in its job's
+    images hash, and its reference goes in the lane; anything else (a reference, a hostile
+    entry) goes in as it is. Returns the lane entries."""
     pipe = queue.redis.pipeline(transaction=True)
-    pipe.rpush(queue.keys.tenant_lane(tenant, lane), *messages)
-    pipe.rpush(queue.keys.lane(lane), *[b"1"] * len(messages))
+    refs = []
+    for entry in entries:
+        try:
+            request = Request.from_bytes(entry)
+        except MessageError:
+            refs.append(entry)
+            continue
+        owner = request.reply_to
+        if lane == INTERACTIVE:
+            pipe.set(queue.keys.image(owner, request.index), entry)
+        else:
+            pipe.hset(queue.keys.job_images(owner), request.index, entry)
+        refs.append(ImageRef(owner, request.index).to_bytes())
+    pipe.rpush(queue.keys.tenant_lane(tenant, lane), *refs)
+    pipe.rpush(queue.keys.lane(lane), *[b"1"] * len(refs))
     pipe.zadd(queue.keys.active(lane), {tenant: 0}, nx=True)
     pipe.execute()
+    return refs
 
 
 def queued(queue, lane: str = INTERACTIVE, tenant: str = DEFAULT_TENANT) -> list[bytes]:
-    """The messages waiting in a tenant's lane, oldest first."""
+    """The references waiting in a tenant's lane, oldest first (``<request or job>:<index>``)."""
     return queue.redis.lrange(queue.keys.tenant_lane(tenant, lane), 0, -1)
+
+
+def messages_of(queue, refs: list[bytes], lane: str = INTERACTIVE) -> list[bytes]:
+    """The messages behind interactive or job image references, as a worker reads them."""
+    batch = Batch(refs, []) if lane == INTERACTIVE else Batch([], refs)
+    return [message for _, message in queue.read_messages(batch)]
 
 
 def colour_queue(deployment: str, version: str = "1") -> str:

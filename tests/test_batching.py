@@ -13,7 +13,7 @@ import pytest
 from serving.models.classifier import Classifier
 from serving.queue import RedisQueue
 from serving.queue.keys import QueueKeys
-from serving.queue.messages import BULK, JobImage, Request
+from serving.queue.messages import BULK, ImageRef, Request
 from serving.worker import batching
 from serving.worker.batching import BatchCosts, take_batch
 
@@ -124,12 +124,12 @@ def test_a_short_grace_for_interactive_work_only_while_it_is_coming():
 def test_the_grace_catches_an_interactive_image_before_a_bulk_batch(redis_client):
     queue = RedisQueue(redis_client, "graceq")
     pixels = np.zeros((2, 2, 3), np.uint8)
-    push_raw(queue, BULK, JobImage("job", 0).to_bytes())
+    push_raw(queue, BULK, ImageRef("job", 0).to_bytes())
     arriving = Request("now", 0, pixels, 1, 0, 1e12).to_bytes()
     threading.Timer(0.02, lambda: push_raw(queue, "interactive", arriving)).start()
     # A grace far longer than the 20 ms it takes: it ends when the interactive image comes.
     batch = take_batch(queue, "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8, grace=5.0)
-    assert batch.interactive == [arriving] and batch.bulk == []
+    assert batch.interactive == [b"now:0"] and batch.bulk == []
     assert take_batch(
         queue, "w", 8, window=0, idle_timeout=1, bulk_caps=[1] + [0] * 8
     ).bulk  # then the bulk one
@@ -161,7 +161,7 @@ def test_after_a_batch_with_room_left_the_worker_blocks_first_and_takes_once(red
     threading.Timer(0.05, lambda: queue.enqueue("next", [_interactive("next")], 100, 10)).start()
     started = time.monotonic()
     batch = policy.next_batch(queue, "w", idle_timeout=5)
-    assert batch.interactive == [_interactive("next")]
+    assert batch.interactive == [b"next:0"]
     assert time.monotonic() - started < 2.5  # the enqueue's ring woke it, not the idle timeout
     assert takes[0] == 1  # no take of the empty lanes before blocking
 
@@ -174,7 +174,7 @@ def test_work_whose_ring_was_lost_is_still_taken_within_the_idle_timeout(redis_c
     queue.enqueue("unheard", [_interactive("unheard")], 100, 10)
     redis_client.delete(queue.keys.doorbell)  # its ring expired, or a worker that died heard it
     started = time.monotonic()
-    assert policy.next_batch(queue, "w", idle_timeout=0.3).interactive == [_interactive("unheard")]
+    assert policy.next_batch(queue, "w", idle_timeout=0.3).interactive == [b"unheard:0"]
     assert time.monotonic() - started < 3.0
 
 
@@ -196,5 +196,5 @@ def test_after_a_full_batch_the_worker_takes_before_blocking(redis_client):
     assert len(policy.next_batch(queue, "w", idle_timeout=5)) == 2
     redis_client.delete(queue.keys.doorbell)  # no ring to hear: only a take finds the third
     started = time.monotonic()
-    assert policy.next_batch(queue, "w", idle_timeout=5).interactive == [_interactive("three2")]
+    assert policy.next_batch(queue, "w", idle_timeout=5).interactive == [b"three:2"]
     assert time.monotonic() - started < 2.5

@@ -18,6 +18,7 @@ from harness.redis_nodes import default_binaries
 from serving.queue.connection import open_queue
 
 from .failover import ClusterTopology, Deployment, Figures, SentinelTopology, run
+from .support import messages_of
 
 pytestmark = pytest.mark.slow  # starts six or more redis-servers, two web servers and two workers
 
@@ -94,7 +95,8 @@ def test_a_sentinel_url_with_passwords_finds_the_primary_and_follows_it():
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        assert taken is not None and taken.interactive == [b"m"]  # the write had reached the replica
+        assert taken is not None and taken.interactive == [b"r:0"]  # the writes had reached the replica:
+        assert messages_of(queue, taken.interactive) == [b"m"]  # the reference, and the message
         assert queue.primary() == f"127.0.0.1:{new.port}" and queue.watch.changes == 1
         queue.redis.close()
 
@@ -109,6 +111,6 @@ def test_a_tls_sentinel_url_reaches_the_primary_over_tls():
         assert url.startswith("rediss+sentinel://")
         queue = open_queue(url, "tlsq", call_timeout=2.0, longest_block=5)
         assert queue.enqueue("r", [b"m"], max_length=10, keep_seconds=30)
-        assert queue.take("w", 1).interactive == [b"m"]
+        assert messages_of(queue, queue.take("w", 1).interactive) == [b"m"]
         assert queue.primary() == f"127.0.0.1:{ha.primary().port}"
         queue.redis.close()

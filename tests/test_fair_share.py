@@ -8,11 +8,11 @@ import pytest
 
 from serving.queue import JobSpec, RedisQueue
 from serving.queue.keys import DEFAULT_TENANT
-from serving.queue.messages import BULK, INTERACTIVE, Request
+from serving.queue.messages import BULK, INTERACTIVE, ImageRef
 from serving.queue.redis_queue import TenantQueueFull
 
 from .support import leftover_keys, queued
-from .test_queue import message
+from .test_queue import fill, message, ref
 
 Q = "fairq"
 
@@ -23,11 +23,11 @@ def queue(redis_client):
 
 
 def send(queue, tenant: str, count: int, cap: int = 0) -> list[bytes]:
-    """``count`` one-image requests of ``tenant``; their messages."""
-    messages = [message(f"{tenant}-{i}") for i in range(count)]
-    for i, raw in enumerate(messages):
-        assert queue.enqueue(f"{tenant}-{i}", [raw], 10_000, 30, tenant=tenant, tenant_cap=cap)
-    return messages
+    """``count`` one-image requests of ``tenant``; their lane entries (references)."""
+    for i in range(count):
+        request_id = f"{tenant}-{i}"
+        assert queue.enqueue(request_id, [message(request_id)], 10_000, 30, tenant=tenant, tenant_cap=cap)
+    return [ref(f"{tenant}-{i}") for i in range(count)]
 
 
 def submit_job(queue, tenant: str, job_id: str, images: int) -> None:
@@ -38,10 +38,10 @@ def submit_job(queue, tenant: str, job_id: str, images: int) -> None:
 
 
 def owner(raw: bytes) -> str:
-    """The tenant of a message sent by ``send`` or a job reference ("<tenant>job:<index>")."""
-    if b"reply_to" in raw:
-        return Request.from_bytes(raw).reply_to.split("-")[0]
-    return raw.decode().split("job:")[0]
+    """The tenant of a reference to an image sent by ``send`` ("<tenant>-<i>:0") or of a job
+    ("<tenant>job:<index>")."""
+    reply_to = ImageRef.from_bytes(raw).reply_to
+    return reply_to.split("-")[0] if "-" in reply_to else reply_to.removesuffix("job")
 
 
 def assert_counts_in_step(queue) -> None:
@@ -78,7 +78,7 @@ def test_a_batch_is_filled_from_the_tenants_in_turn(queue):
 
 
 def queued_order(tenant: str, count: int) -> list[bytes]:
-    return [message(f"{tenant}-{i}") for i in range(count)]
+    return [ref(f"{tenant}-{i}") for i in range(count)]
 
 
 def test_a_tenant_that_joins_late_starts_level_and_saves_no_credit(queue):
@@ -139,10 +139,10 @@ def test_a_tenants_cap_refuses_what_would_exceed_it_and_writes_nothing(queue):
 
 
 def test_withdraw_takes_back_from_the_tenants_lane(queue):
-    messages = send(queue, "gone", 2)
-    assert queue.withdraw("gone-1", [messages[1]], tenant="gone") == (1, [])
-    assert queued(queue, tenant="gone") == [messages[0]] and queue.depth() == 1
-    assert queue.withdraw("gone-0", [messages[0]], tenant="gone") == (1, [])
+    refs = send(queue, "gone", 2)
+    assert queue.withdraw("gone-1", [0], tenant="gone") == (1, [])
+    assert queued(queue, tenant="gone") == [refs[0]] and queue.depth() == 1
+    assert queue.withdraw("gone-0", [0], tenant="gone") == (1, [])
     assert queue.redis.zcard(queue.keys.active(INTERACTIVE)) == 0
     assert leftover_keys(queue.redis, Q) == []
 
@@ -159,9 +159,7 @@ def test_another_tenants_job_cannot_be_cancelled(queue):
 
 
 def test_without_tenants_everything_is_one_tenant_as_before(queue):
-    messages = [message(f"m{i}") for i in range(5)]
-    for i, raw in enumerate(messages):
-        assert queue.enqueue(f"m{i}", [raw], 10_000, 30)
-    assert queued(queue, tenant=DEFAULT_TENANT) == messages
-    assert queue.take("w", 5).interactive == messages  # one tenant: strictly in order
+    refs = fill(queue, 5)
+    assert queued(queue, tenant=DEFAULT_TENANT) == refs
+    assert queue.take("w", 5).interactive == refs  # one tenant: strictly in order
     assert queue.redis.lrange(queue.keys.owners("w"), 0, -1) == [DEFAULT_TENANT.encode()] * 5

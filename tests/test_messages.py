@@ -7,13 +7,15 @@ import pytest
 
 from serving.queue.messages import (
     BULK,
+    INTERACTIVE,
     Answer,
     BatchInfo,
     Heartbeat,
-    JobImage,
+    ImageRef,
     MessageError,
     ModelInfo,
     Request,
+    image_refs,
 )
 
 
@@ -170,10 +172,13 @@ def test_heartbeat_round_trip_and_bad_heartbeats():
             Heartbeat.from_bytes(raw)
 
 
-def test_job_image_references_round_trip_and_bad_ones_are_refused():
-    image = JobImage("5f0c" * 8, 31)
+def test_image_references_round_trip_in_either_lane_and_bad_ones_are_refused():
+    image = ImageRef("5f0c" * 8, 31)
     assert image.to_bytes() == b"5f0c5f0c5f0c5f0c5f0c5f0c5f0c5f0c:31"
-    assert JobImage.from_bytes(image.to_bytes()) == image and image.reply == (BULK, "5f0c" * 8, 31)
+    assert ImageRef.from_bytes(image.to_bytes()) == image and image.reply == (INTERACTIVE, "5f0c" * 8, 31)
+    job_image = ImageRef.from_bytes(b"job:2", BULK)
+    assert job_image.reply == (BULK, "job", 2)
+    assert image_refs("r", 3) == [b"r:0", b"r:1", b"r:2"]
     for raw in (b"", b"job", b"job:", b":3", b"job:-1", b"job:1e3", b"job:9999999", b"x" * 129 + b":0"):
         with pytest.raises(MessageError):
-            JobImage.from_bytes(raw)
+            ImageRef.from_bytes(raw)

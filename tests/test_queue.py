@@ -8,11 +8,11 @@ import pytest
 import redis
 
 from serving.queue import JobSpec, RedisQueue
-from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, JobImage, ModelInfo, Request
+from serving.queue.messages import BULK, INTERACTIVE, Answer, Heartbeat, ImageRef, ModelInfo, Request
 from serving.queue.redis_queue import NotReplicated
 from serving.worker.batching import take_batch
 
-from .support import leftover_keys, push_raw, queued, wait_until
+from .support import leftover_keys, messages_of, push_raw, queued, wait_until
 
 Q = "testq"
 
@@ -27,11 +27,15 @@ def message(request_id: str, index: int = 0, lane: str = INTERACTIVE) -> bytes:
     return Request(request_id, index, pixels, top_k=1, queued_at=0.0, deadline=1e12, lane=lane).to_bytes()
 
 
-def fill(queue, count, prefix="m"):
-    messages = [message(f"{prefix}{i}") for i in range(count)]
-    for i, raw in enumerate(messages):
-        assert queue.enqueue(f"{prefix}{i}", [raw], max_length=10_000, keep_seconds=30)
-    return messages
+def ref(request_id: str, index: int = 0) -> bytes:
+    return ImageRef(request_id, index).to_bytes()
+
+
+def fill(queue, count, prefix="m") -> list[bytes]:
+    """``count`` one-image requests queued; their lane entries (references), in order."""
+    for i in range(count):
+        assert queue.enqueue(f"{prefix}{i}", [message(f"{prefix}{i}")], max_length=10_000, keep_seconds=30)
+    return [ref(f"{prefix}{i}") for i in range(count)]
 
 
 def answer(request_id: str, index: int = 0, label: str = "") -> Answer:
@@ -47,15 +51,37 @@ def test_enqueue_refuses_once_the_lane_holds_its_bound(queue):
     fill(queue, 3)
     assert not queue.enqueue("x", [message("x")], max_length=3, keep_seconds=30)
     assert queue.depth() == 3
-    assert not queue.redis.exists(queue.keys.waiting("x"))
+    assert not queue.redis.exists(queue.keys.waiting("x"), queue.keys.image("x", 0))  # nothing left behind
 
 
 def test_a_request_of_several_images_is_queued_whole_and_awaited_per_image(queue):
     messages = [message("multi", i) for i in range(3)]
     assert queue.enqueue("multi", messages, max_length=10, keep_seconds=30)
-    assert queued(queue) == messages
+    assert queued(queue) == [b"multi:0", b"multi:1", b"multi:2"]  # the lane holds references
     assert queue.redis.hkeys(queue.keys.waiting("multi")) == [b"0", b"1", b"2"]
-    assert 0 < queue.redis.pttl(queue.keys.waiting("multi")) <= 30_000
+    assert queue.redis.mget([queue.keys.image("multi", i) for i in range(3)]) == messages
+    for key in (queue.keys.waiting("multi"), queue.keys.image("multi", 2)):
+        assert 0 < queue.redis.pttl(key) <= 30_000  # both go if the web server dies
+
+
+def test_a_worker_reads_the_messages_behind_what_it_took_in_order(queue):
+    first = [message("a", i) for i in range(2)]
+    queue.enqueue("a", first, max_length=10, keep_seconds=30)
+    queue.enqueue("b", [message("b")], max_length=10, keep_seconds=30)
+    batch = queue.take("w1", 3)
+    assert batch.interactive == [ref("a", 0), ref("a", 1), ref("b")]
+    assert queue.read_messages(batch) == [
+        (ImageRef("a", 0), first[0]),
+        (ImageRef("a", 1), first[1]),
+        (ImageRef("b", 0), message("b")),
+    ]
+
+
+def test_a_withdrawn_requests_image_already_taken_is_not_read(queue):
+    fill(queue, 2)
+    batch = queue.take("w1", 2)
+    queue.withdraw("m0", [0])  # its client gave up after the worker took it
+    assert messages_of(queue, batch.interactive) == [message("m1")]
 
 
 def test_take_batch_takes_in_order_up_to_the_batch_size(queue):
@@ -67,7 +93,7 @@ def test_take_batch_takes_in_order_up_to_the_batch_size(queue):
 
 
 def test_take_fills_from_the_interactive_lane_first_and_tops_up_from_bulk(queue):
-    bulk = [JobImage("job", i).to_bytes() for i in range(6)]
+    bulk = [ImageRef("job", i).to_bytes() for i in range(6)]
     push_raw(queue, BULK, *bulk)
     interactive = fill(queue, 3)
     batch = queue.take("w1", 5)
@@ -114,17 +140,17 @@ def test_the_window_ends_as_soon_as_the_batch_is_full(queue):
     # Full at once: the take returned then, where the window would have run 30 s.
     assert taken["returned"] - full < 10
     fill(queue, 1, prefix="too-late")
-    assert take_batch(queue, "w2", 4, window=0, idle_timeout=2).interactive == [message("too-late0")]
+    assert take_batch(queue, "w2", 4, window=0, idle_timeout=2).interactive == [ref("too-late0")]
 
 
 def test_a_blocked_worker_wakes_for_bulk_work_too(queue):
     def submit_bulk():  # as POST /jobs does it: the image, then the doorbell
-        push_raw(queue, BULK, JobImage("job", 0).to_bytes())
+        push_raw(queue, BULK, ImageRef("job", 0).to_bytes())
         queue.redis.rpush(queue.keys.doorbell, "1")
 
     threading.Timer(0.1, submit_bulk).start()
     batch = take_batch(queue, "w1", 8, window=0, idle_timeout=4)
-    assert batch.bulk == [JobImage("job", 0).to_bytes()]
+    assert batch.bulk == [ImageRef("job", 0).to_bytes()]
 
 
 def test_concurrent_takers_never_share_a_message(queue, redis_server):
@@ -180,17 +206,17 @@ def test_wait_answers_returns_what_arrived_when_time_is_up(queue):
 
 
 def test_withdraw_takes_queued_messages_back(queue):
-    messages = fill(queue, 2)
-    assert queue.withdraw("m1", [messages[1]]) == (1, [])
-    assert queued(queue) == [messages[0]]
-    assert not queue.redis.exists(queue.keys.waiting("m1"))
+    refs = fill(queue, 2)
+    assert queue.withdraw("m1", [0]) == (1, [])
+    assert queued(queue) == [refs[0]]
+    assert not queue.redis.exists(queue.keys.waiting("m1"), queue.keys.image("m1", 0))
 
 
 def test_withdraw_keeps_an_answer_that_landed_late_and_blocks_later_ones(queue):
-    messages = fill(queue, 1)
+    fill(queue, 1)
     take_batch(queue, "w1", 1, window=0, idle_timeout=1)
     queue.answer("w1", [answer("m0", label="late")], result_ttl=60)
-    removed, late = queue.withdraw("m0", messages)
+    removed, late = queue.withdraw("m0", [0])
     assert removed == 0 and labels(late) == ["late"]
     assert queue.answer("w1", [answer("m0", label="again")], result_ttl=60) == 0
     assert leftover_keys(queue.redis, Q) == []
@@ -198,7 +224,7 @@ def test_withdraw_keeps_an_answer_that_landed_late_and_blocks_later_ones(queue):
 
 def test_dead_workers_messages_go_back_to_the_head_of_their_lanes_in_order(queue):
     messages = fill(queue, 4)
-    bulk = [JobImage("job", i).to_bytes() for i in range(2)]
+    bulk = [ImageRef("job", i).to_bytes() for i in range(2)]
     push_raw(queue, BULK, *bulk)
     queue.take("dead", 3)  # m0, m1, m2; no heartbeat: dead
     queue.take("alive", 2)  # m3 and the first bulk image
@@ -228,7 +254,7 @@ def test_the_bulk_lane_holds_references_and_the_job_its_messages(queue):
     messages = job(queue, "j1", 3)
     assert queued(queue, BULK) == [b"j1:0", b"j1:1", b"j1:2"]
     batch = queue.take("w1", 2)
-    assert queue.open_job_images(batch.bulk) == messages[:2]
+    assert messages_of(queue, batch.bulk, BULK) == messages[:2]
     assert queue.redis.hget(queue.keys.job("j1"), "status") == b"running"
 
 
@@ -240,7 +266,7 @@ def test_cancelling_takes_a_jobs_queued_images_out_of_the_lane(queue):
     assert queue.cancel_job("cancelled")["status"] == "queued"
     assert queued(queue, BULK) == [b"after:0"]
     assert not queue.redis.exists(*queue.keys.job_keys("cancelled")[:2], queue.keys.job_images("cancelled"))
-    opened = queue.open_job_images(taken.bulk)  # the worker finds nothing behind the cancelled one
+    opened = messages_of(queue, taken.bulk, BULK)  # the worker finds nothing behind the cancelled one
     assert len(opened) == 2 and messages[0] not in opened
     assert queue.cancel_job("cancelled") == {}
 
@@ -248,11 +274,11 @@ def test_cancelling_takes_a_jobs_queued_images_out_of_the_lane(queue):
 def test_an_answered_job_image_is_not_computed_again_after_a_requeue(queue):
     messages = job(queue, "j", 2)
     taken = queue.take("frozen", 1)
-    assert queue.open_job_images(taken.bulk) == messages[:1]
+    assert messages_of(queue, taken.bulk, BULK) == messages[:1]
     done = Answer("j", 0, BULK, 200)
     assert queue.answer("another", [done], result_ttl=60) == 1
     assert queue.redis.hkeys(queue.keys.job_images("j")) == [b"1"]  # answered: its message went
-    assert queue.open_job_images(taken.bulk) == []  # the frozen worker's copy leads nowhere
+    assert messages_of(queue, taken.bulk, BULK) == []  # the frozen worker's copy leads nowhere
     queue.answer("another", [Answer("j", 1, BULK, 200)], result_ttl=60)
     assert queue.redis.hget(queue.keys.job("j"), "status") == b"done"
     assert not queue.redis.exists(queue.keys.job_images("j"))
@@ -264,14 +290,14 @@ def test_an_expired_jobs_messages_go_and_its_references_lead_nowhere(queue):
     queue.answer("w1", [], result_ttl=60, expired_jobs=["late"])
     assert queue.redis.hget(queue.keys.job("late"), "status") == b"expired"
     assert not queue.redis.exists(queue.keys.job_images("late"))
-    assert queue.open_job_images(taken.bulk + queue.take("w1", 1).bulk) == []
+    assert messages_of(queue, taken.bulk + queue.take("w1", 1).bulk, BULK) == []
 
 
 def test_a_bulk_entry_that_is_not_a_reference_is_dropped(queue, caplog):
     messages = job(queue, "j", 1)
     refs = [b"not a reference", b"j:99999999", b"j:", b"no-such-job:0", b"j:0"]
-    assert queue.open_job_images(refs) == messages
-    assert [record.args[1] for record in caplog.records] == refs[:3]  # logged; the unknown job's is not
+    assert messages_of(queue, refs, BULK) == messages
+    assert [record.args[2] for record in caplog.records] == refs[:3]  # logged; the unknown job's is not
 
 
 def test_a_heartbeat_that_cannot_be_read_is_skipped(queue, caplog):
@@ -307,3 +333,54 @@ def test_with_replicas_required_only_job_answers_wait_for_one(redis_client):
     with pytest.raises(NotReplicated):
         strict.answer("w", [job_answer], result_ttl=60)
     redis_client.delete(*strict.keys.all_fixed(), strict.keys.result("r"))
+
+
+def test_no_pixels_cross_a_script(redis_client):
+    """Every step of a request's and a job's life, watched with MONITOR: the 150 KB messages
+    travel by plain commands only, never as a script's argument or inside one (a large string
+    costs Redis far more in a script: bench/redis_lua.py)."""
+    queue = RedisQueue(redis_client, "monitoredq")
+    pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), np.uint8)
+    now = time.time()
+    big = [Request("r", i, pixels, 1, now, now + 60).to_bytes() for i in range(2)]
+    seen: list[dict] = []
+    with redis_client.monitor() as monitor:
+        watcher = threading.Thread(target=_watch, args=(monitor, seen))
+        watcher.start()
+        assert queue.enqueue("r", big, max_length=10, keep_seconds=30)
+        assert not queue.enqueue("refused", big, max_length=1, keep_seconds=30)
+        assert queue.enqueue("gone", big[:1], max_length=10, keep_seconds=30)
+        queue.withdraw("gone", [0])
+        spec = JobSpec("j", now, now + 60, top_k=1, as_list=True, result_ttl=60)
+        job_messages = [Request("j", 0, pixels, 1, now, now + 60, lane=BULK).to_bytes()]
+        assert queue.create_job(spec, job_messages, max_length=10)
+        interactive, bulk = queue.take("w", 2), queue.take("w2", 1)  # a batch of each lane
+        assert messages_of(queue, interactive.interactive) == big
+        assert messages_of(queue, bulk.bulk, BULK) == job_messages
+        assert queue.answer("w", [answer("r", 0), answer("r", 1)], result_ttl=60) == 2
+        assert queue.answer("w2", [Answer("j", 0, BULK, 200)], result_ttl=60) == 1
+        redis_client.echo("monitor: done")
+        watcher.join(timeout=30)
+    scripted = [c for c in seen if c["client_type"] == "lua" or c["command"].startswith(("EVAL", "EVALSHA"))]
+    plain = [c for c in seen if c not in scripted]
+    # A script's line holds its text (an EVAL's) and its small arguments; a message is 150 KB.
+    assert scripted and max(len(c["command"]) for c in scripted) < 20_000
+    # Inside a script, the keys that hold messages are only checked or deleted, never read. (The
+    # lanes and processing lists a script pops hold what scripts pushed: references, as above.)
+    touching = [
+        c["command"].split()[0].upper()
+        for c in seen
+        if c["client_type"] == "lua" and ":image" in c["command"]
+    ]
+    assert touching and set(touching) <= {"DEL", "HDEL", "HEXISTS", "PEXPIRE"}, touching
+    assert (
+        sum(len(c["command"]) > 150_000 for c in plain) == 6
+    )  # 4 SETs, the job's HSET, the MGET's reply is not shown
+    redis_client.delete(*redis_client.keys(f"{queue.keys.tag}*"))
+
+
+def _watch(monitor, seen: list) -> None:
+    for command in monitor.listen():
+        seen.append(command)
+        if command["command"] == "ECHO monitor: done":
+            return

@@ -38,7 +38,10 @@ pytestmark = pytest.mark.slow  # starts servers, browsers or full-size models
 
 BATCH_LINE = re.compile(r"batch \w+: \d+ images")  # the worker's debug line per model call
 # The worker's debug line per batch answered (serving/worker/loop.py).
-ANSWERED_LINE = re.compile(r"batch \w+: (\d+) of (\d+) answers written, (\d+) images dropped")
+ANSWERED_LINE = re.compile(
+    r"batch \w+: (\d+) of (\d+) answers written, (\d+) images dropped for their deadline, "
+    r"(\d+) with no message left"
+)
 
 
 def test_load_spreads_over_both_web_servers_and_both_workers(fresh):
@@ -120,12 +123,13 @@ def test_frozen_worker_that_wakes_after_its_batch_was_requeued_does_not_answer_t
         assert sleeper.wait(30) == 0
         outcomes = load.result()
     # Frozen before or after its model call, the woken worker finishes the batch it held: all of
-    # it is answered (computed, or dropped for a deadline on a slow host) and none of it written.
+    # it is answered (computed, dropped for a deadline on a slow host, or found answered already:
+    # its messages gone) and none of it written.
     # Frozen in its batching window, it may take a few more on waking, whose answers it may write.
     woken = ANSWERED_LINE.findall(sleeper.log()[frozen_at:])
     assert woken, "the woken worker finished its batch"
-    written, answers, dropped = map(int, woken[0])
-    taken_on_waking = answers + dropped - len(held)
+    written, answers, dropped, gone = map(int, woken[0])
+    taken_on_waking = answers + dropped + gone - len(held)
     assert taken_on_waking >= 0 and written <= taken_on_waking, (woken, len(held))
     counts = tally(outcomes)
     rescued = [o for o in outcomes if o.body.get("request_id") in held]

@@ -129,11 +129,12 @@ def test_full_queue_is_503_with_retry_after(redis_server, stalled):
     queued = [
         Request(f"queued-{i}", 0, np.zeros((32, 32, 3), np.uint8), 1, 0, 1e12).to_bytes() for i in (1, 2)
     ]
-    push_raw(RedisQueue(stalled, Q), "interactive", *queued)
+    refs = push_raw(RedisQueue(stalled, Q), "interactive", *queued)
     response = _post(client, colour_image("red"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "busy" in response.json["error"]
-    assert queued_in(RedisQueue(stalled, Q)) == queued
+    assert queued_in(RedisQueue(stalled, Q)) == refs
+    assert len(stalled.keys(f"{QueueKeys(Q).tag}:image:*")) == 2  # the refused request's image went
     assert not stalled.keys(f"{QueueKeys(Q).tag}:waiting:*")
 
 

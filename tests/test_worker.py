@@ -93,10 +93,27 @@ def test_one_bad_message_fails_alone(redis_client, redis_server, classifier):
     _send(worker.queue, "garbage", raw=b"not a message at all")
     assert worker.step() == 7
     assert _result(worker.queue, "good").body["predictions"][0]["label"] == "blue"
-    for request_id in ("huge-shape", "bad-data", "text-deadline", "null-deadline", "bad-shape"):
+    # Even a message that names nobody is answered: the reference it was taken by does.
+    for request_id in ("huge-shape", "bad-data", "text-deadline", "null-deadline", "bad-shape", "garbage"):
         answer = _result(worker.queue, request_id)
         assert answer.status == 500 and answer.body["error"].startswith("The queued"), request_id
-    redis_client.delete(worker.queue.keys.waiting("garbage"))  # its sender would time out
+    assert leftover_keys(redis_client, Q) == []
+
+
+def test_a_message_that_names_another_request_than_its_reference_is_refused(
+    redis_client, redis_server, classifier
+):
+    """Whoever can write the queue's keys could file one request's image under another's; the
+    worker answers the request that queued it, with an error, never the one the message names."""
+    worker = _worker(redis_server, classifier)
+    now = time.time()
+    _send(worker.queue, "victim", _pixels("red"))
+    _send(worker.queue, "filer", raw=Request("victim", 0, _pixels("blue"), 3, now, now + 30).to_bytes())
+    assert worker.step() == 2
+    assert _result(worker.queue, "victim").body["predictions"][0]["label"] == "red"
+    answer = _result(worker.queue, "filer")
+    assert answer.status == 500 and "not its reference" in answer.body["error"]
+    assert _result(worker.queue, "victim", timeout=0.2) is None  # answered once, by its own image
     assert leftover_keys(redis_client, Q) == []
 
 

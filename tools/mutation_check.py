@@ -114,10 +114,10 @@ MUTANTS = (
         "serving/queue/scripts.py",
         (
             (
-                "if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end\n"
-                "local images, cap = #ARGV - 4,",
-                "if redis.call('LLEN', KEYS[1]) > tonumber(ARGV[1]) then return 0 end\n"
-                "local images, cap = #ARGV - 4,",
+                "if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then\n"
+                "  redis.call('DEL', unpack(KEYS, 7))\n",
+                "if redis.call('LLEN', KEYS[1]) > tonumber(ARGV[1]) then\n"
+                "  redis.call('DEL', unpack(KEYS, 7))\n",
             ),
         ),
         ("tests/test_web.py::test_full_queue_is_503_with_retry_after",),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from serving.queue import scripts
-from serving.queue.messages import BULK, INTERACTIVE, Answer, JobImage, MessageError
+from serving.queue.messages import BULK, INTERACTIVE, Answer, ImageRef, MessageError
 from serving.queue.queue_base import NotReplicated, QueueBase
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Batch:
-    """What a worker took: interactive messages, then job image references."""
+    """What a worker took: references to interactive images, then to job images."""
 
     interactive: list[bytes]
     bulk: list[bytes]
@@ -93,21 +93,43 @@ class BatchCalls(QueueBase):
         """Block until the doorbell rings or ``timeout`` passes. True when it rang."""
         return self.blocking.blpop([self.keys.doorbell], timeout=timeout) is not None
 
-    def open_job_images(self, refs: Sequence[bytes]) -> list[bytes]:
-        """The messages behind the job image references a worker took, marking their jobs
-        running. An image whose job was cancelled or has ended, or that was answered already, has
-        none and is left out, never computed; so is a reference that cannot be read."""
-        images = []
-        for raw in refs:
-            try:
-                images.append(JobImage.from_bytes(raw))
-            except MessageError as exc:
-                log.error("dropping a bulk lane entry that is not a job image (%s): %.60r", exc, raw)
-        if not images:
-            return []
-        keys = [key for i in images for key in (self.keys.job(i.job_id), self.keys.job_images(i.job_id))]
-        messages = self._open_job_images(keys=keys, args=[image.index for image in images])
-        return [message for message in messages if message is not None]
+    def read_messages(self, batch: Batch) -> list[tuple[ImageRef, bytes]]:
+        """The messages behind the references a worker took, each with its reference,
+        interactive first, in one round trip; the jobs of the job images among them are marked
+        running. An image with no message any more is left out, never computed: a withdrawn or
+        expired request's, a cancelled or ended job's, one answered already (computed twice
+        after a requeue). So is a reference that cannot be read."""
+        interactive = _refs(batch.interactive, INTERACTIVE)
+        bulk = _refs(batch.bulk, BULK)
+        image_keys = [self.keys.image(ref.reply_to, ref.index) for ref in interactive]
+        if not bulk:  # the usual batch: one MGET
+            found = cast(list[bytes | None], self.redis.mget(image_keys)) if image_keys else []
+            return _with_messages(interactive, found)
+        # Job images: marked running and read in one transaction, so a cancel cannot come between.
+        jobs: dict[str, list[ImageRef]] = {}
+        for ref in bulk:
+            jobs.setdefault(ref.reply_to, []).append(ref)
+        keys = [
+            key for ref in bulk for key in (self.keys.job(ref.reply_to), self.keys.job_images(ref.reply_to))
+        ]
+        commands: list[tuple[object, ...]] = [("MGET", *image_keys)] if image_keys else []
+        commands.append(("EVAL", scripts.OPEN_JOB_IMAGES, len(keys), *keys, *(ref.index for ref in bulk)))
+        commands += [
+            ("HMGET", self.keys.job_images(job), *(ref.index for ref in refs)) for job, refs in jobs.items()
+        ]
+        replies, _ = self._replicated(commands, transaction=True, wait=False)
+        found = cast(list[bytes | None], replies.pop(0)) if image_keys else []
+        is_open = dict(zip(bulk, cast(list[int], replies.pop(0)), strict=True))
+        job_messages = {
+            ref: message
+            for refs, messages in zip(jobs.values(), replies, strict=True)
+            for ref, message in zip(refs, cast(list[bytes | None], messages), strict=True)
+        }
+        bulk_found = [job_messages[ref] if int(is_open[ref]) else None for ref in bulk]
+        return _with_messages(interactive + bulk, found + bulk_found)
+
+    def _job_and_images(self, job_id: str) -> tuple[str, str]:
+        return self.keys.job(job_id), self.keys.job_images(job_id)
 
     def answer(
         self,
@@ -116,9 +138,11 @@ class BatchCalls(QueueBase):
         result_ttl: int,
         job_ttl: int = 3600,
         expired_jobs: Sequence[str] = (),
+        expired_requests: Sequence[tuple[str, int]] = (),
     ) -> int:
         """Write the answers (interactive ones only while awaited, job ones once each), mark the
-        ``expired_jobs`` (their images were dropped for their deadline) and clear this worker's
+        ``expired_jobs`` (their images were dropped for their deadline), drop the messages of
+        the ``expired_requests`` images (request, index) dropped so, and clear this worker's
         processing lists, in one transaction. Returns how many answers were written."""
         waiting_keys: list[str] = []
         waiting_args: list[int | bytes] = [result_ttl]
@@ -129,7 +153,11 @@ class BatchCalls(QueueBase):
                 job_keys += [*self.keys.job_keys(answer.reply_to), self.keys.job_events(answer.reply_to)]
                 job_args += [answer.index, answer.status, answer.to_bytes()]
             else:
-                waiting_keys += [self.keys.waiting(answer.reply_to), self.keys.result(answer.reply_to)]
+                waiting_keys += [
+                    self.keys.waiting(answer.reply_to),
+                    self.keys.result(answer.reply_to),
+                    self.keys.image(answer.reply_to, answer.index),
+                ]
                 waiting_args += [answer.index, answer.to_bytes()]
         commands: list[tuple[object, ...]] = []
         if waiting_keys:
@@ -149,6 +177,8 @@ class BatchCalls(QueueBase):
                     self.keys.job_events(job_id),
                 ]
             commands.append(("EVAL", scripts.EXPIRE_JOBS, len(expire_keys), *expire_keys, time.time()))
+        for request_id, index in expired_requests:
+            commands.append(("DEL", self.keys.image(request_id, index)))
         commands.append(("DEL", *self.keys.held(worker_id)))
         # Job answers wait for a replica; when none acknowledges, they stay written on the primary
         # and NotReplicated says so (every step is idempotent, so running it again is safe). An
@@ -158,3 +188,21 @@ class BatchCalls(QueueBase):
         if replicas < self.min_replicas and jobs_answered:
             raise NotReplicated(f"answers reached {replicas} of {self.min_replicas} replicas in time")
         return sum(int(cast(int, written)) for written in results[:scripts_run])
+
+
+def _refs(raws: Sequence[bytes], lane: str) -> list[ImageRef]:
+    refs = []
+    for raw in raws:
+        try:
+            refs.append(ImageRef.from_bytes(raw, lane))
+        except MessageError as exc:
+            log.error("dropping a %s lane entry that is not an image reference (%s): %.60r", lane, exc, raw)
+    return refs
+
+
+def _with_messages(refs: Sequence[ImageRef], found: Sequence[bytes | None]) -> list[tuple[ImageRef, bytes]]:
+    """Each reference with its message, those with none left out."""
+    messages = [(ref, message) for ref, message in zip(refs, found, strict=True) if message is not None]
+    if len(messages) < len(refs):
+        log.debug("%d taken images had no message any more", len(refs) - len(messages))
+    return messages

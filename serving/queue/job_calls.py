@@ -54,28 +54,21 @@ class JobCalls(QueueBase):
         ]
         keep_ms = int((job.deadline - job.created + job.result_ttl) * 1000)
         fields = [len(messages), job.created, job.deadline, job.top_k, int(job.as_list)]
-        args: list[float | str | bytes] = [
-            max_length,
-            keep_ms,
-            *fields,
-            job.id,
-            job.tenant,
-            tenant_cap,
-            *messages,
-        ]
-        if not self.min_replicas:
-            queued = int(self._create_job(keys=keys, args=args))
-        else:
-            # WAIT counts replicas for the connection that wrote, so it follows the script on it.
-            (reply,), replicas = self._replicated([("EVAL", scripts.CREATE_JOB, len(keys), *keys, *args)])
-            queued = int(cast(int, reply))
-            if queued == 1 and replicas < self.min_replicas:
-                self.cancel_job(
-                    job.id, job.tenant
-                )  # not acknowledged: taken back, so a 503 means "not accepted"
-                raise NotReplicated(
-                    f"job {job.id} reached {replicas} of {self.min_replicas} replicas in time"
-                )
+        args = [max_length, keep_ms, *fields, job.id, job.tenant, tenant_cap]
+        images = [part for index, message in enumerate(messages) for part in (index, message)]
+        # The messages by a plain HSET and the references by the script, in one transaction; WAIT
+        # counts replicas for the connection that wrote, so it follows the transaction on it.
+        (_, reply), replicas = self._replicated(
+            [
+                ("HSET", self.keys.job_images(job.id), *images),
+                ("EVAL", scripts.CREATE_JOB, len(keys), *keys, *args),
+            ],
+            transaction=True,
+        )
+        queued = int(cast(int, reply))
+        if queued == 1 and replicas < self.min_replicas:
+            self.cancel_job(job.id, job.tenant)  # not acknowledged: taken back, so a 503 means "not accepted"
+            raise NotReplicated(f"job {job.id} reached {replicas} of {self.min_replicas} replicas in time")
         if queued < 0:
             raise TenantQueueFull(tenant_cap)
         return queued == 1

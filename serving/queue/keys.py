@@ -9,9 +9,11 @@ a cluster. A key built anywhere else could land in another slot; so none is.
                                    its length is the lane's depth (what KEDA, the bound and /metrics
                                    read); the messages themselves wait in their tenants' lanes
 - ``{Q}:bulk``                      the bulk lane's count, the same way
-- ``{Q}:tenant:<t>``                tenant t's interactive messages (serving/messages.py), oldest first
-- ``{Q}:tenant:<t>:bulk``           tenant t's job image references (messages.JobImage), taken only to
-                                   top up a batch
+- ``{Q}:tenant:<t>``                tenant t's queued interactive images, oldest first, as references
+                                   (messages.ImageRef, ``<request>:<index>``): the messages (pixels)
+                                   wait under their own keys, so they never cross a script
+- ``{Q}:tenant:<t>:bulk``           tenant t's queued job images, references the same way (``<job>:<index>``),
+                                   taken only to top up a batch
 - ``{Q}:active``, ``{Q}:active-bulk``  sorted sets of the tenants with images queued in that lane;
                                    score: images served so far (a tenant joins at the lowest
                                    score), so a take fills a batch from them in turn (scripts.TAKE)
@@ -19,8 +21,13 @@ a cluster. A key built anywhere else could land in another slot; so none is.
 - ``{Q}:waiting:<request>``         hash of the request's image indexes still awaited; the worker that
                                    deletes an index is the one that answers it (exactly one answer)
 - ``{Q}:result:<request>``          list of the request's answers, popped by the waiting handler
-- ``{Q}:processing:<worker>``       interactive messages a worker has taken and not yet answered
-- ``{Q}:processing-bulk:<worker>``  the same for job image references
+- ``{Q}:image:<request>:<index>``   an interactive image's message until it is answered, with the
+                                   waiting hash's TTL: SET by the web server just before the script
+                                   that queues its reference, read with one MGET for a whole batch
+                                   by the worker that took it
+- ``{Q}:processing:<worker>``       references to the interactive images a worker has taken and not
+                                   yet answered
+- ``{Q}:processing-bulk:<worker>``  the same for job images
 - ``{Q}:owners:<worker>``, ``{Q}:owners-bulk:<worker>``  the tenant of each message in those lists,
                                    in the same order: a dead worker's images go back to their own
                                    tenants' lanes
@@ -75,6 +82,9 @@ class QueueKeys:
 
     def result(self, request_id: str) -> str:
         return f"{self.tag}:result:{request_id}"
+
+    def image(self, request_id: str, index: int) -> str:
+        return f"{self.tag}:image:{request_id}:{index}"
 
     def processing(self, worker_id: str, lane: str = INTERACTIVE) -> str:
         kind = "processing" if lane == INTERACTIVE else "processing-bulk"

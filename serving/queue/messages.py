@@ -5,7 +5,8 @@ and back, and ``from_bytes`` validates everything once, so a worker of another v
 hand-written message fails alone with a clear reason instead of breaking the batch it lands in.
 
 - ``Request``: one image to classify (msgpack, the pixels as raw bytes: no base64, no pickle).
-- ``JobImage``: a reference to one queued job image (``<job>:<index>``), what the bulk lane holds.
+- ``ImageRef``: a reference to one queued image (``<request or job>:<index>``), what the lanes
+  hold; the image's ``Request`` waits in its request's or job's images hash.
 - ``Answer``: the worker's answer for one image (JSON: the web tier passes it on to the client).
 - ``Heartbeat``: what a live worker serves (JSON), read by web servers to prepare images.
 """
@@ -32,7 +33,7 @@ MAX_SIDE = 4096  # pixels; queued images are already resized to a model input, f
 MAX_ID_LENGTH = 128  # a job id names its model and version: <model>.<version>.<32 hex digits>
 MAX_INDEX = 100_000
 MAX_TOP_K = 100_000
-_JOB_IMAGE = re.compile(r"([^:]+):([0-9]{1,6})")
+_IMAGE_REF = re.compile(r"([^:]+):([0-9]{1,6})")
 # A W3C traceparent: version, trace id, parent span id, flags (serving/tracing.py writes them).
 _TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
@@ -174,27 +175,35 @@ def _pixels(data: dict[str, Any]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class JobImage:
-    """A reference to one image of a job. The bulk lane holds these, not the images, so a cancel
-    can take a job's queued images out of the lane by value; the messages wait in the job's
-    images hash (serving/queue.py)."""
+class ImageRef:
+    """A reference to one queued image: its request's (interactive) or job's (bulk) id and its
+    index. The lanes hold these, not the images: a queued image crosses the queue's Lua scripts
+    as a few dozen bytes, and a withdraw or cancel takes it out of a lane by value without
+    comparing whole messages. The messages wait in the request's or job's images hash
+    (serving/queue/keys.py)."""
 
-    job_id: str
+    reply_to: str
     index: int
+    lane: str = INTERACTIVE
 
     def to_bytes(self) -> bytes:
-        return f"{self.job_id}:{self.index}".encode()
+        return f"{self.reply_to}:{self.index}".encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> JobImage:
-        match = _JOB_IMAGE.fullmatch(raw.decode(errors="replace"))
+    def from_bytes(cls, raw: bytes, lane: str = INTERACTIVE) -> ImageRef:
+        match = _IMAGE_REF.fullmatch(raw.decode(errors="replace"))
         if match is None:
-            raise MessageError("not a job image reference (<job>:<index>)")
-        return cls(_text(match[1], "job id"), _integer(int(match[2]), "index", 0, MAX_INDEX))
+            raise MessageError("not an image reference (<request or job>:<index>)")
+        return cls(_text(match[1], "reply_to"), _integer(int(match[2]), "index", 0, MAX_INDEX), lane)
 
     @property
     def reply(self) -> tuple[str, str, int]:
-        return BULK, self.job_id, self.index
+        return self.lane, self.reply_to, self.index
+
+
+def image_refs(reply_to: str, count: int) -> list[bytes]:
+    """The lane entries of a request's or job's ``count`` images, in order."""
+    return [ImageRef(reply_to, index).to_bytes() for index in range(count)]
 
 
 class Prediction(TypedDict, total=False):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 
 from serving.queue import scripts
 from serving.queue.keys import QueueKeys
@@ -63,13 +64,8 @@ class QueueBase:
         self.watch = watch or PrimaryWatch.of_client(client)
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._take = client.register_script(scripts.TAKE)
-        self._answer_requests = client.register_script(scripts.ANSWER_REQUESTS)
         self._withdraw = client.register_script(scripts.WITHDRAW)
         self._requeue = client.register_script(scripts.REQUEUE)
-        self._create_job = client.register_script(scripts.CREATE_JOB)
-        self._open_job_images = client.register_script(scripts.OPEN_JOB_IMAGES)
-        self._answer_jobs = client.register_script(scripts.ANSWER_JOBS)
-        self._expire_jobs = client.register_script(scripts.EXPIRE_JOBS)
         self._cancel_job = client.register_script(scripts.CANCEL_JOB)
         # The tenants (interactive, bulk) the last take filled from: the next one names them.
         self._tenants_expected: tuple[list[str], list[str]] = ([], [])
@@ -96,6 +92,30 @@ class QueueBase:
             self.watch.note(f"{node.host}:{node.port}")
             return client
         return self.redis
+
+    def _after_writes(
+        self,
+        writes: Sequence[tuple[object, ...]],
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[str | int | float | bytes],
+    ) -> object:
+        """Run plain ``writes``, then ``script``, pipelined on one connection (one round trip, in
+        this order); the script's reply. The writes must be safe to repeat: when Redis does not
+        know the script yet (a fresh primary), the script is loaded and run again."""
+        pipe = self.redis.pipeline(transaction=False)
+        for write in writes:
+            pipe.execute_command(*write)
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(replies[-1], redis.exceptions.NoScriptError):
+            return script(keys=keys, args=args)
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        return replies[-1]
 
     def _replicated(
         self, commands: Sequence[tuple[object, ...]], transaction: bool = False, wait: bool = True

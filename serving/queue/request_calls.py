@@ -6,11 +6,11 @@ from __future__ import annotations
 # mypy: disable-error-code="no-untyped-call"
 # (redis-py leaves its Sentinel, Cluster and raw-command entry points untyped.)
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 from serving.queue.keys import DEFAULT_TENANT
-from serving.queue.messages import BULK, INTERACTIVE, Answer
+from serving.queue.messages import BULK, INTERACTIVE, Answer, ImageRef, image_refs
 from serving.queue.queue_base import QueueBase, TenantQueueFull
 
 
@@ -29,8 +29,10 @@ class RequestCalls(QueueBase):
         """Queue a request's image messages (in image order) in its tenant's lane unless the
         interactive lane holds ``max_length`` or more (False: full) or the tenant would have more
         than ``tenant_cap`` images queued (TenantQueueFull; 0: no cap). The request's waiting
-        marker outlives the wait by ``keep_seconds`` at most, and so expires if its web server
-        dies."""
+        marker and its messages outlive the wait by ``keep_seconds`` at most, and so expire if
+        its web server dies. One round trip: each message under its own key by a plain SET,
+        then the references into the lane by the script, which deletes the messages again when
+        it refuses."""
         if not messages:  # the upload path refuses requests without images before this
             raise ValueError("a request to queue carries at least one image")
         keys = [
@@ -41,8 +43,15 @@ class RequestCalls(QueueBase):
             self.keys.tenant_lane(tenant, BULK),
             self.keys.active(INTERACTIVE),
         ]
-        args: list[int | str | bytes] = [max_length, int(keep_seconds * 1000), tenant, tenant_cap, *messages]
-        queued = int(self._enqueue(keys=keys, args=args))
+        images = [self.keys.image(request_id, index) for index in range(len(messages))]
+        keep_ms = int(keep_seconds * 1000)
+        args: list[str | int | float | bytes] = [max_length, keep_ms, tenant, tenant_cap]
+        args += image_refs(request_id, len(messages))
+        # SET before the script on one connection: no worker can take a reference before its
+        # message is there. Each SET carries its TTL, so a web server that dies between the two
+        # leaves nothing for long.
+        writes = [("SET", key, message, "PX", keep_ms) for key, message in zip(images, messages, strict=True)]
+        queued = int(cast(int, self._after_writes(writes, self._enqueue, [*keys, *images], args)))
         if queued < 0:
             raise TenantQueueFull(tenant_cap)
         return queued == 1
@@ -66,10 +75,11 @@ class RequestCalls(QueueBase):
         return answers
 
     def withdraw(
-        self, request_id: str, unanswered: Sequence[bytes], tenant: str = DEFAULT_TENANT
+        self, request_id: str, unanswered: Iterable[int], tenant: str = DEFAULT_TENANT
     ) -> tuple[int, list[Answer]]:
-        """Give up on a request: take back its unanswered messages still queued. Returns how many
-        were taken back and the answers that landed meanwhile."""
+        """Give up on a request: take back its images still queued of those ``unanswered``
+        (image indexes) and drop its messages. Returns how many were taken back and the answers
+        that landed meanwhile."""
         keys = [
             self.keys.lane(INTERACTIVE),
             self.keys.waiting(request_id),
@@ -79,5 +89,8 @@ class RequestCalls(QueueBase):
             self.keys.tenant_lane(tenant, INTERACTIVE),
             self.keys.active(INTERACTIVE),
         ]
-        removed, late = self._withdraw(keys=keys, args=[tenant, *unanswered])
+        indexes = list(unanswered)
+        keys += [self.keys.image(request_id, index) for index in indexes]
+        refs = [ImageRef(request_id, index).to_bytes() for index in indexes]
+        removed, late = self._withdraw(keys=keys, args=[tenant, *refs])
         return int(removed), [Answer.from_bytes(raw, request_id) for raw in late]

@@ -4,6 +4,12 @@ losing one, or leaving keys behind. Key names are built in ``serving/queue/keys.
 all of one queue's keys share one hash slot, so each script runs unchanged on a Redis Cluster.
 Every script touches only the keys it is given (KEYS), never a name it builds itself.
 
+No image's pixels cross a script. The lanes and the workers' processing lists hold references
+(``<request or job>:<index>``, messages.ImageRef); the messages wait under their own keys (an
+interactive image's) or in their job's images hash, written and read by plain commands beside
+the scripts. A large string costs Redis far more inside a script than in a plain command, and
+how much more depends on its version: ``python -m bench.redis_lua`` measures it.
+
 Each script lists its KEYS and ARGV. Lua arrays count from 1.
 """
 
@@ -45,21 +51,29 @@ end
 """
 
 # Queue a request's images unless the lane is full or its tenant has too many queued; mark each
-# image as awaited.
+# image as awaited. Its messages are under their keys already (SET with the waiting hash's TTL
+# just before, on the same connection); they go when the request is refused.
 # KEYS[1] interactive count, KEYS[2] the request's waiting hash, KEYS[3] doorbell, KEYS[4] the
-# tenant's interactive lane, KEYS[5] its bulk lane, KEYS[6] the interactive active set
+# tenant's interactive lane, KEYS[5] its bulk lane, KEYS[6] the interactive active set,
+# KEYS[7..] each image's message key, in image order
 # ARGV[1] the lane's bound, ARGV[2] waiting-hash TTL (ms), ARGV[3] the tenant, ARGV[4] the most
-#         images it may have queued in both lanes (0: no cap), ARGV[5..] one message per image,
-#         in image order (message i is image i - 5)
+#         images it may have queued in both lanes (0: no cap), ARGV[5..] one reference per
+#         image, in image order (reference i is image i - 5)
 # Returns 1 when queued, 0 when the lane is full, -1 when the tenant's cap is reached (nothing
-# is written unless 1).
+# is left written unless 1).
 ENQUEUE = (
     _RING
     + _TENANTS
     + """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  redis.call('DEL', unpack(KEYS, 7))
+  return 0
+end
 local images, cap = #ARGV - 4, tonumber(ARGV[4])
-if cap > 0 and redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) + images > cap then return -1 end
+if cap > 0 and redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5]) + images > cap then
+  redis.call('DEL', unpack(KEYS, 7))
+  return -1
+end
 for index = 0, images - 1 do redis.call('HSET', KEYS[2], index, '1') end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('RPUSH', KEYS[4], unpack(ARGV, 5))
@@ -70,7 +84,7 @@ return 1
 """
 )
 
-# Take messages into the worker's processing lists: interactive first, then bulk up to a cap
+# Take image references into the worker's processing lists: interactive first, then bulk up to a cap
 # that depends on how many interactive images the batch holds (a bulk image must not slow the
 # interactive ones in its batch by much: serving/batching.py). Within a lane the batch is filled
 # from the tenants in turn, always from the least-served one, one image at a time: a tenant
@@ -91,7 +105,7 @@ return 1
 # named, then their names, then ARGV[7 + named + n] the most bulk images a batch of n
 # interactive images may hold (n = 0, 1, ...), then last '1' to check the names ('0': take from
 # them as they are)
-# Returns {interactive messages, bulk messages}, or when the names fall short {{}, {}, the
+# Returns {interactive references, bulk references}, or when the names fall short {{}, {}, the
 # least-served interactive tenants, the least-served bulk ones}. Work left behind rings the
 # doorbell, so an idle worker wakes for it; empty lanes silence it.
 TAKE = (
@@ -170,32 +184,34 @@ return {interactive, bulk}
 
 # Answer interactive images: write each answer only while its image is still awaited, and stop
 # awaiting it, so an image computed twice (requeued from a worker that froze) is answered once.
-# KEYS: per answer, the request's waiting hash and its result list
+# The image's message goes either way.
+# KEYS: per answer, the request's waiting hash, its result list and the image's message key
 # ARGV[1] result TTL (s); per answer, the image index and the answer (ARGV[2j+2], ARGV[2j+3])
 # Returns how many answers were written.
 ANSWER_REQUESTS = """
 local written = 0
-for j = 0, #KEYS / 2 - 1 do
-  if redis.call('HDEL', KEYS[2 * j + 1], ARGV[2 * j + 2]) == 1 then
-    redis.call('RPUSH', KEYS[2 * j + 2], ARGV[2 * j + 3])
-    redis.call('EXPIRE', KEYS[2 * j + 2], ARGV[1])
+for j = 0, #KEYS / 3 - 1 do
+  redis.call('DEL', KEYS[3 * j + 3])
+  if redis.call('HDEL', KEYS[3 * j + 1], ARGV[2 * j + 2]) == 1 then
+    redis.call('RPUSH', KEYS[3 * j + 2], ARGV[2 * j + 3])
+    redis.call('EXPIRE', KEYS[3 * j + 2], ARGV[1])
     written = written + 1
   end
 end
 return written
 """
 
-# A client gives up: stop awaiting its images, take back those still queued, and collect any
-# answers that landed meanwhile.
+# A client gives up: stop awaiting its images, take back those still queued (a worker that took
+# some already finds no message behind them), and collect any answers that landed meanwhile.
 # KEYS[1] interactive count, KEYS[2] the request's waiting hash, KEYS[3] its result list,
 # KEYS[4] bulk count, KEYS[5] doorbell, KEYS[6] the tenant's interactive lane, KEYS[7] the
-# interactive active set
-# ARGV[1] the tenant, ARGV[2..] the messages of the images not yet answered
+# interactive active set, KEYS[8..] the message keys of the images not yet answered
+# ARGV[1] the tenant, ARGV[2..] their references
 # Returns {messages taken back, answers that landed late}.
 WITHDRAW = (
     _TENANTS
     + """
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], unpack(KEYS, 8))
 local removed = 0
 for i = 2, #ARGV do removed = removed + redis.call('LREM', KEYS[6], 1, ARGV[i]) end
 drop_tokens(KEYS[1], removed)
@@ -249,34 +265,36 @@ return moved
 """
 )
 
-# Create a job: its image messages go into the job's images hash, and a small reference to each
-# ("<job>:<index>") into its tenant's bulk lane, unless the lane is full or the tenant has too
-# many images queued. References let a cancel take the job's queued images out of the lane
-# (LREM) without comparing whole messages.
+# Create a job: a reference to each of its images ("<job>:<index>") goes into its tenant's bulk
+# lane, unless the lane is full or the tenant has too many images queued. The messages are in
+# the job's images hash already (HSET in the same transaction): they get the job's TTL, or go
+# when the job is refused.
 # KEYS[1] bulk count, KEYS[2] the job's hash, KEYS[3] doorbell, KEYS[4] the job's images hash,
 # KEYS[5] the tenant's bulk lane, KEYS[6] its interactive lane, KEYS[7] the bulk active set
 # ARGV[1] the lane's bound, ARGV[2] the job keys' TTL (ms), ARGV[3] images, ARGV[4] created,
 #         ARGV[5] deadline, ARGV[6] top_k, ARGV[7] answer as a list (0/1), ARGV[8] the job's id,
-#         ARGV[9] the tenant, ARGV[10] the most images it may have queued (0: no cap),
-#         ARGV[11..] the messages, in image order (message i is image i - 11)
+#         ARGV[9] the tenant, ARGV[10] the most images it may have queued (0: no cap)
 # Returns 1 when queued, 0 when the lane is full, -1 when the tenant's cap is reached (nothing
-# is written unless 1).
+# is left written unless 1).
 CREATE_JOB = (
     _RING
     + _TENANTS
     + """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-local images, cap = #ARGV - 10, tonumber(ARGV[10])
-if cap > 0 and redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6]) + images > cap then return -1 end
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+local images, cap = tonumber(ARGV[3]), tonumber(ARGV[10])
+if cap > 0 and redis.call('LLEN', KEYS[5]) + redis.call('LLEN', KEYS[6]) + images > cap then
+  redis.call('DEL', KEYS[4])
+  return -1
+end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'images', ARGV[3], 'answered', 0, 'failed', 0,
            'created', ARGV[4], 'deadline', ARGV[5], 'top_k', ARGV[6], 'as_list', ARGV[7],
            'tenant', ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local refs = {}
-for i = 11, #ARGV do
-  redis.call('HSET', KEYS[4], i - 11, ARGV[i])
-  refs[#refs + 1] = ARGV[8] .. ':' .. (i - 11)
-end
+for index = 0, images - 1 do refs[#refs + 1] = ARGV[8] .. ':' .. index end
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
 redis.call('RPUSH', KEYS[5], unpack(refs))
 add_tokens(KEYS[1], images)
@@ -286,22 +304,24 @@ return 1
 """
 )
 
-# A worker starts on the job images it took: the message behind each reference while its job is
-# open (the job is marked running), nothing for a cancelled or ended job's image or one already
-# answered (computed twice after a requeue): those are dropped unrun.
+# A worker starts on the job images it took: which may run, marking their jobs running. A
+# cancelled or ended job's image, or one already answered (computed twice after a requeue), has
+# no message any more and is dropped unrun. The caller reads the messages with HMGET after this,
+# in the same transaction.
 # KEYS per image: its job's hash and the job's images hash; ARGV per image: its index
-# Returns one message or nil per image.
+# Returns 1 (run it) or 0 per image.
 OPEN_JOB_IMAGES = """
-local messages = {}
+local open = {}
 for i = 1, #ARGV do
   local job, images = KEYS[2 * i - 1], KEYS[2 * i]
   local state = redis.call('HGET', job, 'status')
-  local message = false
-  if state == 'queued' or state == 'running' then message = redis.call('HGET', images, ARGV[i]) end
-  if message and state == 'queued' then redis.call('HSET', job, 'status', 'running') end
-  messages[i] = message
+  open[i] = 0
+  if (state == 'queued' or state == 'running') and redis.call('HEXISTS', images, ARGV[i]) == 1 then
+    open[i] = 1
+    if state == 'queued' then redis.call('HSET', job, 'status', 'running') end
+  end
 end
-return messages
+return open
 """
 
 # Answer job images: write each answer once, count it, drop its message, and finish the job with

@@ -223,7 +223,7 @@ def classify(
             with abort_on_disconnect(request.environ if has_request_context() else None):
                 answers = queue.wait_answers(request_id, len(messages), settings.client_timeout)
         except ClientGone:  # its images are taken back: no batch is spent on a client that left
-            queue.withdraw(request_id, messages, tenant.name)
+            queue.withdraw(request_id, range(len(messages)), tenant.name)
             request_log.note(client="gone")
             span.set_attribute("inference.withdrawn", len(messages))
             error = "The client closed the connection; the request was withdrawn."
@@ -232,7 +232,7 @@ def classify(
             )
         if len(answers) < len(messages):
             answered = {answer.index for answer in answers}
-            unanswered = [m for i, m in enumerate(messages) if i not in answered]
+            unanswered = [i for i in range(len(messages)) if i not in answered]
             _, late = queue.withdraw(request_id, unanswered, tenant.name)
             answers += late
             span.set_attribute("inference.withdrawn", len(messages) - len(answers))

@@ -4,11 +4,10 @@ mismatched messages), the images dropped for their deadline; and what a batch ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from serving.queue import Batch
-from serving.queue.messages import BULK, Answer, JobImage, MessageError, Request
+from serving.queue.messages import BULK, INTERACTIVE, Answer, ImageRef, MessageError, Request
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,7 @@ class BatchResult:
     model_seconds: float = 0.0
     expired: int = 0  # images dropped unrun for their deadline
     expired_jobs: tuple[str, ...] = ()  # the jobs those belonged to
+    expired_requests: tuple[tuple[str, int], ...] = ()  # (request, index) of the interactive ones
 
 
 @dataclass
@@ -35,27 +35,32 @@ class Parsed:
     answers: list[Answer]
     expired: int = 0
     expired_jobs: list[str] = field(default_factory=list)  # jobs with images dropped for their deadline
+    # The interactive ones dropped so, (request, index): their messages go with the answers.
+    expired_requests: list[tuple[str, int]] = field(default_factory=list)
+    read: int = 0  # messages found behind the batch's references
 
 
-def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, int]) -> Parsed:
-    """Read every message; a bad one gets its own error answer (or is dropped when it names no
-    sender), an expired one is dropped unrun: its client has been told 504 already."""
-    parsed = Parsed([], [])
-    for raw in messages:
+def parse_batch(
+    messages: list[tuple[ImageRef, bytes]], now: float, input_shape: tuple[int, int, int]
+) -> Parsed:
+    """Read every message; a bad one gets its own error answer, addressed by the reference it
+    was taken by; an expired one is dropped unrun: its client has been told 504 already."""
+    parsed = Parsed([], [], read=len(messages))
+    for ref, raw in messages:
         try:
             request = Request.from_bytes(raw)
+            if request.reply != ref.reply:
+                raise MessageError(f"it names {request.reply[1]}:{request.reply[2]}, not its reference")
         except MessageError as exc:
-            if exc.reply is None:
-                log.error("dropping a message that is not a request (%s): %.60r", exc, raw)
-            else:
-                parsed.answers.append(
-                    Answer.failed(exc.reply, 500, f"The queued message is invalid ({exc}).")
-                )
+            log.error("a queued message for %s:%d is invalid (%s): %.60r", ref.reply_to, ref.index, exc, raw)
+            parsed.answers.append(Answer.failed(ref.reply, 500, f"The queued message is invalid ({exc})."))
             continue
         if request.deadline < now:
             parsed.expired += 1
             if request.lane == BULK:
                 parsed.expired_jobs.append(request.reply_to)
+            else:
+                parsed.expired_requests.append((request.reply_to, request.index))
         elif request.pixels.shape != input_shape:
             parsed.answers.append(
                 Answer.failed(
@@ -71,15 +76,12 @@ def parse_batch(messages: list[bytes], now: float, input_shape: tuple[int, int, 
 
 
 def error_for_each(batch: Batch, text: str) -> list[Answer]:
-    """A 500 answer for every image of the batch whose sender can be read."""
+    """A 500 answer for every image of the batch whose reference can be read."""
     answers = []
-    readers: list[tuple[bytes, Callable[[bytes], Request | JobImage]]]
-    readers = [(raw, Request.from_bytes) for raw in batch.interactive]
-    readers += [(raw, JobImage.from_bytes) for raw in batch.bulk]
-    for raw, read in readers:
-        try:
-            answers.append(Answer.failed(read(raw).reply, 500, text))
-        except MessageError as exc:
-            if exc.reply:
-                answers.append(Answer.failed(exc.reply, 500, text))
+    for lane, raws in ((INTERACTIVE, batch.interactive), (BULK, batch.bulk)):
+        for raw in raws:
+            try:
+                answers.append(Answer.failed(ImageRef.from_bytes(raw, lane).reply, 500, text))
+            except MessageError:
+                pass  # read_messages logged it when it dropped it
     return answers

@@ -291,13 +291,16 @@ class ModelWorker:
             with tracing.span("write answers", {"inference.answers": len(result.answers)}):
                 written = self._write(result)
             # Fewer written than answered: the rest were answered elsewhere (a requeued batch
-            # computed twice) or their clients gave up.
+            # computed twice) or their clients gave up. Images with no message left were
+            # answered elsewhere or withdrawn before this worker read them.
             log.debug(
-                "batch %s: %s of %d answers written, %d images dropped for their deadline",
+                "batch %s: %s of %d answers written, %d images dropped for their deadline, "
+                "%d with no message left",
                 batch_id,
                 "?" if written is None else written,
                 len(result.answers),
                 result.expired,
+                len(batch) - (parsed.read if parsed else len(batch)),
             )
             if span.is_recording():
                 failed = sum(answer.status >= 500 for answer in result.answers)
@@ -332,17 +335,20 @@ class ModelWorker:
 
     def read(self, batch: Batch) -> Parsed:
         """The batch's messages, read: the images to run and the answers already decided."""
-        # A cancelled or ended job's images have no message any more: they are dropped here.
-        messages = (
-            batch.interactive + self.queue.open_job_images(batch.bulk) if batch.bulk else batch.interactive
-        )
+        # A withdrawn request's or a cancelled job's images have no message any more: dropped here.
+        messages = self.queue.read_messages(batch)
         return parse_batch(messages, time.time(), self._input_shape)
 
     def compute(self, parsed: Parsed, batch_id: str) -> BatchResult:
         """The answers for a batch, computed in one model call."""
         started = time.time()
         requests = parsed.requests
-        decided = BatchResult(parsed.answers, expired=parsed.expired, expired_jobs=tuple(parsed.expired_jobs))
+        decided = BatchResult(
+            parsed.answers,
+            expired=parsed.expired,
+            expired_jobs=tuple(parsed.expired_jobs),
+            expired_requests=tuple(parsed.expired_requests),
+        )
         if not requests:
             return decided
         model_started = time.perf_counter()
@@ -418,6 +424,7 @@ class ModelWorker:
                     self.settings.result_ttl,
                     self.settings.job_ttl,
                     expired_jobs=result.expired_jobs,
+                    expired_requests=result.expired_requests,
                 ),
                 failed,
             )
