@@ -65,13 +65,16 @@ def measure(
             queued = queue.depth()
             after = int(client.info("memory")["used_memory"])
             keys = QueueKeys(QUEUE)
-            # The messages wait in their tenant's lane; the lane itself holds a small token each.
-            messages = keys.tenant_lane(DEFAULT_TENANT, INTERACTIVE)
-            list_bytes = int(client.memory_usage(messages, samples=0) or 0)
-            list_bytes += int(client.memory_usage(keys.lane(INTERACTIVE), samples=0) or 0)
+            # The messages wait under their own keys; the tenant's lane holds a reference each,
+            # and the lane's count a small token each.
+            refs = keys.tenant_lane(DEFAULT_TENANT, INTERACTIVE)
+            queued_bytes = int(client.memory_usage(refs, samples=0) or 0)
+            queued_bytes += int(client.memory_usage(keys.lane(INTERACTIVE), samples=0) or 0)
+            images = list(client.scan_iter(match=f"{keys.tag}:image:*"))
+            queued_bytes += sum(int(client.memory_usage(key, samples=0) or 0) for key in images)
             markers = list(client.scan_iter(match=f"{keys.tag}:waiting:*"))
             marker_bytes = sum(int(client.memory_usage(key) or 0) for key in markers)
-            sample = client.lindex(messages, 0) or b""
+            sample = (client.get(images[0]) or b"") if images else b""
             for thread in threads:
                 thread.join()
         client.close()
@@ -79,15 +82,15 @@ def measure(
         redis_server.stop()
     if queued == 0:
         raise RuntimeError(f"no upload reached the queue; statuses {statuses}")
-    # What a queued request keeps in Redis: its list entry and its waiting marker. used_memory
+    # What a queued request keeps in Redis: its message, its lane entries and its waiting marker. used_memory
     # also counts the uploads' connection buffers, which Redis frees once the clients go idle.
-    per_image = (list_bytes + marker_bytes) / queued
+    per_image = (queued_bytes + marker_bytes) / queued
     return {
         "images_per_request": images_per_request,
         "queued": queued,
         "message_bytes": len(sample),
         "bytes_per_image": round(per_image),
-        "list_bytes_per_image": round(list_bytes / queued),
+        "queued_bytes_per_image": round(queued_bytes / queued),
         "used_memory_delta_per_image": round((after - before) / queued),
         "float32_design_bytes": FLOAT32_DESIGN_BYTES,
         "ratio": round(per_image / FLOAT32_DESIGN_BYTES, 4),

