@@ -128,9 +128,6 @@ class BatchCalls(QueueBase):
         bulk_found = [job_messages[ref] if int(is_open[ref]) else None for ref in bulk]
         return _with_messages(interactive + bulk, found + bulk_found)
 
-    def _job_and_images(self, job_id: str) -> tuple[str, str]:
-        return self.keys.job(job_id), self.keys.job_images(job_id)
-
     def answer(
         self,
         worker_id: str,
