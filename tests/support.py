@@ -108,18 +108,23 @@ def pretend_worker(
     Catalogue(client, deployment or queue_name).announce(heartbeat.model, queue_name, ttl)
 
 
-def push_raw(queue, lane: str, *entries: bytes, tenant: str = DEFAULT_TENANT) -> list[bytes]:
+def push_raw(
+    queue, lane: str, *entries: bytes, tenant: str = DEFAULT_TENANT, whole: bool = False
+) -> list[bytes]:
     """Queue entries in a lane as the queue's scripts do (in the tenant's lane, a count token
     each, the tenant marked active) without a request's bookkeeping: for tests of the take. An
     entry that is a Request message waits under its image key (interactive) or in its job's
     images hash, and its reference goes in the lane; anything else (a reference, a hostile
-    entry) goes in as it is. Returns the lane entries."""
+    entry) goes in as it is, and so does every entry with ``whole`` (as the version before
+    references queued). Returns the lane entries."""
     pipe = queue.redis.pipeline(transaction=True)
     refs = []
     for entry in entries:
         try:
             request = Request.from_bytes(entry)
         except MessageError:
+            request = None
+        if whole or request is None:
             refs.append(entry)
             continue
         owner = request.reply_to

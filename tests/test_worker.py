@@ -14,11 +14,11 @@ from serving.models.classifier import Classifier
 from serving.queue import JobSpec
 from serving.queue.connection import open_queue
 from serving.queue.keys import QueueKeys
-from serving.queue.messages import BULK, Answer, Request
+from serving.queue.messages import BULK, INTERACTIVE, Answer, Request
 from serving.worker.loop import ModelWorker
 from serving.worker.stats import BatchObserver
 
-from .support import COLOURS, TINY_INPUT, leftover_keys, make_settings, wait_until
+from .support import COLOURS, TINY_INPUT, leftover_keys, make_settings, push_raw, wait_until
 
 Q = "workerq"
 
@@ -114,6 +114,26 @@ def test_a_message_that_names_another_request_than_its_reference_is_refused(
     answer = _result(worker.queue, "filer")
     assert answer.status == 500 and "not its reference" in answer.body["error"]
     assert _result(worker.queue, "victim", timeout=0.2) is None  # answered once, by its own image
+    assert leftover_keys(redis_client, Q) == []
+
+
+def test_whole_messages_queued_by_a_web_server_from_before_references_are_answered(
+    redis_client, redis_server, classifier
+):
+    """A rolling upgrade, workers first: web servers of the version before put whole messages in
+    the lanes (and a waiting marker each), and the new worker still answers them."""
+    worker = _worker(redis_server, classifier)
+    now = time.time()
+    whole = Request("old", 0, _pixels("green"), 3, now, now + 30).to_bytes()
+    broken = _bad(reply_to="old-broken", pixels=b"!!")
+    for request_id in ("old", "old-broken"):
+        redis_client.hset(worker.queue.keys.waiting(request_id), "0", "1")
+    push_raw(worker.queue, INTERACTIVE, whole, broken, b"neither", whole=True)
+    _send(worker.queue, "new", _pixels("red"))
+    assert worker.step() == 4
+    assert _result(worker.queue, "old").body["predictions"][0]["label"] == "green"
+    assert _result(worker.queue, "new").body["predictions"][0]["label"] == "red"
+    assert _result(worker.queue, "old-broken").status == 500
     assert leftover_keys(redis_client, Q) == []
 
 

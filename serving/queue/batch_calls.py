@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from serving.queue import scripts
-from serving.queue.messages import BULK, INTERACTIVE, Answer, ImageRef, MessageError
+from serving.queue.messages import BULK, INTERACTIVE, Answer, ImageRef, MessageError, Request
 from serving.queue.queue_base import NotReplicated, QueueBase
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,12 @@ class BatchCalls(QueueBase):
         running. An image with no message any more is left out, never computed: a withdrawn or
         expired request's, a cancelled or ended job's, one answered already (computed twice
         after a requeue). So is a reference that cannot be read."""
-        interactive = _refs(batch.interactive, INTERACTIVE)
+        interactive, whole = _interactive_entries(batch.interactive)
         bulk = _refs(batch.bulk, BULK)
         image_keys = [self.keys.image(ref.reply_to, ref.index) for ref in interactive]
         if not bulk:  # the usual batch: one MGET
             found = cast(list[bytes | None], self.redis.mget(image_keys)) if image_keys else []
-            return _with_messages(interactive, found)
+            return whole + _with_messages(interactive, found)
         # Job images: marked running and read in one transaction, so a cancel cannot come between.
         jobs: dict[str, list[ImageRef]] = {}
         for ref in bulk:
@@ -126,7 +126,7 @@ class BatchCalls(QueueBase):
             for ref, message in zip(refs, cast(list[bytes | None], messages), strict=True)
         }
         bulk_found = [job_messages[ref] if int(is_open[ref]) else None for ref in bulk]
-        return _with_messages(interactive + bulk, found + bulk_found)
+        return whole + _with_messages(interactive + bulk, found + bulk_found)
 
     def answer(
         self,
@@ -195,6 +195,32 @@ def _refs(raws: Sequence[bytes], lane: str) -> list[ImageRef]:
         except MessageError as exc:
             log.error("dropping a %s lane entry that is not an image reference (%s): %.60r", lane, exc, raw)
     return refs
+
+
+def _interactive_entries(raws: Sequence[bytes]) -> tuple[list[ImageRef], list[tuple[ImageRef, bytes]]]:
+    """The references among interactive lane entries, and the whole messages that web servers
+    of a version before references queued: in a rolling upgrade (workers first, then web
+    servers) their requests are still answered."""
+    refs: list[ImageRef] = []
+    whole: list[tuple[ImageRef, bytes]] = []
+    for raw in raws:
+        try:
+            refs.append(ImageRef.from_bytes(raw))
+            continue
+        except MessageError:
+            pass
+        try:
+            request = Request.from_bytes(raw)
+            reply: tuple[str, str, int] | None = request.reply
+        except MessageError as exc:
+            reply = exc.reply  # a broken one is answered with its error, if it names its sender
+        if reply is not None and reply[0] == INTERACTIVE:
+            whole.append((ImageRef(reply[1], reply[2]), raw))
+        else:
+            log.error(
+                "dropping an interactive lane entry that is neither a reference nor a request: %.60r", raw
+            )
+    return refs, whole
 
 
 def _with_messages(refs: Sequence[ImageRef], found: Sequence[bytes | None]) -> list[tuple[ImageRef, bytes]]:

@@ -223,7 +223,7 @@ return {removed, late}
 """
 )
 
-# Return a dead worker's unanswered messages to the head of their own tenants' lanes, in their
+# Return a dead worker's unanswered images (references) to the head of their tenants' lanes, in their
 # order. The worker leaves the workers index with its lists. The caller reads the owners lists
 # first and names each tenant in them (a dead worker's lists no longer change).
 # KEYS[1] its interactive processing list, KEYS[2] its bulk processing list, KEYS[3] its
