@@ -175,8 +175,13 @@ def test_an_unexpected_failure_still_answers_the_batch_and_the_worker_goes_on(
     redis_client, redis_server, classifier, monkeypatch
 ):
     worker = _worker(redis_server, classifier)
-    for i in range(3):
+    for i in range(2):
         _send(worker.queue, f"r{i}", _pixels("blue"))
+    # And a whole message from a web server of the version before references, answered as well.
+    redis_client.hset(worker.queue.keys.waiting("r2"), "0", "1")
+    now = time.time()
+    whole = Request("r2", 0, _pixels("blue"), 3, now, now + 30).to_bytes()
+    push_raw(worker.queue, INTERACTIVE, whole, whole=True)
     with monkeypatch.context() as patch:
         patch.setattr(worker, "compute", lambda parsed, batch_id: 1 / 0)
         assert worker.step() == 3

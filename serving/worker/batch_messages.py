@@ -80,8 +80,19 @@ def error_for_each(batch: Batch, text: str) -> list[Answer]:
     answers = []
     for lane, raws in ((INTERACTIVE, batch.interactive), (BULK, batch.bulk)):
         for raw in raws:
-            try:
-                answers.append(Answer.failed(ImageRef.from_bytes(raw, lane).reply, 500, text))
-            except MessageError:
-                pass  # read_messages logged it when it dropped it
+            if reply := _reply_of(raw, lane):
+                answers.append(Answer.failed(reply, 500, text))
     return answers
+
+
+def _reply_of(entry: bytes, lane: str) -> tuple[str, str, int] | None:
+    """Where the answer for a lane entry goes: its reference's, or a whole message's (queued by
+    a web server from before references); None when neither can be read."""
+    try:
+        return ImageRef.from_bytes(entry, lane).reply
+    except MessageError:
+        pass
+    try:
+        return Request.from_bytes(entry).reply
+    except MessageError as exc:
+        return exc.reply
