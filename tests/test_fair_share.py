@@ -124,14 +124,18 @@ def test_a_tenants_cap_refuses_what_would_exceed_it_and_writes_nothing(queue):
     send(queue, "capped", 3, cap=4)
     submit_job(queue, "capped", "cappedjob", 1)  # jobs count against the same cap
     with pytest.raises(TenantQueueFull):
-        send(queue, "capped", 1, cap=4)
+        queue.enqueue(
+            "capped-refused", [message("capped-refused")], 10_000, 30, tenant="capped", tenant_cap=4
+        )
     assert queue.depth() == 3 and len(queued(queue, tenant="capped")) == 3
-    assert not queue.redis.exists(queue.keys.waiting("capped-0-refused"))
+    refused = (queue.keys.waiting("capped-refused"), queue.keys.image("capped-refused", 0))
+    assert not queue.redis.exists(*refused)  # nothing of it written, its message deleted
+    assert queue.redis.get(queue.keys.image("capped-0", 0)) == message("capped-0")  # the queued kept theirs
     now = time.time()
     spec = JobSpec("refused", now, now + 60, 1, True, 60, tenant="capped")
     with pytest.raises(TenantQueueFull):
         queue.create_job(spec, [message("refused", 0, BULK)], 10_000, tenant_cap=4)
-    assert not queue.redis.exists(queue.keys.job("refused"))
+    assert not queue.redis.exists(queue.keys.job("refused"), queue.keys.job_images("refused"))
     send(queue, "other", 2, cap=4)  # another tenant has its own cap
     queue.take("w", 3)  # a tenant's taken images no longer count as queued
     send(queue, "capped", 1, cap=4)

@@ -375,7 +375,7 @@ def test_no_pixels_cross_a_script(redis_client):
     assert touching and set(touching) <= {"DEL", "HDEL", "HEXISTS", "PEXPIRE"}, touching
     assert (
         sum(len(c["command"]) > 150_000 for c in plain) == 6
-    )  # 4 SETs, the job's HSET, the MGET's reply is not shown
+    )  # 5 SETs, the job's HSET, the MGET's reply is not shown
     redis_client.delete(*redis_client.keys(f"{queue.keys.tag}*"))
 
 

@@ -58,9 +58,10 @@ class JobCalls(QueueBase):
         images = [part for index, message in enumerate(messages) for part in (index, message)]
         # The messages by a plain HSET and the references by the script, in one transaction; WAIT
         # counts replicas for the connection that wrote, so it follows the transaction on it.
-        (_, reply), replicas = self._replicated(
+        (_, _, reply), replicas = self._replicated(
             [
                 ("HSET", self.keys.job_images(job.id), *images),
+                ("PEXPIRE", self.keys.job_images(job.id), keep_ms),  # never without a TTL
                 ("EVAL", scripts.CREATE_JOB, len(keys), *keys, *args),
             ],
             transaction=True,

@@ -336,7 +336,11 @@ class ModelWorker:
     def read(self, batch: Batch) -> Parsed:
         """The batch's messages, read: the images to run and the answers already decided."""
         # A withdrawn request's or a cancelled job's images have no message any more: dropped here.
-        messages = self.queue.read_messages(batch)
+        # Reading is safe to repeat, so a Redis that blips is waited for, as the answers are.
+        messages = self._answer_retry.call_with_retry(
+            lambda: self.queue.read_messages(batch),
+            lambda exc: log.warning("reading a batch of %d failed (%s); retrying", len(batch), exc),
+        )
         return parse_batch(messages, time.time(), self._input_shape)
 
     def compute(self, parsed: Parsed, batch_id: str) -> BatchResult:
